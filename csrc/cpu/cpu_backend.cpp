@@ -1,0 +1,154 @@
+// The CPU backend: GEMMs through BLAS, every element-wise pass fused into one OpenMP loop
+// that calls the shared math in fastmlp/math.h.
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <stdexcept>
+
+#include "cpu/blas.h"
+#include "fastmlp/backend.h"
+#include "fastmlp/math.h"
+
+namespace fastmlp {
+namespace {
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelThreshold = 1 << 14;
+
+template <typename T>
+class CpuBackend final : public Backend<T> {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  void* allocate(size_t bytes) override {
+    const size_t rounded = ((bytes + 63) / 64) * 64;
+    void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
+    if (rounded && !p) throw OutOfMemory("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    if (p) std::memset(p, 0, rounded);
+    return p;
+  }
+  void release(void* p) noexcept override { std::free(p); }
+  void to_backend(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void to_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memmove(dst, src, bytes);
+  }
+  void fill(T* dst, T value, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) dst[i] = value;
+  }
+
+  void gather_rows(int rows, int cols, const T* src, const int32_t* perm, const TrainCounters* counters,
+                   T* dst) override {
+    const int64_t start = counters->batch_start;
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+    for (int i = 0; i < rows; ++i)
+      std::memcpy(dst + int64_t(i) * cols, src + int64_t(perm[start + i]) * cols, sizeof(T) * cols);
+  }
+
+  void dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act,
+                     T* Y) override {
+    cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
+    const T p = T(act.param);
+#pragma omp parallel for if (int64_t(rows) * out > kParallelThreshold)
+    for (int i = 0; i < rows; ++i) {
+      T* y = Y + int64_t(i) * out;
+      for (int j = 0; j < out; ++j) y[j] = math::activate(act.kind, p, y[j] + b[j]);
+    }
+  }
+
+  void dense_backward(int rows, int in, int out, const T* X, const T* W, const T* dZ, T* dW, T* db, T* dX,
+                      ActivationSpec x_act) override {
+    cpu::gemm(true, false, in, out, rows, T(1), X, in, dZ, out, T(0), dW, out);
+    column_sums(rows, out, dZ, db);
+    if (!dX) return;
+    cpu::gemm(false, true, rows, in, out, T(1), dZ, out, W, out, T(0), dX, in);
+    if (x_act.kind == Activation::Linear) return;
+    const T p = T(x_act.param);
+    const int64_t n = int64_t(rows) * in;
+#pragma omp parallel for if (n > kParallelThreshold)
+    for (int64_t i = 0; i < n; ++i) dX[i] *= math::activation_grad_from_output(x_act.kind, p, X[i]);
+  }
+
+  void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
+            ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
+    const T scale = T(1) / T(rows);
+    double loss_sum = 0.0, metric_sum = 0.0;
+#pragma omp parallel for reduction(+ : loss_sum, metric_sum) if (int64_t(rows) * n_out > kParallelThreshold)
+    for (int i = 0; i < rows; ++i) {
+      const auto r = math::loss_row(loss, metric, out_act, n_out, Z + int64_t(i) * n_out, Y + int64_t(i) * y_cols,
+                                    scale, dZ ? dZ + int64_t(i) * n_out : nullptr);
+      loss_sum += r.loss;
+      metric_sum += r.metric;
+    }
+    if (!std::isfinite(loss_sum)) counters->nonfinite = 1;
+    counters->loss_sum += loss_sum;
+    counters->metric_sum += metric_sum;
+  }
+
+  void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
+                      const ParamSegment* segments, int n_segments, bool any_regularizer,
+                      const OptimizerConfig* config, TrainCounters* counters, int rows) override {
+    if (counters->nonfinite) return;
+    const OptimizerConfig& c = *config;
+    const math::StepScalars s = math::step_scalars(c, counters->step);
+    // Unused slots alias slot 0; optimizer_update only touches the slots its kind owns.
+    T* st0 = state;
+    T* st1 = slots > 1 ? state + n_params : state;
+    T* st2 = slots > 2 ? state + 2 * n_params : state;
+    T dummy_state = T(0);
+    double penalty = 0.0;
+    for (int sgi = 0; sgi < n_segments; ++sgi) {
+      const ParamSegment seg = segments[sgi];
+      const T l1 = T(seg.l1), l2 = T(seg.l2);
+      const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
+#pragma omp parallel for reduction(+ : penalty) if (seg.size > kParallelThreshold)
+      for (int64_t k = seg.offset; k < seg.offset + seg.size; ++k) {
+        T& p = params[k];
+        T g = grads[k];
+        if (reg) {
+          penalty += double(math::regularization_penalty(p, l1, l2));
+          g += math::regularization_grad(p, l1, l2);
+        }
+        T local = dummy_state;
+        T& a = slots > 0 ? st0[k] : local;
+        T& b = slots > 1 ? st1[k] : local;
+        T& d = slots > 2 ? st2[k] : local;
+        math::optimizer_update(c, s, p, g, a, b, d);
+      }
+    }
+    if (any_regularizer) counters->reg_sum += penalty * rows;
+  }
+
+  void end_step(TrainCounters* counters, int rows) override {
+    if (!counters->nonfinite) counters->step += 1;
+    counters->batch_start += rows;
+  }
+
+ private:
+  static void column_sums(int rows, int cols, const T* M, T* out) {
+    // Each thread owns a band of columns, so the sums need no reduction across threads.
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+    for (int j0 = 0; j0 < cols; j0 += 64) {
+      const int j1 = j0 + 64 < cols ? j0 + 64 : cols;
+      T acc[64] = {};
+      for (int i = 0; i < rows; ++i) {
+        const T* row = M + int64_t(i) * cols;
+        for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
+      }
+      for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
+    }
+  }
+};
+
+}  // namespace
+
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend() {
+  return std::make_unique<CpuBackend<T>>();
+}
+template std::unique_ptr<Backend<float>> make_cpu_backend<float>();
+template std::unique_ptr<Backend<double>> make_cpu_backend<double>();
+
+}  // namespace fastmlp

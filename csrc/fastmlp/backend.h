@@ -1,0 +1,98 @@
+// The interface every backend implements: memory, the dense-layer GEMMs with their fused
+// element-wise work, the fused loss, the fused optimizer update and step capture.
+//
+// Matrices are row-major; a batch is `rows` samples, one per row. Weights use the Keras
+// layout W[in][out]. Pointers passed to these methods are backend memory unless a parameter
+// says "host". Nothing here knows about layers, models or epochs: that is Engine's job.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "fastmlp/types.h"
+
+namespace fastmlp {
+
+// Thrown when a backend cannot allocate; Python sees MemoryError with this message.
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+template <typename T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;  // "cpu" or "cuda:<index>"
+
+  // ---- memory (allocate returns zero-filled memory and throws on failure)
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p) noexcept = 0;
+  virtual void to_backend(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void fill(T* dst, T value, int64_t n) = 0;
+  virtual void synchronize() {}
+
+  // ---- one training step's pieces
+  // dst[i, :] = src[perm[counters->batch_start + i], :] for i < rows.
+  virtual void gather_rows(int rows, int cols, const T* src, const int32_t* perm, const TrainCounters* counters,
+                           T* dst) = 0;
+
+  // Y = act(X W + b) with X rows x in, W in x out, Y rows x out. act is never softmax here:
+  // the output layer is called with Linear and keeps its logits.
+  virtual void dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act,
+                             T* Y) = 0;
+
+  // Given dZ (rows x out) of this layer: dW = X^T dZ, db = column sums of dZ and, when dX is not
+  // null, dX = (dZ W^T) * x_act'(X), i.e. the previous layer's dZ (X is that layer's output).
+  virtual void dense_backward(int rows, int in, int out, const T* X, const T* W, const T* dZ, T* dW, T* db, T* dX,
+                              ActivationSpec x_act) = 0;
+
+  // Loss of each row of logits Z against targets Y (rows x y_cols), summed into counters->loss_sum
+  // and counters->metric_sum; sets counters->nonfinite on NaN/Inf. When dZ is not null it receives
+  // d(mean loss)/dZ.
+  virtual void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
+                    ActivationSpec out_act, T* dZ, TrainCounters* counters) = 0;
+
+  // One fused update of all parameters, segment by segment (segments and config are backend
+  // memory, so a captured step replays with the current learning rate). Adds each segment's
+  // L1/L2 gradient, and its penalty times `rows` into counters->reg_sum when any_regularizer.
+  // state holds `slots` buffers of n_params each, back to back. Skipped when counters->nonfinite.
+  virtual void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
+                              const ParamSegment* segments, int n_segments, bool any_regularizer,
+                              const OptimizerConfig* config, TrainCounters* counters, int rows) = 0;
+
+  // counters->step += 1 (unless nonfinite) and counters->batch_start += rows.
+  virtual void end_step(TrainCounters* counters, int rows) = 0;
+
+  // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them
+  // once per `rows` and replays the capture; reset_captures() drops captures after buffers move.
+  virtual void run_step(int /*rows*/, const std::function<void()>& ops) { ops(); }
+  virtual void reset_captures() {}
+};
+
+// Backend factories. make_backend("cpu") works everywhere; "cuda" or "cuda:N" loads the CUDA
+// plugin and throws std::runtime_error with the reason when it cannot. precision is "float32",
+// or for CUDA also "tf32" / "bf16" (GEMM operands only; accumulation, weights and optimizer
+// state stay float32).
+template <typename T>
+std::unique_ptr<Backend<T>> make_backend(const std::string& device, const std::string& precision = "float32");
+
+struct CudaInfo {
+  bool available = false;
+  int device_count = 0;
+  std::string reason;       // why not available
+  std::string description;  // GPU names, driver/runtime versions
+  std::string build;        // CUDA version and archs the plugin was compiled for
+};
+CudaInfo cuda_info();
+
+void set_num_threads(int n);
+int get_num_threads();
+std::string blas_info();
+
+}  // namespace fastmlp

@@ -1,0 +1,419 @@
+// Engine: parameter layout, workspace and the order of backend calls in a step.
+#include "fastmlp/engine.h"
+
+#include <atomic>
+#include <cmath>
+#include <stdexcept>
+
+#include "fastmlp/math.h"
+
+namespace fastmlp {
+namespace {
+
+std::atomic<uint64_t> next_dataset_id{1};
+
+bool is_class_id_loss(Loss l) {
+  return l == Loss::SparseCategoricalCrossentropy || l == Loss::MulticlassHinge;
+}
+
+}  // namespace
+
+int target_columns(const ModelSpec& spec) {
+  return is_class_id_loss(spec.loss) ? 1 : spec.layers.back().units;
+}
+
+void validate(const ModelSpec& spec) {
+  if (spec.input_dim <= 0) throw std::invalid_argument("input_dim must be positive, got " + std::to_string(spec.input_dim));
+  if (spec.layers.empty()) throw std::invalid_argument("a model needs at least one Dense layer");
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const LayerSpec& l = spec.layers[i];
+    const std::string where = "layer " + std::to_string(i);
+    if (l.units <= 0) throw std::invalid_argument(where + ": units must be positive, got " + std::to_string(l.units));
+    if (l.activation.kind == Activation::Softmax && i + 1 != spec.layers.size())
+      throw std::invalid_argument(where + ": softmax is only supported on the output layer");
+    if (l.activation.kind == Activation::LeakyRelu && !(l.activation.param >= 0.0))
+      throw std::invalid_argument(where + ": leaky_relu slope must be >= 0");
+    if (l.activation.kind == Activation::Elu && !(l.activation.param > 0.0))
+      throw std::invalid_argument(where + ": elu alpha must be > 0");
+    if (!(l.l1 >= 0.0) || !(l.l2 >= 0.0)) throw std::invalid_argument(where + ": regularization must be >= 0");
+  }
+  const Activation out = spec.layers.back().activation.kind;
+  switch (spec.loss) {
+    case Loss::SparseCategoricalCrossentropy:
+    case Loss::CategoricalCrossentropy:
+      if (out != Activation::Softmax && out != Activation::Linear)
+        throw std::invalid_argument(
+            "categorical cross-entropy needs a softmax output layer (or a linear one with from_logits=True)");
+      if (spec.layers.back().units < 2)
+        throw std::invalid_argument("categorical cross-entropy needs at least 2 output units");
+      break;
+    case Loss::BinaryCrossentropy:
+      if (out != Activation::Sigmoid && out != Activation::Linear)
+        throw std::invalid_argument(
+            "binary cross-entropy needs a sigmoid output layer (or a linear one with from_logits=True)");
+      break;
+    case Loss::MulticlassHinge:
+      if (spec.layers.back().units < 2) throw std::invalid_argument("multiclass hinge needs at least 2 output units");
+      break;
+    default: break;
+  }
+}
+
+template <typename T>
+Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& precision)
+    : spec_(std::move(spec)) {
+  validate(spec_);
+  backend_ = make_backend<T>(device, precision);
+  int fan_in = spec_.input_dim;
+  for (const LayerSpec& l : spec_.layers) {
+    const int64_t w = int64_t(fan_in) * l.units;
+    w_offset_.push_back(num_params_);
+    segments_.push_back({num_params_, w, l.l1, l.l2});
+    num_params_ += w;
+    b_offset_.push_back(num_params_);
+    segments_.push_back({num_params_, l.units, 0.0, 0.0});  // biases are never regularized
+    num_params_ += l.units;
+    any_regularizer_ = any_regularizer_ || l.l1 != 0.0 || l.l2 != 0.0;
+    fan_in = l.units;
+  }
+  Backend<T>* be = backend_.get();
+  params_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
+  grads_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
+  segments_dev_ = BackendBuffer<T>(be, sizeof(ParamSegment) * segments_.size());
+  be->to_backend(segments_dev_.get(), segments_.data(), sizeof(ParamSegment) * segments_.size());
+  config_dev_ = BackendBuffer<T>(be, sizeof(OptimizerConfig));
+  train_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
+  eval_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
+  set_optimizer(OptimizerConfig{}, true);
+}
+
+template <typename T>
+Engine<T>::~Engine() {
+  // Buffers must go before the backend that owns their memory.
+  acts_.clear();
+  dz_.clear();
+  x_batch_.reset(); y_batch_.reset(); perm_.reset();
+  params_.reset(); grads_.reset(); state_.reset();
+  segments_dev_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
+}
+
+template <typename T>
+void Engine<T>::get_params(T* host) const {
+  backend_->to_host(host, params_.get(), sizeof(T) * num_params_);
+}
+
+template <typename T>
+void Engine<T>::set_params(const T* host) {
+  backend_->to_backend(params_.get(), host, sizeof(T) * num_params_);
+}
+
+template <typename T>
+void Engine<T>::get_state(T* host) const {
+  if (slots_) backend_->to_host(host, state_.get(), sizeof(T) * num_params_ * slots_);
+}
+
+template <typename T>
+void Engine<T>::set_state(const T* host) {
+  if (slots_) backend_->to_backend(state_.get(), host, sizeof(T) * num_params_ * slots_);
+}
+
+template <typename T>
+int64_t Engine<T>::step() const {
+  return read_counters(train_counters_).step;
+}
+
+template <typename T>
+void Engine<T>::set_step(int64_t step) {
+  TrainCounters c = read_counters(train_counters_);
+  c.step = step;
+  backend_->to_backend(train_counters_.get(), &c, sizeof c);
+}
+
+template <typename T>
+void Engine<T>::upload_config() {
+  backend_->to_backend(config_dev_.get(), &config_, sizeof config_);
+}
+
+template <typename T>
+void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
+  const int slots = optimizer_state_slots(config);
+  const bool layout_changed = slots != slots_ || config.kind != config_.kind;
+  config_ = config;
+  upload_config();
+  if (layout_changed || reset) {
+    if (slots != slots_) {
+      state_ = BackendBuffer<T>(backend_.get(), sizeof(T) * num_params_ * slots);
+      slots_ = slots;
+      backend_->reset_captures();
+      captured_dataset_ = 0;
+    }
+    if (slots_) backend_->fill(state_.get(), T(0), num_params_ * slots_);
+    if (config_.kind == OptimizerKind::Adagrad)
+      backend_->fill(state_.get(), T(config_.initial_accumulator_value), num_params_);
+    set_step(0);
+  }
+}
+
+template <typename T>
+void Engine<T>::set_learning_rate(double lr) {
+  config_.lr = lr;
+  upload_config();
+}
+
+template <typename T>
+std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows) const {
+  auto d = std::make_shared<Dataset<T>>();
+  d->owner = backend_;
+  d->rows = rows;
+  d->x_cols = spec_.input_dim;
+  d->y_cols = y ? target_columns(spec_) : 0;
+  d->x_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->x_cols);
+  backend_->to_backend(d->x_storage.get(), x, sizeof(T) * rows * d->x_cols);
+  if (y) {
+    d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
+    backend_->to_backend(d->y_storage.get(), y, sizeof(T) * rows * d->y_cols);
+  }
+  d->x = d->x_storage.get();
+  d->y = d->y_storage.get();
+  d->id = next_dataset_id++;
+  return d;
+}
+
+template <typename T>
+std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x, const T* y, int64_t rows) const {
+  auto d = std::make_shared<Dataset<T>>();
+  d->owner = backend_;
+  d->rows = rows;
+  d->x_cols = spec_.input_dim;
+  d->y_cols = y ? target_columns(spec_) : 0;
+  d->x = x;
+  d->y = y;
+  d->id = next_dataset_id++;
+  return d;
+}
+
+template <typename T>
+void Engine<T>::ensure_workspace(int rows) {
+  if (rows <= capacity_) return;
+  Backend<T>* be = backend_.get();
+  acts_.clear();
+  dz_.clear();
+  for (const LayerSpec& l : spec_.layers) {
+    acts_.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
+    dz_.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
+  }
+  x_batch_ = BackendBuffer<T>(be, sizeof(T) * size_t(rows) * spec_.input_dim);
+  y_batch_ = BackendBuffer<T>(be, sizeof(T) * size_t(rows) * spec_.layers.back().units);
+  capacity_ = rows;
+  be->reset_captures();
+  captured_dataset_ = 0;
+}
+
+template <typename T>
+void Engine<T>::forward(int rows, const T* X) {
+  const T* in = X;
+  int fan_in = spec_.input_dim;
+  const size_t last = spec_.layers.size() - 1;
+  for (size_t i = 0; i < spec_.layers.size(); ++i) {
+    const LayerSpec& l = spec_.layers[i];
+    // The output layer keeps its logits: the loss applies the output activation itself.
+    const ActivationSpec act = i == last ? ActivationSpec{} : l.activation;
+    backend_->dense_forward(rows, fan_in, l.units, in, params_.get() + w_offset_[i], params_.get() + b_offset_[i],
+                            act, acts_[i].get());
+    in = acts_[i].get();
+    fan_in = l.units;
+  }
+}
+
+template <typename T>
+void Engine<T>::backward(int rows, const T* X) {
+  for (size_t i = spec_.layers.size(); i-- > 0;) {
+    const int fan_in = i == 0 ? spec_.input_dim : spec_.layers[i - 1].units;
+    const T* in = i == 0 ? X : acts_[i - 1].get();
+    const ActivationSpec in_act = i == 0 ? ActivationSpec{} : spec_.layers[i - 1].activation;
+    backend_->dense_backward(rows, fan_in, spec_.layers[i].units, in, params_.get() + w_offset_[i], dz_[i].get(),
+                             grads_.get() + w_offset_[i], grads_.get() + b_offset_[i],
+                             i == 0 ? nullptr : dz_[i - 1].get(), in_act);
+  }
+}
+
+template <typename T>
+void Engine<T>::train_step(int rows, const Dataset<T>& data) {
+  Backend<T>* be = backend_.get();
+  auto* counters = train_counters_.template as<TrainCounters>();
+  const int n_out = spec_.layers.back().units;
+  be->gather_rows(rows, data.x_cols, data.x, perm_.template as<int32_t>(), counters, x_batch_.get());
+  be->gather_rows(rows, data.y_cols, data.y, perm_.template as<int32_t>(), counters, y_batch_.get());
+  forward(rows, x_batch_.get());
+  be->loss(rows, n_out, acts_.back().get(), y_batch_.get(), data.y_cols, spec_.loss, spec_.metric,
+           spec_.layers.back().activation, dz_.back().get(), counters);
+  backward(rows, x_batch_.get());
+  be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
+                     int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(), counters, rows);
+  be->end_step(counters, rows);
+}
+
+template <typename T>
+void Engine<T>::reset_counters(BackendBuffer<T>& counters, bool keep_step) {
+  TrainCounters c;
+  if (keep_step) c.step = read_counters(counters).step;
+  backend_->to_backend(counters.get(), &c, sizeof c);
+}
+
+template <typename T>
+TrainCounters Engine<T>::read_counters(const BackendBuffer<T>& counters) const {
+  TrainCounters c;
+  backend_->to_host(&c, counters.get(), sizeof c);
+  return c;
+}
+
+template <typename T>
+EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+  if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
+  if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
+  if (!data.y) throw std::invalid_argument("training data has no targets");
+  EpochResult result;
+  if (data.rows == 0) return result;
+  const int bs = int(std::min<int64_t>(batch_size, data.rows));
+  ensure_workspace(bs);
+  if (perm_capacity_ < data.rows) {
+    perm_ = BackendBuffer<T>(backend_.get(), sizeof(int32_t) * data.rows);
+    perm_capacity_ = data.rows;
+    backend_->reset_captures();
+    captured_dataset_ = 0;
+  }
+  if (captured_dataset_ != data.id) {  // captured steps point at the old data
+    backend_->reset_captures();
+    captured_dataset_ = data.id;
+  }
+  backend_->to_backend(perm_.get(), perm.data(), sizeof(int32_t) * data.rows);
+  reset_counters(train_counters_, true);
+  const int64_t full = data.rows / bs;
+  const int rest = int(data.rows % bs);
+  for (int64_t b = 0; b < full; ++b) backend_->run_step(bs, [&] { train_step(bs, data); });
+  if (rest) backend_->run_step(rest, [&] { train_step(rest, data); });
+  const TrainCounters c = read_counters(train_counters_);
+  result.steps = full + (rest ? 1 : 0);
+  result.nonfinite = c.nonfinite != 0;
+  result.loss = (c.loss_sum + c.reg_sum) / double(data.rows);
+  result.metric = c.metric_sum / double(data.rows);
+  return result;
+}
+
+template <typename T>
+double Engine<T>::regularization_penalty() const {
+  if (!any_regularizer_) return 0.0;
+  std::vector<T> p(num_params_);
+  get_params(p.data());
+  double total = 0.0;
+  for (const ParamSegment& s : segments_)
+    for (int64_t k = s.offset; k < s.offset + s.size; ++k)
+      total += double(math::regularization_penalty(p[k], T(s.l1), T(s.l2)));
+  return total;
+}
+
+template <typename T>
+EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
+  if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
+  if (!data.y) throw std::invalid_argument("evaluation data has no targets");
+  EpochResult result;
+  if (data.rows == 0) return result;
+  const int bs = int(std::min<int64_t>(batch_size, data.rows));
+  ensure_workspace(bs);
+  reset_counters(eval_counters_, false);
+  auto* counters = eval_counters_.template as<TrainCounters>();
+  const int n_out = spec_.layers.back().units;
+  for (int64_t start = 0; start < data.rows; start += bs) {
+    const int rows = int(std::min<int64_t>(bs, data.rows - start));
+    forward(rows, data.x + start * data.x_cols);
+    backend_->loss(rows, n_out, acts_.back().get(), data.y + start * data.y_cols, data.y_cols, spec_.loss,
+                   spec_.metric, spec_.layers.back().activation, nullptr, counters);
+  }
+  const TrainCounters c = read_counters(eval_counters_);
+  result.nonfinite = c.nonfinite != 0;
+  result.loss = c.loss_sum / double(data.rows) + regularization_penalty();
+  result.metric = c.metric_sum / double(data.rows);
+  return result;
+}
+
+template <typename T>
+void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
+  if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
+  if (data.rows == 0) return;
+  const int bs = int(std::min<int64_t>(batch_size, data.rows));
+  ensure_workspace(bs);
+  const int n = spec_.layers.back().units;
+  const ActivationSpec act = spec_.layers.back().activation;
+  for (int64_t start = 0; start < data.rows; start += bs) {
+    const int rows = int(std::min<int64_t>(bs, data.rows - start));
+    forward(rows, data.x + start * data.x_cols);
+    T* out = out_host + start * n;
+    backend_->to_host(out, acts_.back().get(), sizeof(T) * rows * n);
+    // The output activation on the host: a small pass over rows x n logits.
+    for (int r = 0; r < rows; ++r) {
+      T* z = out + int64_t(r) * n;
+      if (act.kind == Activation::Softmax) {
+        const T lse = math::row_logsumexp(n, z);
+        for (int j = 0; j < n; ++j) z[j] = std::exp(z[j] - lse);
+      } else {
+        for (int j = 0; j < n; ++j) z[j] = math::activate(act.kind, T(act.param), z[j]);
+      }
+    }
+  }
+}
+
+template <typename T>
+double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
+  if (!data.y) throw std::invalid_argument("data has no targets");
+  if (data.rows <= 0) throw std::invalid_argument("compute_gradients needs at least one sample");
+  if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
+  const int rows = int(data.rows);
+  ensure_workspace(rows);
+  reset_counters(eval_counters_, false);
+  auto* counters = eval_counters_.template as<TrainCounters>();
+  forward(rows, data.x);
+  backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
+                 spec_.layers.back().activation, dz_.back().get(), counters);
+  backward(rows, data.x);
+  backend_->to_host(grads_host, grads_.get(), sizeof(T) * num_params_);
+  if (any_regularizer_) {  // add the regularization gradient on the host: not a training path
+    std::vector<T> p(num_params_);
+    get_params(p.data());
+    for (const ParamSegment& s : segments_)
+      for (int64_t k = s.offset; k < s.offset + s.size; ++k)
+        grads_host[k] += math::regularization_grad(p[k], T(s.l1), T(s.l2));
+  }
+  const TrainCounters c = read_counters(eval_counters_);
+  return c.loss_sum / double(rows) + regularization_penalty();
+}
+
+template <typename T>
+EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
+  if (!data.y) throw std::invalid_argument("data has no targets");
+  if (data.rows <= 0) throw std::invalid_argument("train_on_batch needs at least one sample");
+  if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
+  const int rows = int(data.rows);
+  ensure_workspace(rows);
+  reset_counters(train_counters_, true);
+  auto* counters = train_counters_.template as<TrainCounters>();
+  forward(rows, data.x);
+  backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
+                 spec_.layers.back().activation, dz_.back().get(), counters);
+  backward(rows, data.x);
+  backend_->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
+                           segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
+                           config_dev_.template as<OptimizerConfig>(), counters, rows);
+  backend_->end_step(counters, rows);
+  const TrainCounters c = read_counters(train_counters_);
+  EpochResult r;
+  r.steps = 1;
+  r.nonfinite = c.nonfinite != 0;
+  r.loss = (c.loss_sum + c.reg_sum) / double(rows);
+  r.metric = c.metric_sum / double(rows);
+  return r;
+}
+
+template class Engine<float>;
+template class Engine<double>;
+
+}  // namespace fastmlp

@@ -1,0 +1,166 @@
+// Engine: one dense network with its loss and optimizer, trained on any Backend.
+//
+// Parameters, gradients and optimizer state are each one flat buffer; layer i's kernel W_i
+// (in x out, Keras layout) is followed by its bias b_i. The engine owns the workspace
+// (activations, gradients, counters) and sequences backend calls; it never touches element
+// data itself except on the host side of get/set calls.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastmlp/backend.h"
+#include "fastmlp/types.h"
+
+namespace fastmlp {
+
+struct LayerSpec {
+  int units = 0;
+  ActivationSpec activation;
+  double l1 = 0.0, l2 = 0.0;  // kernel regularizer
+};
+
+struct ModelSpec {
+  int input_dim = 0;
+  std::vector<LayerSpec> layers;
+  Loss loss = Loss::MeanSquaredError;
+  Metric metric = Metric::None;
+};
+
+// Checks a spec and throws std::invalid_argument naming the problem.
+void validate(const ModelSpec& spec);
+// Columns of a target row: 1 for losses that take a class id, else the output width.
+int target_columns(const ModelSpec& spec);
+
+// Memory owned by a backend, freed with it.
+template <typename T>
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend<T>* backend, size_t bytes) : backend_(backend), bytes_(bytes) {
+    ptr_ = bytes ? backend->allocate(bytes) : nullptr;
+  }
+  ~BackendBuffer() { reset(); }
+  BackendBuffer(BackendBuffer&& o) noexcept { *this = std::move(o); }
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = o.backend_;
+      ptr_ = o.ptr_;
+      bytes_ = o.bytes_;
+      o.ptr_ = nullptr;
+      o.bytes_ = 0;
+    }
+    return *this;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  void reset() {
+    if (ptr_ && backend_) backend_->release(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  template <typename U = T>
+  U* as() const { return static_cast<U*>(ptr_); }
+  T* get() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Backend<T>* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Inputs and targets resident in backend memory (uploaded once, or borrowed device memory).
+template <typename T>
+struct Dataset {
+  std::shared_ptr<Backend<T>> owner;  // declared first: outlives the storage it frees
+  BackendBuffer<T> x_storage, y_storage;
+  const T* x = nullptr;
+  const T* y = nullptr;
+  int64_t rows = 0;
+  int x_cols = 0, y_cols = 0;
+  uint64_t id = 0;  // changes whenever the memory behind x / y may have changed
+};
+
+struct EpochResult {
+  double loss = 0.0;    // mean data loss + mean regularization penalty
+  double metric = 0.0;  // mean metric (accuracy, binary accuracy or MAE)
+  bool nonfinite = false;
+  int64_t steps = 0;
+};
+
+template <typename T>
+class Engine {
+ public:
+  Engine(ModelSpec spec, const std::string& device, const std::string& precision = "float32");
+  ~Engine();
+
+  const ModelSpec& spec() const { return spec_; }
+  std::string device() const { return backend_->name(); }
+  int64_t num_params() const { return num_params_; }
+  const std::vector<ParamSegment>& segments() const { return segments_; }
+
+  // Host copies of the flat buffers (num_params() values; state: slots * num_params()).
+  void get_params(T* host) const;
+  void set_params(const T* host);
+  int state_slots() const { return slots_; }
+  void get_state(T* host) const;
+  void set_state(const T* host);
+  int64_t step() const;
+  void set_step(int64_t step);
+
+  // Replaces the optimizer; state is zeroed (Adagrad's initial accumulator applied) when the
+  // kind or the slot layout changes or when reset is true.
+  void set_optimizer(const OptimizerConfig& config, bool reset = true);
+  const OptimizerConfig& optimizer() const { return config_; }
+  void set_learning_rate(double lr);
+
+  // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns).
+  std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows) const;
+  // Wraps memory the backend can read directly (device pointers for CUDA); no copy is made.
+  std::shared_ptr<Dataset<T>> borrow(const T* x, const T* y, int64_t rows) const;
+
+  // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
+  // with a last partial batch. Stops updating at the first non-finite loss.
+  EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  // Mean loss (with the regularization penalty) and metric, no update.
+  EpochResult evaluate(const Dataset<T>& data, int batch_size);
+  // Output of the last layer's activation for each row of data, into host memory.
+  void predict(const Dataset<T>& data, int batch_size, T* out_host);
+  // Gradient of mean loss + penalty over all rows (host, num_params values); returns that loss.
+  double compute_gradients(const Dataset<T>& data, T* grads_host);
+  // One optimizer step on exactly these rows; returns the loss before the step.
+  EpochResult train_on_batch(const Dataset<T>& data);
+
+ private:
+  void ensure_workspace(int rows);
+  void forward(int rows, const T* X);
+  void backward(int rows, const T* X);
+  void train_step(int rows, const Dataset<T>& data);
+  void reset_counters(BackendBuffer<T>& counters, bool keep_step);
+  TrainCounters read_counters(const BackendBuffer<T>& counters) const;
+  double regularization_penalty() const;
+  void upload_config();
+
+  ModelSpec spec_;
+  std::shared_ptr<Backend<T>> backend_;  // shared with the datasets it holds
+  int64_t num_params_ = 0;
+  std::vector<int64_t> w_offset_, b_offset_;
+  std::vector<ParamSegment> segments_;
+  bool any_regularizer_ = false;
+  OptimizerConfig config_;
+  int slots_ = 0;
+
+  BackendBuffer<T> params_, grads_, state_, segments_dev_, config_dev_;
+  BackendBuffer<T> train_counters_, eval_counters_;
+  // Workspace for `capacity_` rows.
+  int capacity_ = 0;
+  BackendBuffer<T> x_batch_, y_batch_, perm_;
+  int64_t perm_capacity_ = 0;
+  std::vector<BackendBuffer<T>> acts_, dz_;
+  uint64_t captured_dataset_ = 0;
+};
+
+}  // namespace fastmlp

@@ -1,0 +1,336 @@
+// The per-element math of fastmlp, written once for both backends.
+//
+// Every activation, its derivative, every loss with its gradient, every optimizer update and
+// every learning-rate schedule is an inline function here. The CPU backend calls them in its
+// loops, the CUDA kernels call them per thread, so the two backends cannot drift apart.
+// Formulas follow torch.optim / Keras; docs/formulas.md lists them in prose.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "fastmlp/types.h"
+
+#if defined(__CUDACC__)
+#define FASTMLP_HD __host__ __device__ __forceinline__
+#else
+#define FASTMLP_HD inline
+#endif
+
+namespace fastmlp {
+namespace math {
+
+#if !defined(__CUDA_ARCH__)
+// Host code gets the float and double overloads from std; CUDA device code has its own.
+using std::cos;
+using std::exp;
+using std::fabs;
+using std::floor;
+using std::log;
+using std::log1p;
+using std::pow;
+using std::sqrt;
+using std::tanh;
+#endif
+
+template <typename T>
+FASTMLP_HD T sigmoid(T z) {
+  // Two branches so exp never overflows: for z<0 use e^z/(1+e^z).
+  if (z >= T(0)) return T(1) / (T(1) + exp(-z));
+  const T e = exp(z);
+  return e / (T(1) + e);
+}
+
+// ---------------------------------------------------------------- activations
+template <typename T>
+FASTMLP_HD T activate(Activation kind, T param, T z) {
+  switch (kind) {
+    case Activation::Sigmoid: return sigmoid(z);
+    case Activation::Tanh: return tanh(z);
+    case Activation::Relu: return z > T(0) ? z : T(0);
+    case Activation::LeakyRelu: return z > T(0) ? z : param * z;
+    case Activation::Elu: return z > T(0) ? z : param * (exp(z) - T(1));
+    default: return z;  // Linear; Softmax is a row operation, see softmax_row
+  }
+}
+
+// f'(z) written in terms of the output a = f(z), so the forward pass stores only a.
+// Valid because every supported activation is monotone with f(z) > 0 <=> z > 0
+// (leaky slope >= 0 and elu alpha > 0 are enforced when a layer is built).
+template <typename T>
+FASTMLP_HD T activation_grad_from_output(Activation kind, T param, T a) {
+  switch (kind) {
+    case Activation::Sigmoid: return a * (T(1) - a);
+    case Activation::Tanh: return T(1) - a * a;
+    case Activation::Relu: return a > T(0) ? T(1) : T(0);
+    case Activation::LeakyRelu: return a > T(0) ? T(1) : param;
+    case Activation::Elu: return a > T(0) ? T(1) : a + param;
+    default: return T(1);
+  }
+}
+
+// ------------------------------------------------------------------- losses
+// Row helpers: n outputs of one sample. Every loss starts from the pre-activation z.
+
+template <typename T>
+FASTMLP_HD T row_max(int n, const T* z) {
+  T m = z[0];
+  for (int j = 1; j < n; ++j) m = z[j] > m ? z[j] : m;
+  return m;
+}
+
+template <typename T>
+FASTMLP_HD int row_argmax(int n, const T* v) {
+  int best = 0;
+  for (int j = 1; j < n; ++j)
+    if (v[j] > v[best]) best = j;
+  return best;
+}
+
+// log(sum_j exp(z_j)), stable for any finite z.
+template <typename T>
+FASTMLP_HD T row_logsumexp(int n, const T* z) {
+  const T m = row_max(n, z);
+  T s = T(0);
+  for (int j = 0; j < n; ++j) s += exp(z[j] - m);
+  return m + log(s);
+}
+
+// Output activation of element j of a row (softmax needs the row's log-sum-exp).
+template <typename T>
+FASTMLP_HD T output_value(const ActivationSpec& act, T lse, T zj) {
+  if (act.kind == Activation::Softmax) return exp(zj - lse);
+  return activate(act.kind, T(act.param), zj);
+}
+
+// Binary cross-entropy of a logit z against target y: max(z,0) - z*y + log(1+e^-|z|).
+template <typename T>
+FASTMLP_HD T bce_with_logit(T z, T y) {
+  return (z > T(0) ? z : T(0)) - z * y + log1p(exp(-fabs(z)));
+}
+
+struct RowResult {
+  double loss;
+  double metric;
+};
+
+// Loss of one sample and, if dz != nullptr, d(loss * scale)/dz written to dz.
+//  z: n pre-activations of the output layer; y: targets (one class id, or n values).
+//  scale is 1/batch for a batch mean. The output activation is fused in: cross-entropy
+//  losses use log-sum-exp on the logits, BCE uses bce_with_logit, and MSE / hinge apply
+//  the activation and chain through its derivative (softmax through its Jacobian).
+template <typename T>
+FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& out, int n, const T* z,
+                              const T* y, T scale, T* dz) {
+  RowResult r{0.0, 0.0};
+  switch (loss) {
+    case Loss::SparseCategoricalCrossentropy: {
+      const int c = static_cast<int>(y[0]);
+      const T lse = row_logsumexp(n, z);
+      r.loss = double(lse - z[c]);
+      if (dz)
+        for (int j = 0; j < n; ++j) dz[j] = (exp(z[j] - lse) - (j == c ? T(1) : T(0))) * scale;
+      if (metric == Metric::Accuracy) r.metric = row_argmax(n, z) == c ? 1.0 : 0.0;
+      return r;
+    }
+    case Loss::CategoricalCrossentropy: {
+      const T lse = row_logsumexp(n, z);
+      T ysum = T(0), l = T(0);
+      for (int j = 0; j < n; ++j) {
+        ysum += y[j];
+        l += y[j] * (lse - z[j]);
+      }
+      r.loss = double(l);
+      if (dz)
+        for (int j = 0; j < n; ++j) dz[j] = (exp(z[j] - lse) * ysum - y[j]) * scale;
+      if (metric == Metric::Accuracy) r.metric = row_argmax(n, z) == row_argmax(n, y) ? 1.0 : 0.0;
+      return r;
+    }
+    case Loss::BinaryCrossentropy: {
+      // Keras convention: mean over the outputs of a sample.
+      const T inv_n = T(1) / T(n);
+      T l = T(0), hits = T(0);
+      for (int j = 0; j < n; ++j) {
+        l += bce_with_logit(z[j], y[j]);
+        if (dz) dz[j] = (sigmoid(z[j]) - y[j]) * inv_n * scale;
+        hits += ((z[j] > T(0)) == (y[j] > T(0.5))) ? T(1) : T(0);
+      }
+      r.loss = double(l * inv_n);
+      if (metric == Metric::BinaryAccuracy) r.metric = double(hits * inv_n);
+      return r;
+    }
+    default: break;
+  }
+  // MSE and hinge act on the activated output a = f(z).
+  const T lse = out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0);
+  if (loss == Loss::MeanSquaredError) {
+    const T inv_n = T(1) / T(n);
+    T l = T(0), abs_err = T(0);
+    for (int j = 0; j < n; ++j) {
+      const T d = output_value(out, lse, z[j]) - y[j];
+      l += d * d;
+      abs_err += fabs(d);
+      if (dz) dz[j] = T(2) * d * inv_n * scale;  // dL/da for now
+    }
+    r.loss = double(l * inv_n);
+    if (metric == Metric::MeanAbsoluteError) r.metric = double(abs_err * inv_n);
+  } else {  // MulticlassHinge: sum_{j != c} max(0, a_j - a_c + 1)
+    const int c = static_cast<int>(y[0]);
+    const T ac = output_value(out, lse, z[c]);
+    T l = T(0), active = T(0);
+    for (int j = 0; j < n; ++j) {
+      if (j == c) continue;
+      const T margin = output_value(out, lse, z[j]) - ac + T(1);
+      const bool on = margin > T(0);
+      if (on) {
+        l += margin;
+        active += T(1);
+      }
+      if (dz) dz[j] = on ? scale : T(0);
+    }
+    if (dz) dz[c] = -active * scale;
+    r.loss = double(l);
+    if (metric == Metric::Accuracy) r.metric = row_argmax(n, z) == c ? 1.0 : 0.0;
+  }
+  if (dz) {  // chain dL/da through the output activation
+    if (out.kind == Activation::Softmax) {
+      T dot = T(0);
+      for (int j = 0; j < n; ++j) dot += dz[j] * exp(z[j] - lse);
+      for (int j = 0; j < n; ++j) dz[j] = exp(z[j] - lse) * (dz[j] - dot);
+    } else {
+      for (int j = 0; j < n; ++j)
+        dz[j] *= activation_grad_from_output(out.kind, T(out.param), activate(out.kind, T(out.param), z[j]));
+    }
+  }
+  return r;
+}
+
+// ----------------------------------------------------------- regularization
+template <typename T>
+FASTMLP_HD T regularization_grad(T w, T l1, T l2) {
+  const T sign = w > T(0) ? T(1) : (w < T(0) ? T(-1) : T(0));
+  return T(2) * l2 * w + l1 * sign;
+}
+
+template <typename T>
+FASTMLP_HD T regularization_penalty(T w, T l1, T l2) {
+  return l2 * w * w + l1 * fabs(w);
+}
+
+// ------------------------------------------------------ learning-rate schedule
+// Learning rate for the update with 0-based index t.
+FASTMLP_HD double scheduled_lr(const Schedule& s, double lr, int64_t t) {
+  const double td = static_cast<double>(t);
+  double out = lr;
+  switch (s.kind) {
+    case ScheduleKind::StepDecay: out = lr * pow(s.rate, floor(td / s.decay_steps)); break;
+    case ScheduleKind::ExponentialDecay: {
+      const double p = td / s.decay_steps;
+      out = lr * pow(s.rate, s.staircase ? floor(p) : p);
+      break;
+    }
+    case ScheduleKind::InverseTimeDecay: out = lr / (1.0 + s.rate * td / s.decay_steps); break;
+    case ScheduleKind::Cosine: {
+      const double p = (td < s.decay_steps ? td : s.decay_steps) / s.decay_steps;
+      out = s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+      break;
+    }
+    default: break;
+  }
+  if (t < s.warmup_steps) out *= (td + 1.0) / static_cast<double>(s.warmup_steps);
+  return out;
+}
+
+// ------------------------------------------------------------------ optimizers
+// Scalars shared by all parameters in one update (computed once per step, in double).
+struct StepScalars {
+  double lr;         // scheduled learning rate
+  double bc1, bc2;   // Adam bias corrections 1 - beta^t (t 1-based)
+  double clr;        // Adagrad's decayed rate
+  bool first;        // first update: SGD momentum buffers start at g
+};
+
+FASTMLP_HD StepScalars step_scalars(const OptimizerConfig& c, int64_t t0) {
+  StepScalars s;
+  s.lr = scheduled_lr(c.schedule, c.lr, t0);
+  const double t = static_cast<double>(t0 + 1);
+  s.bc1 = 1.0 - pow(c.beta1, t);
+  s.bc2 = 1.0 - pow(c.beta2, t);
+  s.clr = s.lr / (1.0 + (t - 1.0) * c.lr_decay);
+  s.first = t0 == 0;
+  return s;
+}
+
+// One parameter's update. g already holds the data gradient plus the layer regularizer;
+// st0..st2 are this parameter's optimizer-state slots (unused ones may alias st0).
+// Formulas are torch.optim's (see docs/formulas.md).
+template <typename T>
+FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1,
+                                 T& st2) {
+  const T lr = T(s.lr);
+  if (c.kind != OptimizerKind::AdamW && c.weight_decay != 0.0) g += T(c.weight_decay) * p;
+  switch (c.kind) {
+    case OptimizerKind::SGD: {
+      if (c.momentum != 0.0) {
+        T& buf = st0;
+        buf = s.first ? g : T(c.momentum) * buf + T(1.0 - c.dampening) * g;
+        g = c.nesterov ? g + T(c.momentum) * buf : buf;
+      }
+      p -= lr * g;
+      return;
+    }
+    case OptimizerKind::Adagrad: {
+      T& sum = st0;
+      sum += g * g;
+      p -= T(s.clr) * g / (sqrt(sum) + T(c.eps));
+      return;
+    }
+    case OptimizerKind::RMSprop: {
+      T& sq = st0;
+      sq = T(c.alpha) * sq + T(1.0 - c.alpha) * g * g;
+      T avg;
+      if (c.centered) {
+        T& gavg = st1;
+        gavg = T(c.alpha) * gavg + T(1.0 - c.alpha) * g;
+        avg = sqrt(sq - gavg * gavg) + T(c.eps);
+      } else {
+        avg = sqrt(sq) + T(c.eps);
+      }
+      if (c.momentum > 0.0) {
+        T& buf = c.centered ? st2 : st1;
+        buf = T(c.momentum) * buf + g / avg;
+        p -= lr * buf;
+      } else {
+        p -= lr * g / avg;
+      }
+      return;
+    }
+    case OptimizerKind::Adadelta: {
+      T& sq = st0;
+      T& acc_delta = st1;
+      sq = T(c.rho) * sq + T(1.0 - c.rho) * g * g;
+      const T delta = sqrt(acc_delta + T(c.eps)) / sqrt(sq + T(c.eps)) * g;
+      acc_delta = T(c.rho) * acc_delta + T(1.0 - c.rho) * delta * delta;
+      p -= lr * delta;
+      return;
+    }
+    case OptimizerKind::Adam:
+    case OptimizerKind::AdamW: {
+      if (c.kind == OptimizerKind::AdamW) p *= T(1.0 - s.lr * c.weight_decay);
+      T& m = st0;
+      T& v = st1;
+      m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
+      v = T(c.beta2) * v + T(1.0 - c.beta2) * g * g;
+      T vhat = v;
+      if (c.amsgrad) {
+        st2 = st2 > v ? st2 : v;
+        vhat = st2;
+      }
+      const T denom = sqrt(vhat) / T(sqrt(s.bc2)) + T(c.eps);
+      p -= T(s.lr / s.bc1) * m / denom;
+      return;
+    }
+  }
+}
+
+}  // namespace math
+}  // namespace fastmlp

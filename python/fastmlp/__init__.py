@@ -1,0 +1,66 @@
+"""fastmlp: multilayer perceptrons trained by a native C++/CUDA engine behind a Keras-style API.
+
+    import fastmlp as fm
+    model = fm.Sequential([fm.Dense(256, activation="relu", input_dim=784),
+                           fm.Dense(10, activation="softmax")], seed=0)
+    model.compile(optimizer=fm.optimizers.Adam(lr=1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, epochs=5, batch_size=128)
+"""
+from __future__ import annotations
+
+from . import _core
+from . import activations, callbacks, initializers, losses, optimizers, regularizers, schedules
+from .gradcheck import gradcheck
+from .layers import Dense
+from .models import NonFiniteLossError, Sequential, cuda_is_available
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU backend (BLAS and the element-wise loops)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _core.get_num_threads()
+
+
+def build_info() -> dict:
+    """What this build of fastmlp contains: BLAS, CUDA version and GPU architectures, GPUs seen."""
+    from . import _build_config as cfg
+
+    cuda = _core.cuda_info()
+    return {
+        "version": __version__,
+        "blas": _core.blas_info(),
+        "cuda_compiled": cfg.CUDA_COMPILED,
+        "cuda_version": cfg.CUDA_VERSION if cfg.CUDA_COMPILED else None,
+        "cuda_archs": cfg.CUDA_ARCHS if cfg.CUDA_COMPILED else None,
+        "cuda_available": cuda["available"],
+        "cuda_devices": cuda["description"],
+        "cuda_reason": cuda["reason"],
+        "cuda_plugin_build": cuda["build"],
+        "build_type": cfg.BUILD_TYPE,
+    }
+
+
+def __getattr__(name):
+    # Optional parts load on first use so `import fastmlp` never imports matplotlib or scikit-learn.
+    import importlib
+
+    if name in ("plot", "datasets", "model_selection", "saving"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in ("MLPClassifier", "MLPRegressor"):
+        return getattr(importlib.import_module(".sklearn", __name__), name)
+    if name == "load_model":
+        return importlib.import_module(".saving", __name__).load_model
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
+
+
+__all__ = ["Sequential", "Dense", "NonFiniteLossError", "gradcheck", "set_num_threads", "get_num_threads",
+           "build_info", "cuda_is_available", "activations", "callbacks", "initializers", "losses",
+           "optimizers", "regularizers", "schedules"]

@@ -1,0 +1,13 @@
+"""Integer ids shared with the native core (must match csrc/fastmlp/types.h)."""
+
+ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6}
+LOSS_IDS = {
+    "sparse_categorical_crossentropy": 0,
+    "categorical_crossentropy": 1,
+    "binary_crossentropy": 2,
+    "mse": 3,
+    "multiclass_hinge": 4,
+}
+METRIC_IDS = {None: 0, "accuracy": 1, "binary_accuracy": 2, "mae": 3}
+OPTIMIZER_IDS = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adadelta": 3, "adam": 4, "adamw": 5}
+SCHEDULE_IDS = {"constant": 0, "step": 1, "exponential": 2, "inverse_time": 3, "cosine": 4}

@@ -1,0 +1,101 @@
+"""Activation functions. Strings ("relu") or objects (LeakyReLU(0.2)) are accepted anywhere.
+
+The math itself lives in the native core (csrc/fastmlp/math.h); these objects only name it.
+"""
+from __future__ import annotations
+
+from ._enums import ACTIVATION_IDS
+
+
+class Activation:
+    """An activation with its parameter; `name` is one of ACTIVATION_IDS."""
+
+    name = "linear"
+    param = 0.0
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "param": self.param}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.param})" if self.param else f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Activation) and (self.name, self.param) == (other.name, other.param)
+
+    def __hash__(self):
+        return hash((self.name, self.param))
+
+
+class Linear(Activation):
+    name = "linear"
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+
+class ReLU(Activation):
+    name = "relu"
+
+
+class LeakyReLU(Activation):
+    """max(z, slope*z); slope must be >= 0 (default 0.01)."""
+
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        negative_slope = float(negative_slope)
+        if not negative_slope >= 0.0:
+            raise ValueError(f"LeakyReLU negative_slope must be >= 0, got {negative_slope}")
+        self.param = negative_slope
+
+
+class ELU(Activation):
+    """z for z > 0, alpha*(exp(z)-1) otherwise; alpha must be > 0 (default 1.0)."""
+
+    name = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        alpha = float(alpha)
+        if not alpha > 0.0:
+            raise ValueError(f"ELU alpha must be > 0, got {alpha}")
+        self.param = alpha
+
+
+class Softmax(Activation):
+    """Row-wise softmax; output layer only."""
+
+    name = "softmax"
+
+
+_BY_NAME = {
+    "linear": Linear, None: Linear, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
+    "leaky_relu": LeakyReLU, "elu": ELU, "softmax": Softmax,
+}
+
+
+def get(identifier) -> Activation:
+    """Resolves a string, None or Activation object; raises ValueError for unknown names."""
+    if isinstance(identifier, Activation):
+        return identifier
+    if identifier is None or isinstance(identifier, str):
+        key = identifier.lower() if isinstance(identifier, str) else None
+        if key not in _BY_NAME:
+            names = ", ".join(sorted(k for k in _BY_NAME if k))
+            raise ValueError(f"unknown activation {identifier!r}; choose one of: {names}")
+        return _BY_NAME[key]()
+    raise TypeError(f"activation must be a string or an fm.activations.Activation, got {type(identifier).__name__}")
+
+
+def from_config(config: dict) -> Activation:
+    act = get(config["name"])
+    if config.get("param"):
+        act = type(act)(config["param"])
+    return act
+
+
+__all__ = ["Activation", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "Softmax", "get", "ACTIVATION_IDS"]

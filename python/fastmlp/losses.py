@@ -1,0 +1,78 @@
+"""Loss functions, each a mean over the batch, computed natively from the output layer's
+pre-activation z fused with the output activation:
+
+sparse_categorical_crossentropy  logsumexp(z) - z[y]                (softmax output, integer labels)
+categorical_crossentropy         sum_j y_j * (logsumexp(z) - z_j)   (softmax output, one-hot/soft rows)
+binary_crossentropy              mean_j max(z,0) - z*y + log(1 + exp(-|z|))   (sigmoid output)
+mse                              mean_j (a_j - y_j)^2, a = output activation(z)
+multiclass_hinge                 sum_{j != y} max(0, a_j - a_y + 1)  (the lectures' SVM loss)
+
+Cross-entropies need a softmax (or sigmoid for BCE) output layer, or a linear output with
+from_logits=True; either way they are evaluated on the logits, so they stay finite for logits
+of any magnitude.
+"""
+from __future__ import annotations
+
+from ._enums import LOSS_IDS
+
+_ALIASES = {
+    "sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
+    "categorical_crossentropy": "categorical_crossentropy",
+    "binary_crossentropy": "binary_crossentropy",
+    "bce": "binary_crossentropy",
+    "mse": "mse",
+    "mean_squared_error": "mse",
+    "squared_error": "mse",
+    "multiclass_hinge": "multiclass_hinge",
+    "hinge": "multiclass_hinge",
+    "categorical_hinge": "multiclass_hinge",
+}
+
+
+class Loss:
+    name = "mse"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    @property
+    def takes_class_ids(self) -> bool:
+        return self.name in ("sparse_categorical_crossentropy", "multiclass_hinge")
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "from_logits": self.from_logits}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(from_logits={self.from_logits})"
+
+
+def _loss_class(name):
+    return type("".join(p.title() for p in name.split("_")), (Loss,), {"name": name})
+
+
+SparseCategoricalCrossentropy = _loss_class("sparse_categorical_crossentropy")
+CategoricalCrossentropy = _loss_class("categorical_crossentropy")
+BinaryCrossentropy = _loss_class("binary_crossentropy")
+MeanSquaredError = _loss_class("mse")
+MulticlassHinge = _loss_class("multiclass_hinge")
+_BY_NAME = {c.name: c for c in (SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
+                                MeanSquaredError, MulticlassHinge)}
+
+
+def get(identifier) -> Loss:
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        key = _ALIASES.get(identifier.lower())
+        if key is None:
+            raise ValueError(f"unknown loss {identifier!r}; choose one of: {', '.join(sorted(_ALIASES))}")
+        return _BY_NAME[key]()
+    raise TypeError(f"loss must be a string or an fm.losses.Loss, got {type(identifier).__name__}")
+
+
+def from_config(config: dict) -> Loss:
+    return _BY_NAME[config["name"]](from_logits=config.get("from_logits", False))
+
+
+__all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",
+           "MeanSquaredError", "MulticlassHinge", "get", "LOSS_IDS"]

@@ -1,0 +1,417 @@
+"""Sequential: a stack of Dense layers, compiled with a loss and optimizer, trained natively.
+
+This layer only validates input, converts arrays and calls the native engine; the training
+loop (shuffling, batching, forward, backward, loss, update) runs in C++ with the GIL released,
+returning to Python once per epoch for logs and callbacks.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+
+from . import _core
+from . import losses as _losses
+from . import optimizers as _optimizers
+from ._enums import ACTIVATION_IDS, LOSS_IDS, METRIC_IDS
+from ._validation import as_features, as_targets, non_negative_int, positive_int
+from .callbacks import CallbackList, History
+from .layers import Dense
+
+_EVAL_BATCH = 4096  # rows per forward pass in evaluate/predict; results do not depend on it
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the weights of the last finite step are kept."""
+
+
+def cuda_is_available() -> bool:
+    return bool(_core.cuda_info()["available"])
+
+
+def resolve_device(device) -> str:
+    if device is None or device == "auto":
+        return "cuda" if cuda_is_available() else "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', got {device!r}")
+    device = device.lower()
+    if device == "gpu":
+        device = "cuda"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def _resolve_metric(metrics, loss: _losses.Loss):
+    """Returns (native metric id name, history key) for the compile(metrics=...) list."""
+    if metrics is None:
+        return None, None
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = [m for m in metrics]
+    if len(names) == 0:
+        return None, None
+    if len(names) > 1:
+        raise ValueError(f"one metric is supported per model, got {names}")
+    m = names[0]
+    if not isinstance(m, str):
+        raise TypeError(f"metrics must be names such as 'accuracy', got {m!r}")
+    key = m.lower()
+    if key in ("accuracy", "acc", "binary_accuracy"):
+        if loss.name == "mse":
+            raise ValueError("accuracy needs a classification loss; use metrics=['mae'] with mse")
+        native = "binary_accuracy" if loss.name == "binary_crossentropy" else "accuracy"
+        if key == "binary_accuracy" and native != "binary_accuracy":
+            raise ValueError("binary_accuracy goes with binary_crossentropy; use 'accuracy'")
+        return native, "accuracy" if key == "acc" else key
+    if key in ("mae", "mean_absolute_error"):
+        if loss.name != "mse":
+            raise ValueError("mae is available with the mse loss")
+        return "mae", "mae"
+    raise ValueError(f"unknown metric {m!r}; choose 'accuracy', 'binary_accuracy' or 'mae'")
+
+
+class Sequential:
+    """A feed-forward network of Dense layers (Keras-style API)."""
+
+    def __init__(self, layers=None, seed: int | None = None, name: str | None = None):
+        self.layers: list[Dense] = []
+        self._engine = None
+        self._compile_args: dict | None = None
+        self._epochs_seen = 0  # epochs trained so far: picks each epoch's shuffle stream
+        for layer in layers or []:
+            self.add(layer)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        self.name = name or "sequential"
+        self.stop_training = False
+        self.history: History | None = None
+
+    # ------------------------------------------------------------------ structure
+    def add(self, layer: Dense):
+        if not isinstance(layer, Dense):
+            raise TypeError(f"Sequential holds fm.Dense layers, got {type(layer).__name__}")
+        if self._engine is not None:
+            raise RuntimeError("layers cannot be added after the model is built")
+        if self.layers and layer.input_dim is not None and layer.input_dim != self.layers[-1].units:
+            raise ValueError(f"layer input_dim {layer.input_dim} does not match the previous layer's "
+                             f"{self.layers[-1].units} units")
+        self.layers.append(layer)
+
+    @property
+    def input_dim(self) -> int | None:
+        return self.layers[0].input_dim if self.layers else None
+
+    @property
+    def built(self) -> bool:
+        return self._engine is not None
+
+    def _layer_shapes(self):
+        shapes, fan_in = [], self.input_dim
+        for layer in self.layers:
+            shapes += [(fan_in, layer.units), (layer.units,)]
+            fan_in = layer.units
+        return shapes
+
+    # --------------------------------------------------------------------- compile
+    def compile(self, optimizer="adam", loss=None, metrics=None, *, device="auto", precision="float32",
+                dtype="float32"):
+        """Sets loss, optimizer and metric. device: 'auto' (CUDA when available), 'cpu', 'cuda[:N]'.
+        precision (CUDA): 'float32', 'tf32' or 'bf16'. dtype 'float64' gives a CPU float64 engine."""
+        if not self.layers:
+            raise ValueError("add at least one Dense layer before compile")
+        if loss is None:
+            raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
+        loss_obj = _losses.get(loss)
+        opt = _optimizers.get(optimizer)
+        metric_native, metric_key = _resolve_metric(metrics, loss_obj)
+        device = resolve_device(device)
+        if dtype not in ("float32", "float64", np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        dtype = np.dtype(dtype)
+        if precision not in ("float32", "tf32", "bf16"):
+            raise ValueError(f"precision must be 'float32', 'tf32' or 'bf16', got {precision!r}")
+        if precision != "float32" and not device.startswith("cuda"):
+            raise ValueError(f"precision={precision!r} needs the CUDA backend")
+        if dtype == np.float64 and device != "cpu":
+            raise ValueError("dtype='float64' is available on the CPU backend only (use device='cpu')")
+        out = self.layers[-1].activation.name
+        if loss_obj.name in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+            if not (out == "softmax" or (out == "linear" and loss_obj.from_logits)):
+                raise ValueError(f"{loss_obj.name} needs a softmax output layer, or a linear output with "
+                                 f"from_logits=True (output activation is {out!r})")
+        if loss_obj.name == "binary_crossentropy":
+            if not (out == "sigmoid" or (out == "linear" and loss_obj.from_logits)):
+                raise ValueError(f"binary_crossentropy needs a sigmoid output layer, or a linear output with "
+                                 f"from_logits=True (output activation is {out!r})")
+        if out == "softmax" and loss_obj.from_logits:
+            raise ValueError("from_logits=True means a linear output layer, but the output is softmax")
+        for i, layer in enumerate(self.layers[:-1]):
+            if layer.activation.name == "softmax":
+                raise ValueError(f"layer {i}: softmax is only supported on the output layer")
+        weights = self.get_weights() if self.built else None
+        self._compile_args = dict(optimizer=opt, loss=loss_obj, metric=metric_native, metric_key=metric_key,
+                                  device=device, precision=precision, dtype=dtype)
+        self._engine = None
+        if self.input_dim is not None:
+            self._build(self.input_dim)
+            if weights is not None:
+                self.set_weights(weights)
+
+    @property
+    def optimizer(self):
+        return None if self._compile_args is None else self._compile_args["optimizer"]
+
+    @property
+    def loss(self):
+        return None if self._compile_args is None else self._compile_args["loss"]
+
+    @property
+    def device(self) -> str | None:
+        return None if self._engine is None else self._engine.device
+
+    def _require_compiled(self, what: str):
+        if self._compile_args is None:
+            raise RuntimeError(f"call model.compile(...) before {what}")
+
+    def _build(self, input_dim: int):
+        """Creates the native engine for this input width and initializes the weights from the seed."""
+        if self.layers[0].input_dim is None:
+            self.layers[0].input_dim = int(input_dim)
+        args = self._compile_args
+        layers = []
+        for layer in self.layers:
+            reg = layer.kernel_regularizer
+            layers.append((layer.units, ACTIVATION_IDS[layer.activation.name], float(layer.activation.param),
+                           0.0 if reg is None else reg.l1, 0.0 if reg is None else reg.l2))
+        cls = _core.Engine64 if args["dtype"] == np.float64 else _core.Engine32
+        engine = cls(self.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]],
+                     args["device"], args["precision"])
+        engine.initialize([layer.kernel_initializer.spec() for layer in self.layers],
+                          _core.derive_seed(self.seed, 0))
+        engine.set_optimizer(args["optimizer"].native(), True)
+        self._engine = engine
+
+    def _ensure_built(self, x_cols: int):
+        if self._engine is None:
+            self._build(x_cols)
+
+    # ------------------------------------------------------------------ data prep
+    @property
+    def _dtype(self):
+        return self._compile_args["dtype"] if self._compile_args else np.dtype(np.float32)
+
+    def _x(self, x, name="x"):
+        arr = as_features(x, name, self.input_dim, self._dtype)
+        self._ensure_built(arr.shape[1])
+        return arr
+
+    def _y(self, y, n, name="y"):
+        loss = self._compile_args["loss"]
+        return as_targets(y, name, n, self.layers[-1].units, loss.takes_class_ids, self._dtype)
+
+    def _xy(self, x, y, xname="x", yname="y"):
+        x = self._x(x, xname)
+        return x, self._y(y, x.shape[0], yname)
+
+    def _metric_logs(self, result: dict, prefix="") -> dict:
+        logs = {prefix + "loss": float(result["loss"])}
+        key = self._compile_args["metric_key"]
+        if key:
+            logs[prefix + key] = float(result["metric"])
+        return logs
+
+    # ----------------------------------------------------------------------- fit
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0):
+        """Trains for `epochs` epochs (counting from initial_epoch) and returns a History."""
+        self._require_compiled("fit")
+        batch_size = positive_int(batch_size, "batch_size")
+        epochs = non_negative_int(epochs, "epochs")
+        initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
+        if verbose not in (0, 1, 2, "auto", True, False):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        verbose = 1 if verbose in ("auto", True) else int(verbose)
+        x, y = self._xy(x, y)
+        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            val = self._xy(validation_data[0], validation_data[1], "validation x", "validation y")
+        elif validation_split > 0.0:
+            # Keras convention: the last fraction of the samples, taken before any shuffling.
+            n_val = int(round(x.shape[0] * validation_split))
+            if n_val == 0 or n_val == x.shape[0]:
+                raise ValueError(f"validation_split={validation_split} leaves no training or validation samples "
+                                 f"out of {x.shape[0]}")
+            val = (x[-n_val:], y[-n_val:])
+            x, y = x[:-n_val], y[:-n_val]
+
+        engine = self._engine
+        train_data = engine.upload(x, y)
+        val_data = engine.upload(*val) if val is not None else None
+        history = History()
+        params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0], "verbose": verbose,
+                  "steps": -(-x.shape[0] // batch_size)}
+        cbs = CallbackList([history] + list(callbacks or []), self, params)
+        self.history = history
+        self.stop_training = False
+        from .progress import EpochProgress
+
+        progress = EpochProgress(verbose, epochs, x.shape[0])
+        cbs.on_train_begin()
+        try:
+            for epoch in range(initial_epoch, epochs):
+                cbs.on_epoch_begin(epoch)
+                progress.begin(epoch)
+                seed = _core.derive_seed(self.seed, 1 + self._epochs_seen) if shuffle else None
+                started = time.perf_counter()
+                result = engine.train_epoch(train_data, seed, batch_size)
+                seconds = time.perf_counter() - started
+                self._epochs_seen += 1
+                if result["nonfinite"]:
+                    raise NonFiniteLossError(
+                        f"the training loss became NaN or Inf during epoch {epoch + 1}; training stopped and the "
+                        "weights of the last step with a finite loss were kept (try a lower learning rate)")
+                logs = self._metric_logs(result)
+                if val_data is not None:
+                    logs.update(self._metric_logs(engine.evaluate(val_data, _EVAL_BATCH), "val_"))
+                progress.end(epoch, logs, seconds)
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        finally:
+            progress.close()
+        cbs.on_train_end()
+        return history
+
+    # --------------------------------------------------------- evaluate / predict
+    def evaluate(self, x, y, batch_size=None, verbose=0):
+        """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}."""
+        self._require_compiled("evaluate")
+        bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
+        x, y = self._xy(x, y)
+        result = self._engine.evaluate(self._engine.upload(x, y), bs)
+        logs = self._metric_logs(result)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        return logs
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """Output of the last layer's activation (softmax probabilities, sigmoid, ...)."""
+        self._require_compiled("predict")
+        bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
+        x = self._x(x)
+        return self._engine.predict(self._engine.upload(x), bs)
+
+    def __call__(self, x):
+        return self.predict(x)
+
+    # --------------------------------------------------------------- one batch
+    def train_on_batch(self, x, y) -> float:
+        """One optimizer step on exactly this batch; returns its loss (before the step)."""
+        self._require_compiled("train_on_batch")
+        x, y = self._xy(x, y)
+        result = self._engine.train_on_batch(self._engine.upload(x, y))
+        if result["nonfinite"]:
+            raise NonFiniteLossError("the loss of this batch is NaN or Inf; the weights were not updated")
+        return float(result["loss"])
+
+    def compute_gradients(self, x, y):
+        """Gradients of mean loss + regularization, in get_weights() order and shapes."""
+        self._require_compiled("compute_gradients")
+        x, y = self._xy(x, y)
+        _, flat = self._engine.compute_gradients(self._engine.upload(x, y))
+        return self._unflatten(flat)
+
+    # ------------------------------------------------------------------- weights
+    def _unflatten(self, flat):
+        out, off = [], 0
+        for shape in self._layer_shapes():
+            n = int(np.prod(shape))
+            out.append(flat[off:off + n].reshape(shape).copy())
+            off += n
+        return out
+
+    def get_weights(self):
+        """[W1 (in, out), b1 (out,), W2, b2, ...] as copies (Keras layout)."""
+        if self._engine is None:
+            raise RuntimeError("the model has no weights yet: compile it with a known input_dim or fit it first")
+        return self._unflatten(self._engine.get_params())
+
+    def set_weights(self, weights):
+        if self._compile_args is None:
+            raise RuntimeError("call model.compile(...) before set_weights")
+        weights = list(weights)
+        if self._engine is None:
+            if not weights or np.ndim(weights[0]) != 2:
+                raise ValueError("set_weights needs [W1, b1, ...] with W1 of shape (input_dim, units)")
+            self._build(int(np.shape(weights[0])[0]))
+        shapes = self._layer_shapes()
+        if len(weights) != len(shapes):
+            raise ValueError(f"set_weights expects {len(shapes)} arrays, got {len(weights)}")
+        parts = []
+        for i, (w, shape) in enumerate(zip(weights, shapes)):
+            arr = np.asarray(w)
+            if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+                raise TypeError(f"weight {i} must be numeric, got dtype {arr.dtype}")
+            if arr.shape != shape:
+                raise ValueError(f"weight {i} has shape {arr.shape}, expected {shape}")
+            arr = arr.astype(self._dtype, copy=False)
+            if not np.isfinite(arr).all():
+                raise ValueError(f"weight {i} contains NaN or Inf")
+            parts.append(arr.ravel())
+        self._engine.set_params(np.concatenate(parts))
+
+    def count_params(self) -> int:
+        if self.input_dim is None:
+            raise RuntimeError("the model is not built: its input_dim is unknown")
+        return int(sum(np.prod(s) for s in self._layer_shapes()))
+
+    def summary(self, print_fn=None):
+        """Prints layers, output shapes and parameter counts."""
+        print_fn = print_fn or print
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        fan_in, total = self.input_dim, 0
+        for i, layer in enumerate(self.layers):
+            n = (fan_in * layer.units + layer.units) if fan_in is not None else 0
+            total += n
+            label = f"{layer.name or f'dense_{i}'} (Dense, {layer.activation.name})"
+            rows.append((label, f"(None, {layer.units})", f"{n:,}" if fan_in is not None else "?"))
+            fan_in = layer.units
+        widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
+        line = "=" * sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        for j, r in enumerate(rows):
+            print_fn("".join(col.ljust(w) for col, w in zip(r, widths)))
+            print_fn(line if j == 0 else "-" * sum(widths))
+        print_fn(f"Total params: {total:,}" + ("" if self.input_dim is not None else " (input_dim unknown)"))
+        if self._engine is not None:
+            print_fn(f"Backend: {self._engine.device}")
+
+    # ------------------------------------------------------- optimizer control
+    def set_learning_rate(self, lr: float):
+        """Changes the optimizer's base learning rate from the next step on (schedules scale it)."""
+        self._require_compiled("set_learning_rate")
+        opt = self._compile_args["optimizer"]
+        opt.lr = lr
+        if self._engine is not None:
+            self._engine.set_learning_rate(opt.lr)
+
+    def get_learning_rate(self) -> float:
+        self._require_compiled("get_learning_rate")
+        return self._compile_args["optimizer"].lr
+
+    def __repr__(self):
+        return f"Sequential({self.layers!r}, seed={self.seed})"
+
+
+__all__ = ["Sequential", "NonFiniteLossError", "cuda_is_available", "resolve_device"]
