@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <stdexcept>
 
 #include "cpu/blas.h"
@@ -16,6 +17,34 @@ namespace {
 
 // Below this many elements a parallel region costs more than it saves.
 constexpr int64_t kParallelThreshold = 1 << 14;
+
+// Calls f(std::integral_constant<Kind, k>) for the runtime value k, so the loop inside f sees
+// the activation or optimizer as a constant: the switch in math.h folds away and loops vectorize.
+template <typename F>
+void with_activation(Activation k, F&& f) {
+  using A = Activation;
+  switch (k) {
+    case A::Sigmoid: return f(std::integral_constant<A, A::Sigmoid>{});
+    case A::Tanh: return f(std::integral_constant<A, A::Tanh>{});
+    case A::Relu: return f(std::integral_constant<A, A::Relu>{});
+    case A::LeakyRelu: return f(std::integral_constant<A, A::LeakyRelu>{});
+    case A::Elu: return f(std::integral_constant<A, A::Elu>{});
+    default: return f(std::integral_constant<A, A::Linear>{});
+  }
+}
+
+template <typename F>
+void with_optimizer(OptimizerKind k, F&& f) {
+  using O = OptimizerKind;
+  switch (k) {
+    case O::SGD: return f(std::integral_constant<O, O::SGD>{});
+    case O::Adagrad: return f(std::integral_constant<O, O::Adagrad>{});
+    case O::RMSprop: return f(std::integral_constant<O, O::RMSprop>{});
+    case O::Adadelta: return f(std::integral_constant<O, O::Adadelta>{});
+    case O::Adam: return f(std::integral_constant<O, O::Adam>{});
+    case O::AdamW: return f(std::integral_constant<O, O::AdamW>{});
+  }
+}
 
 template <typename T>
 class CpuBackend final : public Backend<T> {
@@ -51,11 +80,14 @@ class CpuBackend final : public Backend<T> {
                      T* Y) override {
     cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
     const T p = T(act.param);
+    with_activation(act.kind, [&](auto kind) {
 #pragma omp parallel for if (int64_t(rows) * out > kParallelThreshold)
-    for (int i = 0; i < rows; ++i) {
-      T* y = Y + int64_t(i) * out;
-      for (int j = 0; j < out; ++j) y[j] = math::activate(act.kind, p, y[j] + b[j]);
-    }
+      for (int i = 0; i < rows; ++i) {
+        T* y = Y + int64_t(i) * out;
+#pragma omp simd
+        for (int j = 0; j < out; ++j) y[j] = math::activate(kind.value, p, y[j] + b[j]);
+      }
+    });
   }
 
   void dense_backward(int rows, int in, int out, const T* X, const T* W, const T* dZ, T* dW, T* db, T* dX,
@@ -67,8 +99,10 @@ class CpuBackend final : public Backend<T> {
     if (x_act.kind == Activation::Linear) return;
     const T p = T(x_act.param);
     const int64_t n = int64_t(rows) * in;
-#pragma omp parallel for if (n > kParallelThreshold)
-    for (int64_t i = 0; i < n; ++i) dX[i] *= math::activation_grad_from_output(x_act.kind, p, X[i]);
+    with_activation(x_act.kind, [&](auto kind) {
+#pragma omp parallel for simd if (n > kParallelThreshold)
+      for (int64_t i = 0; i < n; ++i) dX[i] *= math::activation_grad_from_output(kind.value, p, X[i]);
+    });
   }
 
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
@@ -91,33 +125,31 @@ class CpuBackend final : public Backend<T> {
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, TrainCounters* counters, int rows) override {
     if (counters->nonfinite) return;
-    const OptimizerConfig& c = *config;
-    const math::StepScalars s = math::step_scalars(c, counters->step);
-    // Unused slots alias slot 0; optimizer_update only touches the slots its kind owns.
-    T* st0 = state;
-    T* st1 = slots > 1 ? state + n_params : state;
-    T* st2 = slots > 2 ? state + 2 * n_params : state;
-    T dummy_state = T(0);
+    const math::StepScalars s = math::step_scalars(*config, counters->step);
+    // Slots the optimizer does not own point at slot 0 (or the parameters when it owns none);
+    // optimizer_update never touches them.
+    T* st0 = slots > 0 ? state : params;
+    T* st1 = slots > 1 ? state + n_params : st0;
+    T* st2 = slots > 2 ? state + 2 * n_params : st0;
     double penalty = 0.0;
-    for (int sgi = 0; sgi < n_segments; ++sgi) {
-      const ParamSegment seg = segments[sgi];
-      const T l1 = T(seg.l1), l2 = T(seg.l2);
-      const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
-#pragma omp parallel for reduction(+ : penalty) if (seg.size > kParallelThreshold)
-      for (int64_t k = seg.offset; k < seg.offset + seg.size; ++k) {
-        T& p = params[k];
-        T g = grads[k];
-        if (reg) {
-          penalty += double(math::regularization_penalty(p, l1, l2));
-          g += math::regularization_grad(p, l1, l2);
+    with_optimizer(config->kind, [&](auto kind) {
+      OptimizerConfig c = *config;
+      c.kind = kind.value;  // a constant from here on: the update inlines to straight-line code
+      for (int sgi = 0; sgi < n_segments; ++sgi) {
+        const ParamSegment seg = segments[sgi];
+        const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
+        const int64_t n = seg.size;
+        const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(threads) reduction(+ : penalty)
+        {
+          // Each thread updates one contiguous chunk with a plain loop the compiler vectorizes.
+          const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+          const int64_t lo = seg.offset + n * t / nt, hi = seg.offset + n * (t + 1) / nt;
+          penalty += reg ? update_range<true>(c, s, params, grads, st0, st1, st2, lo, hi, T(seg.l1), T(seg.l2))
+                         : update_range<false>(c, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0));
         }
-        T local = dummy_state;
-        T& a = slots > 0 ? st0[k] : local;
-        T& b = slots > 1 ? st1[k] : local;
-        T& d = slots > 2 ? st2[k] : local;
-        math::optimizer_update(c, s, p, g, a, b, d);
       }
-    }
+    });
     if (any_regularizer) counters->reg_sum += penalty * rows;
   }
 
@@ -127,6 +159,24 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  // Updates params[lo, hi) and returns the regularization penalty of the pre-update values.
+  template <bool kRegularized>
+  static double update_range(const OptimizerConfig& c, const math::StepScalars& s, T* __restrict p,
+                             const T* __restrict g, T* st0, T* st1, T* st2, int64_t lo, int64_t hi, T l1, T l2) {
+    double penalty = 0.0;
+    if constexpr (kRegularized) {  // penalty of the weights the forward pass used, before the update
+#pragma omp simd reduction(+ : penalty)
+      for (int64_t k = lo; k < hi; ++k) penalty += double(math::regularization_penalty(p[k], l1, l2));
+    }
+#pragma omp simd
+    for (int64_t k = lo; k < hi; ++k) {
+      T gk = g[k];
+      if constexpr (kRegularized) gk += math::regularization_grad(p[k], l1, l2);
+      math::optimizer_update(c, s, p[k], gk, st0[k], st1[k], st2[k]);
+    }
+    return penalty;
+  }
+
   static void column_sums(int rows, int cols, const T* M, T* out) {
     // Each thread owns a band of columns, so the sums need no reduction across threads.
 #pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)

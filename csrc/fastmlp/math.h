@@ -241,21 +241,25 @@ FASTMLP_HD double scheduled_lr(const Schedule& s, double lr, int64_t t) {
 }
 
 // ------------------------------------------------------------------ optimizers
-// Scalars shared by all parameters in one update (computed once per step, in double).
+// Scalars shared by all parameters in one update, computed once per step in double so the
+// per-element update does no pow, sqrt of a scalar or division by a scalar.
 struct StepScalars {
   double lr;         // scheduled learning rate
-  double bc1, bc2;   // Adam bias corrections 1 - beta^t (t 1-based)
-  double clr;        // Adagrad's decayed rate
+  double step_size;  // Adam: lr / (1 - beta1^t)
+  double sqrt_bc2;   // Adam: sqrt(1 - beta2^t)
+  double clr;        // Adagrad's decayed rate lr / (1 + (t-1) * lr_decay)
+  double decay;      // AdamW: 1 - lr * weight_decay
   bool first;        // first update: SGD momentum buffers start at g
 };
 
 FASTMLP_HD StepScalars step_scalars(const OptimizerConfig& c, int64_t t0) {
   StepScalars s;
   s.lr = scheduled_lr(c.schedule, c.lr, t0);
-  const double t = static_cast<double>(t0 + 1);
-  s.bc1 = 1.0 - pow(c.beta1, t);
-  s.bc2 = 1.0 - pow(c.beta2, t);
+  const double t = static_cast<double>(t0 + 1);  // torch counts steps from 1
+  s.step_size = s.lr / (1.0 - pow(c.beta1, t));
+  s.sqrt_bc2 = sqrt(1.0 - pow(c.beta2, t));
   s.clr = s.lr / (1.0 + (t - 1.0) * c.lr_decay);
+  s.decay = 1.0 - s.lr * c.weight_decay;
   s.first = t0 == 0;
   return s;
 }
@@ -315,7 +319,7 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
     }
     case OptimizerKind::Adam:
     case OptimizerKind::AdamW: {
-      if (c.kind == OptimizerKind::AdamW) p *= T(1.0 - s.lr * c.weight_decay);
+      if (c.kind == OptimizerKind::AdamW) p *= T(s.decay);
       T& m = st0;
       T& v = st1;
       m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
@@ -325,8 +329,8 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
         st2 = st2 > v ? st2 : v;
         vhat = st2;
       }
-      const T denom = sqrt(vhat) / T(sqrt(s.bc2)) + T(c.eps);
-      p -= T(s.lr / s.bc1) * m / denom;
+      const T denom = sqrt(vhat) / T(s.sqrt_bc2) + T(c.eps);
+      p -= T(s.step_size) * m / denom;
       return;
     }
   }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Developer build: compiles the native core into build/dev and drops _core*.so (and the CUDA
+# plugin when built) into python/fastmlp, so `PYTHONPATH=python pytest` runs the working tree
+# without reinstalling. Pass extra CMake arguments, e.g. -DFASTMLP_CUDA=OFF.
+set -euo pipefail
+cd "$(dirname "$0")"
+cmake -S . -B build/dev -DCMAKE_BUILD_TYPE=Release -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" "$@" >/dev/null
+cmake --build build/dev -j"$(nproc)"
+cp build/dev/_core*.so build/dev/_build_config.py python/fastmlp/
+if ls build/dev/libfastmlp_cuda.so >/dev/null 2>&1; then cp build/dev/libfastmlp_cuda.so python/fastmlp/; fi
