@@ -34,6 +34,12 @@ void with_activation(Activation k, F&& f) {
 }
 
 template <typename F>
+void with_bool(bool b, F&& f) {
+  if (b) return f(std::true_type{});
+  return f(std::false_type{});
+}
+
+template <typename F>
 void with_optimizer(OptimizerKind k, F&& f) {
   using O = OptimizerKind;
   switch (k) {
@@ -132,23 +138,30 @@ class CpuBackend final : public Backend<T> {
     T* st1 = slots > 1 ? state + n_params : st0;
     T* st2 = slots > 2 ? state + 2 * n_params : st0;
     double penalty = 0.0;
-    with_optimizer(config->kind, [&](auto kind) {
-      OptimizerConfig c = *config;
-      c.kind = kind.value;  // a constant from here on: the update inlines to straight-line code
-      for (int sgi = 0; sgi < n_segments; ++sgi) {
-        const ParamSegment seg = segments[sgi];
-        const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
-        const int64_t n = seg.size;
-        const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;
+    const OptimizerConfig& cfg = *config;
+    with_optimizer(cfg.kind, [&](auto kind) {
+      with_bool(cfg.amsgrad, [&](auto amsgrad) {
+        with_bool(cfg.weight_decay != 0.0, [&](auto decay) {
+          with_bool(cfg.momentum != 0.0, [&](auto momentum) {
+            using Flags = UpdateFlags<kind.value, amsgrad.value, decay.value, momentum.value>;
+            for (int sgi = 0; sgi < n_segments; ++sgi) {
+              const ParamSegment seg = segments[sgi];
+              const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
+              const int64_t n = seg.size;
+              const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;
 #pragma omp parallel num_threads(threads) reduction(+ : penalty)
-        {
-          // Each thread updates one contiguous chunk with a plain loop the compiler vectorizes.
-          const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-          const int64_t lo = seg.offset + n * t / nt, hi = seg.offset + n * (t + 1) / nt;
-          penalty += reg ? update_range<true>(c, s, params, grads, st0, st1, st2, lo, hi, T(seg.l1), T(seg.l2))
-                         : update_range<false>(c, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0));
-        }
-      }
+              {
+                // Each thread updates one contiguous chunk with a plain loop.
+                const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+                const int64_t lo = seg.offset + n * t / nt, hi = seg.offset + n * (t + 1) / nt;
+                penalty += reg ? update_range<Flags, true>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(seg.l1),
+                                                           T(seg.l2))
+                               : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0));
+              }
+            }
+          });
+        });
+      });
     });
     if (any_regularizer) counters->reg_sum += penalty * rows;
   }
@@ -159,10 +172,24 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  // Compile-time choices of one optimizer variant (see update_range).
+  template <OptimizerKind K, bool kAmsgrad, bool kDecay, bool kMomentum>
+  struct UpdateFlags {
+    static constexpr OptimizerKind kind = K;
+    static constexpr bool amsgrad = kAmsgrad, decay = kDecay, momentum = kMomentum;
+  };
+
   // Updates params[lo, hi) and returns the regularization penalty of the pre-update values.
-  template <bool kRegularized>
-  static double update_range(const OptimizerConfig& c, const math::StepScalars& s, T* __restrict p,
+  // The config is copied with its kind and branch-selecting flags fixed as constants, so the
+  // shared update in math.h inlines to branch-free code the compiler vectorizes.
+  template <typename Flags, bool kRegularized>
+  static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
                              const T* __restrict g, T* st0, T* st1, T* st2, int64_t lo, int64_t hi, T l1, T l2) {
+    OptimizerConfig c = cfg;
+    c.kind = Flags::kind;
+    c.amsgrad = Flags::amsgrad;
+    if constexpr (!Flags::decay) c.weight_decay = 0.0;
+    if constexpr (!Flags::momentum) c.momentum = 0.0;
     double penalty = 0.0;
     if constexpr (kRegularized) {  // penalty of the weights the forward pass used, before the update
 #pragma omp simd reduction(+ : penalty)

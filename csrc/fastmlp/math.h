@@ -13,7 +13,7 @@
 #if defined(__CUDACC__)
 #define FASTMLP_HD __host__ __device__ __forceinline__
 #else
-#define FASTMLP_HD inline
+#define FASTMLP_HD inline __attribute__((always_inline))  // lets loops specialize and vectorize
 #endif
 
 namespace fastmlp {
