@@ -112,8 +112,17 @@ void bind_engine(py::module_& m, const char* name) {
            },
            py::arg("x"), py::arg("y") = py::none())
       .def("borrow",
-           [](const E& e, uintptr_t x, uintptr_t y, int64_t rows) {
-             return e.borrow(reinterpret_cast<const T*>(x), reinterpret_cast<const T*>(y), rows);
+           [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y) {
+             if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot use device memory");
+             return e.borrow(reinterpret_cast<const T*>(x), y ? y->data() : nullptr, rows);
+           },
+           py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none())
+      .def("read_device_memory",
+           [](const E& e, uintptr_t src, size_t bytes) {
+             if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot read device memory");
+             std::string out(bytes, '\0');
+             e.read_backend_memory(reinterpret_cast<const void*>(src), bytes, out.data());
+             return py::bytes(out);
            })
       .def("train_epoch",
            [](E& e, const D& d, std::optional<uint64_t> shuffle_seed, int batch_size) {

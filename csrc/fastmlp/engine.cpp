@@ -180,14 +180,18 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
 }
 
 template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x, const T* y, int64_t rows) const {
+std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows) const {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
   d->rows = rows;
   d->x_cols = spec_.input_dim;
-  d->y_cols = y ? target_columns(spec_) : 0;
-  d->x = x;
-  d->y = y;
+  d->y_cols = y_host ? target_columns(spec_) : 0;
+  d->x = x_backend;
+  if (y_host) {
+    d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
+    backend_->to_backend(d->y_storage.get(), y_host, sizeof(T) * rows * d->y_cols);
+    d->y = d->y_storage.get();
+  }
   d->id = next_dataset_id++;
   return d;
 }

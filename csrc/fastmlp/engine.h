@@ -119,8 +119,11 @@ class Engine {
 
   // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns).
   std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows) const;
-  // Wraps memory the backend can read directly (device pointers for CUDA); no copy is made.
-  std::shared_ptr<Dataset<T>> borrow(const T* x, const T* y, int64_t rows) const;
+  // Copies `bytes` of backend memory at `src` (e.g. a device array of another library) to host.
+  void read_backend_memory(const void* src, size_t bytes, void* host) const { backend_->to_host(host, src, bytes); }
+  // Uses features already in backend memory (device pointers for CUDA) without a copy; the
+  // caller keeps them alive. Targets, if any, are host memory and are copied.
+  std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows) const;
 
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.

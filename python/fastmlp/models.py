@@ -16,6 +16,7 @@ from . import _core
 from . import losses as _losses
 from . import optimizers as _optimizers
 from ._enums import ACTIVATION_IDS, LOSS_IDS, METRIC_IDS
+from ._interop import cuda_array, device_features, device_to_host
 from ._validation import as_features, as_targets, non_negative_int, positive_int
 from .callbacks import CallbackList, History
 from .layers import Dense
@@ -219,6 +220,26 @@ class Sequential:
         x = self._x(x, xname)
         return x, self._y(y, x.shape[0], yname)
 
+    def _data(self, x, y=None, xname="x", yname="y"):
+        """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
+        GPU arrays (__cuda_array_interface__) are used in place by a CUDA model."""
+        if cuda_array(x) is None:
+            if y is None:
+                xs = self._x(x, xname)
+                return self._engine.upload(xs), xs.shape[0]
+            xs, ys = self._xy(x, y, xname, yname)
+            return self._engine.upload(xs, ys), xs.shape[0]
+        ptr, rows, cols = device_features(x, xname, self.input_dim)
+        self._ensure_built(cols)
+        if not self._engine.device.startswith("cuda"):
+            raise TypeError(f"{xname} lives on the GPU but the model runs on {self._engine.device}; "
+                            "compile with device='cuda' or pass a host array")
+        ys = None
+        if y is not None:
+            y_host = device_to_host(y, self._engine, yname) if cuda_array(y) is not None else y
+            ys = self._y(y_host, rows, yname)
+        return self._engine.borrow(ptr, rows, ys), rows
+
     def _metric_logs(self, result: dict, prefix="") -> dict:
         logs = {prefix + "loss": float(result["loss"])}
         key = self._compile_args["metric_key"]
@@ -237,26 +258,28 @@ class Sequential:
         if verbose not in (0, 1, 2, "auto", True, False):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         verbose = 1 if verbose in ("auto", True) else int(verbose)
-        x, y = self._xy(x, y)
         if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        val = None
+        val_data = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a tuple (x_val, y_val)")
-            val = self._xy(validation_data[0], validation_data[1], "validation x", "validation y")
-        elif validation_split > 0.0:
-            # Keras convention: the last fraction of the samples, taken before any shuffling.
-            n_val = int(round(x.shape[0] * validation_split))
-            if n_val == 0 or n_val == x.shape[0]:
-                raise ValueError(f"validation_split={validation_split} leaves no training or validation samples "
-                                 f"out of {x.shape[0]}")
-            val = (x[-n_val:], y[-n_val:])
-            x, y = x[:-n_val], y[:-n_val]
-
+        if validation_split > 0.0:
+            if cuda_array(x) is not None:
+                raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays")
+            x, y = self._xy(x, y)
+            if validation_data is None:
+                # Keras convention: the last fraction of the samples, taken before any shuffling.
+                n_val = int(round(x.shape[0] * validation_split))
+                if n_val == 0 or n_val == x.shape[0]:
+                    raise ValueError(f"validation_split={validation_split} leaves no training or validation "
+                                     f"samples out of {x.shape[0]}")
+                validation_data = (x[-n_val:], y[-n_val:])
+                x, y = x[:-n_val], y[:-n_val]
+        train_data, n_train = self._data(x, y)
+        if validation_data is not None:
+            val_data, _ = self._data(validation_data[0], validation_data[1], "validation x", "validation y")
         engine = self._engine
-        train_data = engine.upload(x, y)
-        val_data = engine.upload(*val) if val is not None else None
         history = History()
         params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0], "verbose": verbose,
                   "steps": -(-x.shape[0] // batch_size)}
@@ -265,7 +288,7 @@ class Sequential:
         self.stop_training = False
         from .progress import EpochProgress
 
-        progress = EpochProgress(verbose, epochs, x.shape[0])
+        progress = EpochProgress(verbose, epochs, n_train)
         cbs.on_train_begin()
         try:
             for epoch in range(initial_epoch, epochs):
@@ -297,8 +320,8 @@ class Sequential:
         """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}."""
         self._require_compiled("evaluate")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
-        x, y = self._xy(x, y)
-        result = self._engine.evaluate(self._engine.upload(x, y), bs)
+        data, _ = self._data(x, y)
+        result = self._engine.evaluate(data, bs)
         logs = self._metric_logs(result)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
@@ -308,8 +331,8 @@ class Sequential:
         """Output of the last layer's activation (softmax probabilities, sigmoid, ...)."""
         self._require_compiled("predict")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
-        x = self._x(x)
-        return self._engine.predict(self._engine.upload(x), bs)
+        data, _ = self._data(x)
+        return self._engine.predict(data, bs)
 
     def __call__(self, x):
         return self.predict(x)
@@ -318,8 +341,8 @@ class Sequential:
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on exactly this batch; returns its loss (before the step)."""
         self._require_compiled("train_on_batch")
-        x, y = self._xy(x, y)
-        result = self._engine.train_on_batch(self._engine.upload(x, y))
+        data, _ = self._data(x, y)
+        result = self._engine.train_on_batch(data)
         if result["nonfinite"]:
             raise NonFiniteLossError("the loss of this batch is NaN or Inf; the weights were not updated")
         return float(result["loss"])
@@ -327,8 +350,8 @@ class Sequential:
     def compute_gradients(self, x, y):
         """Gradients of mean loss + regularization, in get_weights() order and shapes."""
         self._require_compiled("compute_gradients")
-        x, y = self._xy(x, y)
-        _, flat = self._engine.compute_gradients(self._engine.upload(x, y))
+        data, _ = self._data(x, y)
+        _, flat = self._engine.compute_gradients(data)
         return self._unflatten(flat)
 
     # ------------------------------------------------------------------- weights
