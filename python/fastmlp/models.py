@@ -393,6 +393,13 @@ class Sequential:
             parts.append(arr.ravel())
         self._engine.set_params(np.concatenate(parts))
 
+    def save(self, path):
+        """Writes the model (architecture, compile config, weights, optimizer state) to one file;
+        fm.load_model(path) restores it. See fastmlp.saving."""
+        from .saving import save_model
+
+        save_model(self, path)
+
     def count_params(self) -> int:
         if self.input_dim is None:
             raise RuntimeError("the model is not built: its input_dim is unknown")
