@@ -1,0 +1,51 @@
+// The CUDA implementation of fastmlp::Backend<float>.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "fastmlp/backend.h"
+
+namespace fastmlp::cuda {
+
+class LtGemm;
+
+class CudaBackend final : public Backend<float> {
+ public:
+  CudaBackend(int device, const std::string& precision);
+  ~CudaBackend() override;
+
+  std::string name() const override;
+  void* allocate(size_t bytes) override;
+  void release(void* p) noexcept override;
+  void to_backend(void* dst, const void* host_src, size_t bytes) override;
+  void to_host(void* host_dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill(float* dst, float value, int64_t n) override;
+  void synchronize() override;
+
+  void gather_rows(int rows, int cols, const float* src, const int32_t* perm, const TrainCounters* counters,
+                   float* dst) override;
+  void dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b, ActivationSpec act,
+                     float* Y) override;
+  void dense_backward(int rows, int in, int out, const float* X, const float* W, const float* dZ, float* dW,
+                      float* db, float* dX, ActivationSpec x_act) override;
+  void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
+            ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
+  void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
+                      const ParamSegment* segments, int n_segments, bool any_regularizer,
+                      const OptimizerConfig* config, TrainCounters* counters, int rows) override;
+  void end_step(TrainCounters* counters, int rows) override;
+  void run_step(int rows, const std::function<void()>& ops) override;
+  void reset_captures() override;
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<LtGemm> gemm_;
+  std::map<int, cudaGraphExec_t> graphs_;  // captured train step per batch size
+};
+
+}  // namespace fastmlp::cuda

@@ -1,0 +1,87 @@
+// Element-wise kernels: fill, batch gather, bias + activation, activation backward, column sums.
+#include "check.h"
+#include "fastmlp/math.h"
+#include "kernels.h"
+
+namespace fastmlp::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return int(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
+}
+
+__global__ void fill_kernel(float* dst, float value, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = value;
+}
+
+// The batch start is read from device memory so a captured graph replays for every batch.
+__global__ void gather_rows_kernel(int rows, int cols, const float* __restrict__ src, const int32_t* __restrict__ perm,
+                                   const TrainCounters* counters, float* __restrict__ dst) {
+  const int64_t start = counters->batch_start;
+  const int64_t n = int64_t(rows) * cols;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i - r * cols;
+    dst[i] = src[int64_t(perm[start + r]) * cols + c];
+  }
+}
+
+__global__ void bias_activation_kernel(int rows, int cols, const float* __restrict__ b, ActivationSpec act,
+                                       float* __restrict__ Y) {
+  const int64_t n = int64_t(rows) * cols;
+  const float p = float(act.param);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float z = b ? Y[i] + b[i % cols] : Y[i];
+    Y[i] = math::activate(act.kind, p, z);
+  }
+}
+
+__global__ void activation_backward_kernel(int64_t n, ActivationSpec act, const float* __restrict__ X,
+                                           float* __restrict__ dX) {
+  const float p = float(act.param);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dX[i] *= math::activation_grad_from_output(act.kind, p, X[i]);
+}
+
+// One thread per column, walking down the rows: neighbouring threads read neighbouring floats.
+__global__ void column_sums_kernel(int rows, int cols, const float* __restrict__ M, float* __restrict__ out) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  float acc = 0.0f;
+  for (int i = 0; i < rows; ++i) acc += M[int64_t(i) * cols + j];
+  out[j] = acc;
+}
+
+}  // namespace
+
+void launch_fill(float* dst, float value, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  fill_kernel<<<blocks_for(n), kThreads, 0, s>>>(dst, value, n);
+  FASTMLP_LAUNCH_CHECK("fill_kernel");
+}
+
+void launch_gather_rows(int rows, int cols, const float* src, const int32_t* perm, const TrainCounters* counters,
+                        float* dst, cudaStream_t s) {
+  gather_rows_kernel<<<blocks_for(int64_t(rows) * cols), kThreads, 0, s>>>(rows, cols, src, perm, counters, dst);
+  FASTMLP_LAUNCH_CHECK("gather_rows_kernel");
+}
+
+void launch_bias_activation(int rows, int cols, const float* b, ActivationSpec act, float* Y, cudaStream_t s) {
+  bias_activation_kernel<<<blocks_for(int64_t(rows) * cols), kThreads, 0, s>>>(rows, cols, b, act, Y);
+  FASTMLP_LAUNCH_CHECK("bias_activation_kernel");
+}
+
+void launch_activation_backward(int64_t n, ActivationSpec act, const float* X, float* dX, cudaStream_t s) {
+  activation_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, act, X, dX);
+  FASTMLP_LAUNCH_CHECK("activation_backward_kernel");
+}
+
+void launch_column_sums(int rows, int cols, const float* M, float* out, cudaStream_t s) {
+  column_sums_kernel<<<(cols + 127) / 128, 128, 0, s>>>(rows, cols, M, out);
+  FASTMLP_LAUNCH_CHECK("column_sums_kernel");
+}
+
+}  // namespace fastmlp::cuda

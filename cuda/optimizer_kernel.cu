@@ -1,0 +1,76 @@
+// One launch updates every parameter: the flat buffer is walked with a grid-stride loop, each
+// element finds its segment (kernel or bias of a layer, with that layer's L1/L2) and applies
+// math::optimizer_update. Config and step come from device memory, so a captured graph always
+// uses the current learning rate and step count.
+#include "check.h"
+#include "fastmlp/math.h"
+#include "kernels.h"
+#include "reduce.cuh"
+
+namespace fastmlp::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, const float* __restrict__ grads,
+                                 float* st0, float* st1, float* st2, const ParamSegment* __restrict__ segments,
+                                 int n_segments, bool any_regularizer, const OptimizerConfig* config,
+                                 TrainCounters* counters, int rows) {
+  if (counters->nonfinite) return;  // keep the last good weights
+  // Raw shared storage: __shared__ variables cannot have constructors.
+  __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
+  __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
+  OptimizerConfig& c = *reinterpret_cast<OptimizerConfig*>(c_raw);
+  math::StepScalars& s = *reinterpret_cast<math::StepScalars*>(s_raw);
+  if (threadIdx.x == 0) {  // once per block, not per element: pow/cos of the schedule
+    c = *config;
+    s = math::step_scalars(c, counters->step);
+  }
+  __syncthreads();
+  double penalty = 0.0;
+  int seg = 0;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n_params;
+       k += int64_t(gridDim.x) * blockDim.x) {
+    while (seg + 1 < n_segments && k >= segments[seg + 1].offset) ++seg;  // k only grows
+    const float l1 = float(segments[seg].l1), l2 = float(segments[seg].l2);
+    float& p = params[k];
+    float g = grads[k];
+    if (l1 != 0.0f || l2 != 0.0f) {
+      penalty += double(math::regularization_penalty(p, l1, l2));
+      g += math::regularization_grad(p, l1, l2);
+    }
+    math::optimizer_update(c, s, p, g, st0[k], st1[k], st2[k]);
+  }
+  if (any_regularizer) {
+    penalty = block_sum(penalty);
+    if (threadIdx.x == 0) atomicAdd(&counters->reg_sum, penalty * rows);
+  }
+}
+
+__global__ void end_step_kernel(TrainCounters* counters, int rows) {
+  if (!counters->nonfinite) counters->step += 1;
+  counters->batch_start += rows;
+}
+
+}  // namespace
+
+void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
+                      const ParamSegment* segments, int n_segments, bool any_regularizer,
+                      const OptimizerConfig* config, TrainCounters* counters, int rows, cudaStream_t s) {
+  // Slots the optimizer does not own alias slot 0 (or the parameters); they are never touched.
+  float* st0 = slots > 0 ? state : params;
+  float* st1 = slots > 1 ? state + n_params : st0;
+  float* st2 = slots > 2 ? state + 2 * n_params : st0;
+  int64_t blocks = (n_params + kThreads - 1) / kThreads;
+  if (blocks > 4096) blocks = 4096;  // grid-stride: enough blocks to fill the GPU, few atomics
+  optimizer_kernel<<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, st2, segments, n_segments,
+                                                    any_regularizer, config, counters, rows);
+  FASTMLP_LAUNCH_CHECK("optimizer_kernel");
+}
+
+void launch_end_step(TrainCounters* counters, int rows, cudaStream_t s) {
+  end_step_kernel<<<1, 1, 0, s>>>(counters, rows);
+  FASTMLP_LAUNCH_CHECK("end_step_kernel");
+}
+
+}  // namespace fastmlp::cuda

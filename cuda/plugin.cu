@@ -1,0 +1,78 @@
+// The plugin's C entry points (see fastmlp/cuda_plugin.h). They never throw and never abort:
+// on a machine without a driver they report why CUDA is unusable.
+#include <cuda_runtime.h>
+#include <cublasLt.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cuda_backend.h"
+#include "fastmlp/cuda_plugin.h"
+
+#ifndef FASTMLP_CUDA_BUILD
+#define FASTMLP_CUDA_BUILD "CUDA (unknown build)"
+#endif
+
+namespace {
+
+void copy_out(const std::string& s, char* dst, size_t len) {
+  if (!dst || len == 0) return;
+  std::snprintf(dst, len, "%s", s.c_str());
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) int fastmlp_cuda_query(char* description, size_t description_len,
+                                                                        char* build, size_t build_len, char* reason,
+                                                                        size_t reason_len) {
+  try {
+    copy_out(FASTMLP_CUDA_BUILD, build, build_len);
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      copy_out(std::string("no usable CUDA device: ") + cudaGetErrorString(err), reason, reason_len);
+      return 0;
+    }
+    if (count == 0) {
+      copy_out("no CUDA device found", reason, reason_len);
+      return 0;
+    }
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    std::string desc;
+    for (int i = 0; i < count; ++i) {
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+      desc += "cuda:" + std::to_string(i) + " " + prop.name + " (sm_" + std::to_string(prop.major) +
+              std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
+              std::to_string(prop.totalGlobalMem >> 20) + " MiB); ";
+    }
+    desc += "driver " + std::to_string(driver) + ", runtime " + std::to_string(runtime) + ", cuBLASLt " +
+            std::to_string(cublasLtGetVersion());
+    copy_out(desc, description, description_len);
+    return count;
+  } catch (const std::exception& e) {
+    copy_out(e.what(), reason, reason_len);
+    return 0;
+  } catch (...) {
+    copy_out("unknown error while querying CUDA devices", reason, reason_len);
+    return 0;
+  }
+}
+
+extern "C" __attribute__((visibility("default"))) fastmlp::Backend<float>* fastmlp_cuda_create(int index,
+                                                                                              const char* precision,
+                                                                                              char* error,
+                                                                                              size_t error_len) {
+  try {
+    return new fastmlp::cuda::CudaBackend(index, precision ? precision : "float32");
+  } catch (const std::exception& e) {
+    copy_out(e.what(), error, error_len);
+  } catch (...) {
+    copy_out("unknown error creating the CUDA backend", error, error_len);
+  }
+  return nullptr;
+}
