@@ -11,10 +11,11 @@ t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90-real . \
   > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+export FASTMLP_DATA="$PWD/${FASTMLP_DATA:-.devdata/mnist}"
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import fastmlp, json; print(json.dumps(fastmlp.build_info(), indent=1))"
 REPO=$OLDPWD
-python3 -m pytest -q -x "$REPO/tests/test_cuda.py" 2>&1 | tee "$OUT/test_cuda.log" | tail -30
+python3 -m pytest -q -ra "$REPO/tests" 2>&1 | tee "$OUT/tests.log" | tail -30
 if [ "${1:-}" != "quick" ]; then
   compute-sanitizer --tool memcheck --leak-check full python3 -c "
 import numpy as np, fastmlp as fm
@@ -22,11 +23,12 @@ x = np.random.default_rng(0).normal(size=(300, 20)).astype(np.float32); y = (x[:
 m = fm.Sequential([fm.Dense(32, activation='relu', input_dim=20), fm.Dense(2, activation='softmax')], seed=0)
 m.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'], device='cuda')
 m.fit(x, y, epochs=2, batch_size=7, verbose=0); print('sanitized fit', m.evaluate(x, y))
+del m; import gc; gc.collect()  # free device memory before exit so the leak check is meaningful
 " > "$OUT/sanitizer.log" 2>&1; tail -5 "$OUT/sanitizer.log"
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config all --precision float32 --epochs 5 \
-    --data "$REPO/${FASTMLP_DATA:-.devdata/mnist}" > "$OUT/bench_fp32.json" 2> "$OUT/bench_fp32.err"
+    --data "$FASTMLP_DATA" > "$OUT/bench_fp32.json" 2> "$OUT/bench_fp32.err"
   tail -3 "$OUT/bench_fp32.err"
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config wide4096,mlp512 --precision tf32,bf16 --epochs 5 \
-    --data "$REPO/${FASTMLP_DATA:-.devdata/mnist}" > "$OUT/bench_lowp.json" 2> "$OUT/bench_lowp.err"
+    --data "$FASTMLP_DATA" > "$OUT/bench_lowp.json" 2> "$OUT/bench_lowp.err"
   tail -3 "$OUT/bench_lowp.err"
 fi

@@ -173,3 +173,30 @@ def test_gpu_mnist_reaches_97_5_percent():
               device="cuda")
     m.fit(x, y, epochs=5, batch_size=128, verbose=0)
     assert m.evaluate(xt, yt)["accuracy"] >= 0.975
+
+
+@gpu
+def test_gpu_uses_device_arrays_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no GPU")
+    rng = np.random.default_rng(6)
+    x, y = data_for("sparse_categorical_crossentropy", 64, 8, 3, rng)
+    models = []
+    for xs, ys in ((x, y), (torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda())):
+        m = fm.Sequential([fm.Dense(16, activation="relu", input_dim=8), fm.Dense(3, activation="softmax")], seed=3)
+        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], device="cuda")
+        m.fit(xs, ys, epochs=2, batch_size=16, verbose=0, validation_data=(xs, ys))
+        models.append((m, xs))
+    (host_model, _), (dev_model, xd) = models
+    for a, b in zip(host_model.get_weights(), dev_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dev_model.predict(xd), host_model.predict(x))
+    with pytest.raises(TypeError, match="float32"):
+        dev_model.predict(xd.double())
+    with pytest.raises(ValueError, match="labels"):
+        dev_model.evaluate(xd, torch.full((64,), 7, device="cuda"))
+    cpu_model = fm.Sequential([fm.Dense(3, activation="softmax", input_dim=8)], seed=0)
+    cpu_model.compile(loss="sparse_categorical_crossentropy", device="cpu")
+    with pytest.raises(TypeError, match="GPU"):
+        cpu_model.predict(xd)
