@@ -367,18 +367,23 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
 }
 
 template <typename T>
-double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
+TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step) {
   if (!data.y) throw std::invalid_argument("data has no targets");
-  if (data.rows <= 0) throw std::invalid_argument("compute_gradients needs at least one sample");
+  if (data.rows <= 0) throw std::invalid_argument("the batch needs at least one sample");
   if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
   const int rows = int(data.rows);
   ensure_workspace(rows);
-  reset_counters(eval_counters_, false);
-  auto* counters = eval_counters_.template as<TrainCounters>();
+  reset_counters(counters, keep_step);
   forward(rows, data.x);
   backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
-                 spec_.layers.back().activation, dz_.back().get(), counters);
+                 spec_.layers.back().activation, dz_.back().get(), counters.template as<TrainCounters>());
   backward(rows, data.x);
+  return read_counters(counters);
+}
+
+template <typename T>
+double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
+  const TrainCounters c = gradients_of_whole(data, eval_counters_, false);
   backend_->to_host(grads_host, grads_.get(), sizeof(T) * num_params_);
   if (any_regularizer_) {  // add the regularization gradient on the host: not a training path
     std::vector<T> p(num_params_);
@@ -387,23 +392,14 @@ double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
       for (int64_t k = s.offset; k < s.offset + s.size; ++k)
         grads_host[k] += math::regularization_grad(p[k], T(s.l1), T(s.l2));
   }
-  const TrainCounters c = read_counters(eval_counters_);
-  return c.loss_sum / double(rows) + regularization_penalty();
+  return c.loss_sum / double(data.rows) + regularization_penalty();
 }
 
 template <typename T>
 EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
-  if (!data.y) throw std::invalid_argument("data has no targets");
-  if (data.rows <= 0) throw std::invalid_argument("train_on_batch needs at least one sample");
-  if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
+  gradients_of_whole(data, train_counters_, true);
   const int rows = int(data.rows);
-  ensure_workspace(rows);
-  reset_counters(train_counters_, true);
   auto* counters = train_counters_.template as<TrainCounters>();
-  forward(rows, data.x);
-  backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
-                 spec_.layers.back().activation, dz_.back().get(), counters);
-  backward(rows, data.x);
   backend_->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
                            segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
                            config_dev_.template as<OptimizerConfig>(), counters, rows);

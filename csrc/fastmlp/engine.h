@@ -142,6 +142,8 @@ class Engine {
   void forward(int rows, const T* X);
   void backward(int rows, const T* X);
   void train_step(int rows, const Dataset<T>& data);
+  // Forward, loss and backward over all rows of data as one batch (gradients land in grads_).
+  TrainCounters gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step);
   void reset_counters(BackendBuffer<T>& counters, bool keep_step);
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
   double regularization_penalty() const;

@@ -12,23 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
-from ._enums import ACTIVATION_IDS, LOSS_IDS, METRIC_IDS
 
 
 def _twin(model, dtype):
-    args = model._compile_args
-    layers = []
-    for layer in model.layers:
-        reg = layer.kernel_regularizer
-        layers.append((layer.units, ACTIVATION_IDS[layer.activation.name], float(layer.activation.param),
-                       0.0 if reg is None else reg.l1, 0.0 if reg is None else reg.l2))
+    """A copy of the model's engine: float64 on the CPU, or float32 on the model's own device."""
     if dtype == np.float64:
-        engine = _core.Engine64(model.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]],
-                                "cpu", "float32")
+        engine = model._new_engine(np.float64, "cpu", "float32")
     else:
-        engine = _core.Engine32(model.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]],
-                                model._engine.device, args["precision"])
+        engine = model._new_engine(np.float32, model._engine.device, model._compile_args["precision"])
     engine.set_params(model._engine.get_params().astype(dtype))
     return engine
 

@@ -180,19 +180,23 @@ class Sequential:
         if self._compile_args is None:
             raise RuntimeError(f"call model.compile(...) before {what}")
 
-    def _build(self, input_dim: int):
-        """Creates the native engine for this input width and initializes the weights from the seed."""
-        if self.layers[0].input_dim is None:
-            self.layers[0].input_dim = int(input_dim)
+    def _new_engine(self, dtype, device: str, precision: str):
+        """A native engine for these layers, loss and metric (weights uninitialized)."""
         args = self._compile_args
         layers = []
         for layer in self.layers:
             reg = layer.kernel_regularizer
             layers.append((layer.units, ACTIVATION_IDS[layer.activation.name], float(layer.activation.param),
                            0.0 if reg is None else reg.l1, 0.0 if reg is None else reg.l2))
-        cls = _core.Engine64 if args["dtype"] == np.float64 else _core.Engine32
-        engine = cls(self.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]],
-                     args["device"], args["precision"])
+        cls = _core.Engine64 if np.dtype(dtype) == np.float64 else _core.Engine32
+        return cls(self.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]], device, precision)
+
+    def _build(self, input_dim: int):
+        """Creates the native engine for this input width and initializes the weights from the seed."""
+        if self.layers[0].input_dim is None:
+            self.layers[0].input_dim = int(input_dim)
+        args = self._compile_args
+        engine = self._new_engine(args["dtype"], args["device"], args["precision"])
         engine.initialize([layer.kernel_initializer.spec() for layer in self.layers],
                           _core.derive_seed(self.seed, 0))
         engine.set_optimizer(args["optimizer"].native(), True)
