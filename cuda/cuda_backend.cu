@@ -1,6 +1,6 @@
 // The CUDA backend: device memory, cuBLASLt GEMMs with fused epilogues, the fused kernels of
-// kernels.h, and CUDA-graph capture of whole training steps.
-#include <map>
+// kernels.h, and CUDA-graph capture of whole training steps. Everything runs on one
+// non-blocking stream, so the order of the calls is the order of the work.
 #include <string>
 
 #include "check.h"
@@ -11,137 +11,172 @@
 namespace fastmlp::cuda {
 
 CudaBackend::CudaBackend(int device, const std::string& precision) : device_(device) {
-  FASTMLP_CUDA_CHECK(cudaSetDevice(device));
+  bind();
   FASTMLP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  gemm_ = std::make_unique<LtGemm>(stream_, precision);
+  try {
+    gemm_ = std::make_unique<LtGemm>(stream_, precision);
+  } catch (...) {
+    cudaStreamDestroy(stream_);  // the destructor does not run for a constructor that throws
+    throw;
+  }
 }
 
 CudaBackend::~CudaBackend() {
-  cudaSetDevice(device_);
+  cudaSetDevice(device_);  // no throwing here: errors are ignored
   reset_captures();
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
+  cudaGetLastError();
 }
+
+void CudaBackend::bind() const { FASTMLP_CUDA_CHECK(cudaSetDevice(device_)); }
 
 std::string CudaBackend::name() const { return "cuda:" + std::to_string(device_); }
 
 void* CudaBackend::allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
+  bind();
   void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, bytes);
-  if (err == cudaErrorMemoryAllocation) {
-    cudaGetLastError();  // clear it: the process stays usable
-    size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    throw OutOfMemory("CUDA out of memory: cudaMalloc of " + std::to_string(bytes >> 20) + " MiB failed with " +
-                      std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB on " +
-                      name());
+  FASTMLP_CUDA_MALLOC(&p, bytes);
+  try {  // zero-filled, as the interface promises; synchronous so the memory is ready on return
+    FASTMLP_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  } catch (...) {
+    cudaFree(p);
+    throw;
   }
-  check_cuda(err, "cudaMalloc", __FILE__, __LINE__);
-  FASTMLP_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
-  FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return p;
 }
 
 void CudaBackend::release(void* p) noexcept {
-  if (p) cudaFree(p);
+  if (!p) return;
+  cudaSetDevice(device_);
+  cudaFree(p);
+  cudaGetLastError();  // nothing to report from a noexcept release
 }
 
-void CudaBackend::to_backend(void* dst, const void* src, size_t bytes) {
+void CudaBackend::to_backend(void* dst, const void* host_src, size_t bytes) {
   if (!bytes) return;
-  FASTMLP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+  bind();
+  FASTMLP_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyDefault, stream_));
   FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away after return
 }
 
-void CudaBackend::to_host(void* dst, const void* src, size_t bytes) {
+void CudaBackend::to_host(void* host_dst, const void* src, size_t bytes) {
   if (!bytes) return;
-  FASTMLP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+  bind();
+  FASTMLP_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDefault, stream_));
   FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
-  if (bytes) FASTMLP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  if (!bytes) return;
+  bind();
+  FASTMLP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
 }
 
-void CudaBackend::fill(float* dst, float value, int64_t n) { launch_fill(dst, value, n, stream_); }
+void CudaBackend::fill(float* dst, float value, int64_t n) {
+  bind();
+  launch_fill(dst, value, n, stream_);
+}
 
-void CudaBackend::synchronize() { FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::synchronize() {
+  bind();
+  FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 void CudaBackend::gather_rows(int rows, int cols, const float* src, const int32_t* perm,
                               const TrainCounters* counters, float* dst) {
+  bind();
   launch_gather_rows(rows, cols, src, perm, counters, dst, stream_);
 }
 
 void CudaBackend::dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b,
                                 ActivationSpec act, float* Y) {
-  // ReLU and identity fold into the GEMM epilogue with the bias; the others add the bias there
-  // and apply the activation in one more pass.
-  if (act.kind == Activation::Relu && gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::ReluBias, b, nullptr))
+  bind();
+  // ReLU and identity fold into the GEMM's epilogue with the bias; the other activations take
+  // the bias there and one more element-wise pass.
+  if (act.kind == Activation::Relu &&
+      gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::ReluBias, b))
     return;
-  if (gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::Bias, b, nullptr)) {
+  if (gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::Bias, b)) {
     if (act.kind != Activation::Linear) launch_bias_activation(rows, out, nullptr, act, Y, stream_);
     return;
   }
-  gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::None, nullptr, nullptr);
+  gemm_->matmul(false, false, rows, out, in, X, W, Y);  // no bias epilogue: our kernel adds it
   launch_bias_activation(rows, out, b, act, Y, stream_);
 }
 
 void CudaBackend::dense_backward(int rows, int in, int out, const float* X, const float* W, const float* dZ,
                                  float* dW, float* db, float* dX, ActivationSpec x_act) {
-  // dW = X^T dZ, with db = column sums of dZ from the same GEMM's BGRAD epilogue when offered.
-  if (!gemm_->matmul(true, false, in, out, rows, X, dZ, dW, Epilogue::BiasGradA, nullptr, db)) {
-    gemm_->matmul(true, false, in, out, rows, X, dZ, dW, Epilogue::None, nullptr, nullptr);
+  bind();
+  // dW (in x out) = X^T dZ; db = column sums of dZ = of op(B), from the same GEMM when offered.
+  if (!gemm_->matmul(true, false, in, out, rows, X, dZ, dW, Epilogue::BiasGradB, nullptr, db)) {
+    gemm_->matmul(true, false, in, out, rows, X, dZ, dW);
     launch_column_sums(rows, out, dZ, db, stream_);
   }
   if (!dX) return;
-  gemm_->matmul(false, true, rows, in, out, dZ, W, dX, Epilogue::None, nullptr, nullptr);
+  // dX (rows x in) = dZ W^T, then times the previous activation's derivative.
+  gemm_->matmul(false, true, rows, in, out, dZ, W, dX);
   if (x_act.kind != Activation::Linear) launch_activation_backward(int64_t(rows) * in, x_act, X, dX, stream_);
 }
 
 void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
                        ActivationSpec out_act, float* dZ, TrainCounters* counters) {
+  bind();
   launch_loss(rows, n_out, Z, Y, y_cols, loss, metric, out_act, dZ, counters, stream_);
 }
 
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                                  const ParamSegment* segments, int n_segments, bool any_regularizer,
                                  const OptimizerConfig* config, TrainCounters* counters, int rows) {
+  bind();
   launch_optimizer(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, config, counters,
                    rows, stream_);
 }
 
-void CudaBackend::end_step(TrainCounters* counters, int rows) { launch_end_step(counters, rows, stream_); }
+void CudaBackend::end_step(TrainCounters* counters, int rows) {
+  bind();
+  launch_end_step(counters, rows, stream_);
+}
+
+// Records the step's work without running it. cuBLASLt plans for new shapes are made during the
+// capture: they are host-side queries and launch nothing.
+cudaGraphExec_t CudaBackend::capture(const std::function<void()>& ops) {
+  cudaGraph_t graph = nullptr;
+  FASTMLP_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    ops();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &graph);  // leaves the stream usable for the caller's next call
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  FASTMLP_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check_cuda(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+  return exec;
+}
 
 void CudaBackend::run_step(int rows, const std::function<void()>& ops) {
+  bind();
   auto it = graphs_.find(rows);
-  if (it == graphs_.end()) {
-    // First step of this shape: run the ops once eagerly so cuBLASLt plans and heuristics are
-    // made outside the capture, then capture the same ops into a graph for the next steps.
-    ops();
-    cudaGraph_t graph = nullptr;
-    FASTMLP_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
-      ops();
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      throw;
-    }
-    FASTMLP_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    check_cuda(err, "cudaGraphInstantiate", __FILE__, __LINE__);
-    graphs_.emplace(rows, exec);
-    return;  // this step already ran eagerly
-  }
+  if (it == graphs_.end()) it = graphs_.emplace(rows, capture(ops)).first;
+  // The captured kernels read the batch position, step and learning rate from device memory,
+  // so one graph serves every step with this many rows, the first one included.
   FASTMLP_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
 void CudaBackend::reset_captures() {
+  if (graphs_.empty()) return;
+  cudaSetDevice(device_);
+  cudaStreamSynchronize(stream_);  // no replay may still be running when its graph goes
   for (auto& [rows, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
+  cudaGetLastError();
 }
 
 }  // namespace fastmlp::cuda

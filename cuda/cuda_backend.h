@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -42,6 +43,9 @@ class CudaBackend final : public Backend<float> {
   void reset_captures() override;
 
  private:
+  void bind() const;  // makes device_ current: calls may come from any thread, after other devices
+  cudaGraphExec_t capture(const std::function<void()>& ops);
+
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> gemm_;

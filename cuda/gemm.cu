@@ -1,12 +1,34 @@
-// cuBLASLt is column-major: a row-major C = op(A) op(B) is computed as the column-major
-// C^T = op(B)^T op(A)^T, i.e. with the operands swapped and m, n exchanged. Descriptors and the
-// heuristic's algorithm are cached per shape, so a steady-state step makes no heuristic query.
+// cuBLASLt is column-major, and a row-major matrix is its column-major transpose: the row-major
+// C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T, i.e. with the operands
+// swapped and m, n exchanged. Descriptors, layouts and the heuristic's algorithm are cached per
+// shape, so a steady-state step makes no heuristic query (and a captured graph replays none).
 #include <stdexcept>
 
 #include "check.h"
 #include "gemm.h"
 
 namespace fastmlp::cuda {
+namespace {
+
+// Largest power of two (<= 256, cuBLASLt's default assumption) that divides the address.
+uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && a % al != 0) al >>= 1;
+  return al;
+}
+
+cublasLtEpilogue_t lt_epilogue(Epilogue ep) {
+  switch (ep) {
+    case Epilogue::Bias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::ReluBias: return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case Epilogue::BiasGradA: return CUBLASLT_EPILOGUE_BGRADB;  // row-major A is cuBLASLt's B
+    case Epilogue::BiasGradB: return CUBLASLT_EPILOGUE_BGRADA;  // row-major B is cuBLASLt's A
+    default: return CUBLASLT_EPILOGUE_DEFAULT;
+  }
+}
+
+}  // namespace
 
 LtGemm::LtGemm(cudaStream_t stream, const std::string& precision) : stream_(stream) {
   if (precision == "float32")
@@ -14,11 +36,16 @@ LtGemm::LtGemm(cudaStream_t stream, const std::string& precision) : stream_(stre
   else if (precision == "tf32")
     compute_ = CUBLAS_COMPUTE_32F_FAST_TF32;
   else if (precision == "bf16")
-    compute_ = CUBLAS_COMPUTE_32F_FAST_16BF;  // bf16 operands, float32 accumulation
+    compute_ = CUBLAS_COMPUTE_32F_FAST_16BF;  // operands rounded to bf16, fp32 accumulation
   else
-    throw std::invalid_argument("unknown precision '" + precision + "' (float32, tf32 or bf16)");
+    throw std::invalid_argument("unknown precision '" + precision + "' (choose float32, tf32 or bf16)");
   FASTMLP_CUBLAS_CHECK(cublasLtCreate(&handle_));
-  FASTMLP_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  try {
+    FASTMLP_CUDA_MALLOC(&workspace_, workspace_bytes_);  // once: no allocation inside a step
+  } catch (...) {
+    cublasLtDestroy(handle_);
+    throw;
+  }
 }
 
 LtGemm::~LtGemm() {
@@ -32,60 +59,76 @@ LtGemm::~LtGemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-LtGemm::Plan& LtGemm::plan(bool ta, bool tb, int m, int n, int k, Epilogue ep) {
-  const Key key{ta, tb, m, n, k, int(ep)};
+LtGemm::Plan& LtGemm::plan(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  Plan p;
-  // Column-major problem: D (n x m) = opB' (n x k) * opA' (k x m), with B' = row-major B buffer.
-  const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;   // applied to B's buffer
-  const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // applied to A's buffer
+  const auto [ta, tb, m, n, k, ep, align_a, align_b, align_c] = key;
+  // Stored in the map at once so the destructor frees whatever was created if a call below throws.
+  Plan& p = plans_.emplace(key, Plan{}).first->second;
+  // cuBLASLt's A is the row-major B buffer, its B the row-major A buffer.
+  const cublasOperation_t op_lt_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_lt_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasLtEpilogue_t epi = lt_epilogue(ep);
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute_, CUDA_R_32F));
-  FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
-  FASTMLP_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof op_second));
-  cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
-  if (ep == Epilogue::Bias) epi = CUBLASLT_EPILOGUE_BIAS;
-  if (ep == Epilogue::ReluBias) epi = CUBLASLT_EPILOGUE_RELU_BIAS;
-  if (ep == Epilogue::BiasGradA) epi = CUBLASLT_EPILOGUE_BGRADA;
+  FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_lt_a, sizeof op_lt_a));
+  FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_lt_b, sizeof op_lt_b));
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-  // Stored shapes of the buffers in column-major terms: B buffer is (n x k) if !tb else (k x n).
-  const int b_rows = tb ? k : n, b_cols = tb ? n : k;  // column-major rows = row-major cols
-  const int a_rows = ta ? m : k, a_cols = ta ? k : m;
-  FASTMLP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, b_rows, b_cols, b_rows));
-  FASTMLP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, a_rows, a_cols, a_rows));
+  // Column-major shapes of the stored buffers (a row-major r x c buffer is column-major c x r).
+  const int lt_a_rows = tb ? k : n, lt_a_cols = tb ? n : k;
+  const int lt_b_rows = ta ? m : k, lt_b_cols = ta ? k : m;
+  FASTMLP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, lt_a_rows, lt_a_cols, lt_a_rows));
+  FASTMLP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, lt_b_rows, lt_b_cols, lt_b_rows));
   FASTMLP_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, n, m, n));
-  cublasLtMatmulPreference_t pref;
+
+  cublasLtMatmulPreference_t pref = nullptr;
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  FASTMLP_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                            &workspace_bytes_, sizeof workspace_bytes_));
+  const uint32_t lt_align_a = align_b, lt_align_b = align_a;  // swapped like the operands
+  const bool prefs_ok =
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
+                                           sizeof workspace_bytes_) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &lt_align_a,
+                                           sizeof lt_align_a) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &lt_align_b,
+                                           sizeof lt_align_b) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
+                                           sizeof align_c) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
+                                           sizeof align_c) == CUBLAS_STATUS_SUCCESS;
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  const cublasStatus_t st = prefs_ok ? cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1,
+                                                                      &result, &found)
+                                     : CUBLAS_STATUS_INVALID_VALUE;
   cublasLtMatmulPreferenceDestroy(pref);
-  p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
+  // An epilogue the heuristic rejects (NOT_SUPPORTED or no result) means "use the fallback".
+  p.ok = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
   if (p.ok) p.algo = result.algo;
-  return plans_.emplace(key, p).first->second;
+  return p;
 }
 
 bool LtGemm::matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C, Epilogue ep,
                     const float* bias_in, float* bias_grad_out) {
-  Plan& p = plan(ta, tb, m, n, k, ep);
-  if (!p.ok) {
-    if (ep == Epilogue::None) throw std::runtime_error("cuBLASLt found no algorithm for a " + std::to_string(m) + "x" +
-                                                       std::to_string(n) + "x" + std::to_string(k) + " GEMM");
+  const void* bias = (ep == Epilogue::BiasGradA || ep == Epilogue::BiasGradB) ? static_cast<const void*>(bias_grad_out)
+                                                                               : static_cast<const void*>(bias_in);
+  // The bias vector has no alignment preference to tell the heuristic, so a bias that is not
+  // 16-byte aligned (odd layer widths packed into one parameter buffer) takes the fallback.
+  if (ep != Epilogue::Default && (bias == nullptr || alignment_of(bias) < 16)) return false;
+  Plan& p = plan(Key{ta, tb, m, n, k, ep, alignment_of(A), alignment_of(B), alignment_of(C)});
+  if (!p.ok && ep == Epilogue::Default)
+    throw std::runtime_error("cuBLASLt found no algorithm for a row-major " + std::to_string(m) + "x" +
+                             std::to_string(n) + "x" + std::to_string(k) + " GEMM (transposes " + std::to_string(ta) +
+                             std::to_string(tb) + ")");
+  if (!p.ok) return false;
+  if (ep != Epilogue::Default)
+    FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  const float one = 1.0f, zero = 0.0f;
+  const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo,
+                                           workspace_, workspace_bytes_, stream_);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED && ep != Epilogue::Default) {
+    p.ok = false;  // checked before anything is launched: remember, and let the caller fall back
     return false;
   }
-  if (ep == Epilogue::Bias || ep == Epilogue::ReluBias)
-    FASTMLP_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_in, sizeof bias_in));
-  if (ep == Epilogue::BiasGradA)
-    FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_grad_out,
-                                                        sizeof bias_grad_out));
-  const float one = 1.0f, zero = 0.0f;
-  FASTMLP_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo,
-                                      workspace_, workspace_bytes_, stream_));
+  check_cublas(st, "cublasLtMatmul", __FILE__, __LINE__);
   return true;
 }
 

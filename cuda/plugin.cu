@@ -45,12 +45,17 @@ extern "C" __attribute__((visibility("default"))) int fastmlp_cuda_query(char* d
     std::string desc;
     for (int i = 0; i < count; ++i) {
       cudaDeviceProp prop{};
-      if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-      desc += "cuda:" + std::to_string(i) + " " + prop.name + " (sm_" + std::to_string(prop.major) +
-              std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
+      if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+        cudaGetLastError();
+        continue;
+      }
+      desc += "cuda:" + std::to_string(i) + " " + prop.name + " (compute capability " + std::to_string(prop.major) +
+              "." + std::to_string(prop.minor) + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
               std::to_string(prop.totalGlobalMem >> 20) + " MiB); ";
     }
-    desc += "driver " + std::to_string(driver) + ", runtime " + std::to_string(runtime) + ", cuBLASLt " +
+    // Versions are encoded as 1000 * major + 10 * minor.
+    auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); };
+    desc += "driver CUDA " + version(driver) + ", runtime " + version(runtime) + ", cuBLASLt " +
             std::to_string(cublasLtGetVersion());
     copy_out(desc, description, description_len);
     return count;
@@ -68,7 +73,23 @@ extern "C" __attribute__((visibility("default"))) fastmlp::Backend<float>* fastm
                                                                                               char* error,
                                                                                               size_t error_len) {
   try {
-    return new fastmlp::cuda::CudaBackend(index, precision ? precision : "float32");
+    const std::string prec = precision ? precision : "float32";
+    if (prec != "float32" && prec != "tf32" && prec != "bf16") {
+      copy_out("unknown CUDA precision '" + prec + "': choose float32, tf32 or bf16", error, error_len);
+      return nullptr;
+    }
+    const cudaError_t err = cudaSetDevice(index);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      int count = 0;
+      if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+      cudaGetLastError();
+      copy_out("cannot use cuda:" + std::to_string(index) + " (" + std::to_string(count) +
+                   " device(s) visible): " + cudaGetErrorString(err),
+               error, error_len);
+      return nullptr;
+    }
+    return new fastmlp::cuda::CudaBackend(index, prec);
   } catch (const std::exception& e) {
     copy_out(e.what(), error, error_len);
   } catch (...) {
