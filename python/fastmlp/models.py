@@ -285,8 +285,8 @@ class Sequential:
             val_data, _ = self._data(validation_data[0], validation_data[1], "validation x", "validation y")
         engine = self._engine
         history = History()
-        params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0], "verbose": verbose,
-                  "steps": -(-x.shape[0] // batch_size)}
+        params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
+                  "steps": -(-n_train // batch_size)}
         cbs = CallbackList([history] + list(callbacks or []), self, params)
         self.history = history
         self.stop_training = False
