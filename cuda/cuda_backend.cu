@@ -85,10 +85,10 @@ void CudaBackend::synchronize() {
   FASTMLP_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-void CudaBackend::gather_rows(int rows, int cols, const float* src, const int32_t* perm,
-                              const TrainCounters* counters, float* dst) {
+void CudaBackend::gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
+                               const TrainCounters* counters, float* x_dst, float* y_dst) {
   bind();
-  launch_gather_rows(rows, cols, src, perm, counters, dst, stream_);
+  launch_gather_batch(rows, x_cols, y_cols, x, y, perm, counters, x_dst, y_dst, stream_);
 }
 
 void CudaBackend::dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b,
@@ -133,11 +133,6 @@ void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* g
   bind();
   launch_optimizer(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, config, counters,
                    rows, stream_);
-}
-
-void CudaBackend::end_step(TrainCounters* counters, int rows) {
-  bind();
-  launch_end_step(counters, rows, stream_);
 }
 
 // Records the step's work without running it. cuBLASLt plans for new shapes are made during the

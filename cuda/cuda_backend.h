@@ -27,8 +27,8 @@ class CudaBackend final : public Backend<float> {
   void fill(float* dst, float value, int64_t n) override;
   void synchronize() override;
 
-  void gather_rows(int rows, int cols, const float* src, const int32_t* perm, const TrainCounters* counters,
-                   float* dst) override;
+  void gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
+                    const TrainCounters* counters, float* x_dst, float* y_dst) override;
   void dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b, ActivationSpec act,
                      float* Y) override;
   void dense_backward(int rows, int in, int out, const float* X, const float* W, const float* dZ, float* dW,
@@ -38,7 +38,6 @@ class CudaBackend final : public Backend<float> {
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, TrainCounters* counters, int rows) override;
-  void end_step(TrainCounters* counters, int rows) override;
   void run_step(int rows, const std::function<void()>& ops) override;
   void reset_captures() override;
 

@@ -19,13 +19,22 @@ __global__ void fill_kernel(float* dst, float value, int64_t n) {
 }
 
 // The batch start is read from device memory so a captured graph replays for every batch.
-__global__ void gather_rows_kernel(int rows, int cols, const float* __restrict__ src, const int32_t* __restrict__ perm,
-                                   const TrainCounters* counters, float* __restrict__ dst) {
+// Each output row holds x_cols features then y_cols targets' worth of work: one launch for both.
+__global__ void gather_batch_kernel(int rows, int x_cols, int y_cols, const float* __restrict__ x,
+                                    const float* __restrict__ y, const int32_t* __restrict__ perm,
+                                    const TrainCounters* counters, float* __restrict__ x_dst,
+                                    float* __restrict__ y_dst) {
   const int64_t start = counters->batch_start;
-  const int64_t n = int64_t(rows) * cols;
+  const int width = x_cols + y_cols;
+  const int64_t n = int64_t(rows) * width;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / cols, c = i - r * cols;
-    dst[i] = src[int64_t(perm[start + r]) * cols + c];
+    const int64_t r = i / width;
+    const int c = int(i - r * width);
+    const int64_t src_row = perm[start + r];
+    if (c < x_cols)
+      x_dst[r * x_cols + c] = x[src_row * x_cols + c];
+    else
+      y_dst[r * y_cols + (c - x_cols)] = y[src_row * y_cols + (c - x_cols)];
   }
 }
 
@@ -63,10 +72,11 @@ void launch_fill(float* dst, float value, int64_t n, cudaStream_t s) {
   FASTMLP_LAUNCH_CHECK("fill_kernel");
 }
 
-void launch_gather_rows(int rows, int cols, const float* src, const int32_t* perm, const TrainCounters* counters,
-                        float* dst, cudaStream_t s) {
-  gather_rows_kernel<<<blocks_for(int64_t(rows) * cols), kThreads, 0, s>>>(rows, cols, src, perm, counters, dst);
-  FASTMLP_LAUNCH_CHECK("gather_rows_kernel");
+void launch_gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
+                         const TrainCounters* counters, float* x_dst, float* y_dst, cudaStream_t s) {
+  gather_batch_kernel<<<blocks_for(int64_t(rows) * (x_cols + y_cols)), kThreads, 0, s>>>(
+      rows, x_cols, y_cols, x, y, perm, counters, x_dst, y_dst);
+  FASTMLP_LAUNCH_CHECK("gather_batch_kernel");
 }
 
 void launch_bias_activation(int rows, int cols, const float* b, ActivationSpec act, float* Y, cudaStream_t s) {

@@ -9,8 +9,9 @@
 namespace fastmlp::cuda {
 
 void launch_fill(float* dst, float value, int64_t n, cudaStream_t s);
-void launch_gather_rows(int rows, int cols, const float* src, const int32_t* perm, const TrainCounters* counters,
-                        float* dst, cudaStream_t s);
+// x_dst/y_dst = rows of x/y picked by perm from counters->batch_start on (one launch for both).
+void launch_gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
+                         const TrainCounters* counters, float* x_dst, float* y_dst, cudaStream_t s);
 // Y = act(Y + b) (b may be null when an epilogue already added it).
 void launch_bias_activation(int rows, int cols, const float* b, ActivationSpec act, float* Y, cudaStream_t s);
 // dX *= act'(X), the derivative written through the activation's output X.
@@ -21,6 +22,5 @@ void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, TrainCounters* counters, int rows, cudaStream_t s);
-void launch_end_step(TrainCounters* counters, int rows, cudaStream_t s);
 
 }  // namespace fastmlp::cuda

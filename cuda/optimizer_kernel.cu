@@ -1,7 +1,8 @@
 // One launch updates every parameter: the flat buffer is walked with a grid-stride loop, each
 // element finds its segment (kernel or bias of a layer, with that layer's L1/L2) and applies
 // math::optimizer_update. Config and step come from device memory, so a captured graph always
-// uses the current learning rate and step count.
+// uses the current learning rate and step count. The last block to finish ends the step
+// (advances step and batch_start), which saves a separate one-thread launch per step.
 #include "check.h"
 #include "fastmlp/math.h"
 #include "kernels.h"
@@ -16,7 +17,7 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
                                  float* st0, float* st1, float* st2, const ParamSegment* __restrict__ segments,
                                  int n_segments, bool any_regularizer, const OptimizerConfig* config,
                                  TrainCounters* counters, int rows) {
-  if (counters->nonfinite) return;  // keep the last good weights
+  const bool skip = counters->nonfinite != 0;  // keep the last good weights
   // Raw shared storage: __shared__ variables cannot have constructors.
   __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
   __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
@@ -29,7 +30,7 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   __syncthreads();
   double penalty = 0.0;
   int seg = 0;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n_params;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; !skip && k < n_params;
        k += int64_t(gridDim.x) * blockDim.x) {
     while (seg + 1 < n_segments && k >= segments[seg + 1].offset) ++seg;  // k only grows
     const float l1 = float(segments[seg].l1), l2 = float(segments[seg].l2);
@@ -41,15 +42,22 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
     }
     math::optimizer_update(c, s, p, g, st0[k], st1[k], st2[k]);
   }
-  if (any_regularizer) {
+  if (any_regularizer && !skip) {
     penalty = block_sum(penalty);
     if (threadIdx.x == 0) atomicAdd(&counters->reg_sum, penalty * rows);
   }
-}
-
-__global__ void end_step_kernel(TrainCounters* counters, int rows) {
-  if (!counters->nonfinite) counters->step += 1;
-  counters->batch_start += rows;
+  // Every block read counters->step above; only when all have finished may it advance.
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(&counters->blocks_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (last && threadIdx.x == 0) {
+    counters->blocks_done = 0;
+    if (!skip) counters->step += 1;
+    counters->batch_start += rows;
+  }
 }
 
 }  // namespace
@@ -66,11 +74,6 @@ void launch_optimizer(int64_t n_params, float* params, const float* grads, float
   optimizer_kernel<<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, st2, segments, n_segments,
                                                     any_regularizer, config, counters, rows);
   FASTMLP_LAUNCH_CHECK("optimizer_kernel");
-}
-
-void launch_end_step(TrainCounters* counters, int rows, cudaStream_t s) {
-  end_step_kernel<<<1, 1, 0, s>>>(counters, rows);
-  FASTMLP_LAUNCH_CHECK("end_step_kernel");
 }
 
 }  // namespace fastmlp::cuda

@@ -74,12 +74,15 @@ class CpuBackend final : public Backend<T> {
     for (int64_t i = 0; i < n; ++i) dst[i] = value;
   }
 
-  void gather_rows(int rows, int cols, const T* src, const int32_t* perm, const TrainCounters* counters,
-                   T* dst) override {
+  void gather_batch(int rows, int x_cols, int y_cols, const T* x, const T* y, const int32_t* perm,
+                    const TrainCounters* counters, T* x_dst, T* y_dst) override {
     const int64_t start = counters->batch_start;
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-    for (int i = 0; i < rows; ++i)
-      std::memcpy(dst + int64_t(i) * cols, src + int64_t(perm[start + i]) * cols, sizeof(T) * cols);
+#pragma omp parallel for if (int64_t(rows) * x_cols > kParallelThreshold)
+    for (int i = 0; i < rows; ++i) {
+      const int64_t r = perm[start + i];
+      std::memcpy(x_dst + int64_t(i) * x_cols, x + r * x_cols, sizeof(T) * x_cols);
+      std::memcpy(y_dst + int64_t(i) * y_cols, y + r * y_cols, sizeof(T) * y_cols);
+    }
   }
 
   void dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act,
@@ -130,7 +133,10 @@ class CpuBackend final : public Backend<T> {
   void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, TrainCounters* counters, int rows) override {
-    if (counters->nonfinite) return;
+    if (counters->nonfinite) {  // keep the last good weights; the epoch still walks its batches
+      counters->batch_start += rows;
+      return;
+    }
     const math::StepScalars s = math::step_scalars(*config, counters->step);
     // Slots the optimizer does not own point at slot 0 (or the parameters when it owns none);
     // optimizer_update never touches them.
@@ -164,10 +170,7 @@ class CpuBackend final : public Backend<T> {
       });
     });
     if (any_regularizer) counters->reg_sum += penalty * rows;
-  }
-
-  void end_step(TrainCounters* counters, int rows) override {
-    if (!counters->nonfinite) counters->step += 1;
+    counters->step += 1;
     counters->batch_start += rows;
   }
 

@@ -38,9 +38,10 @@ class Backend {
   virtual void synchronize() {}
 
   // ---- one training step's pieces
-  // dst[i, :] = src[perm[counters->batch_start + i], :] for i < rows.
-  virtual void gather_rows(int rows, int cols, const T* src, const int32_t* perm, const TrainCounters* counters,
-                           T* dst) = 0;
+  // The next batch: x_dst[i, :] = x[perm[counters->batch_start + i], :] for i < rows, and the
+  // same rows of y into y_dst.
+  virtual void gather_batch(int rows, int x_cols, int y_cols, const T* x, const T* y, const int32_t* perm,
+                            const TrainCounters* counters, T* x_dst, T* y_dst) = 0;
 
   // Y = act(X W + b) with X rows x in, W in x out, Y rows x out. act is never softmax here:
   // the output layer is called with Linear and keeps its logits.
@@ -61,13 +62,12 @@ class Backend {
   // One fused update of all parameters, segment by segment (segments and config are backend
   // memory, so a captured step replays with the current learning rate). Adds each segment's
   // L1/L2 gradient, and its penalty times `rows` into counters->reg_sum when any_regularizer.
-  // state holds `slots` buffers of n_params each, back to back. Skipped when counters->nonfinite.
+  // state holds `slots` buffers of n_params each, back to back. The update is skipped when
+  // counters->nonfinite. Then ends the step: counters->step += 1 (unless nonfinite) and
+  // counters->batch_start += rows.
   virtual void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                               const ParamSegment* segments, int n_segments, bool any_regularizer,
                               const OptimizerConfig* config, TrainCounters* counters, int rows) = 0;
-
-  // counters->step += 1 (unless nonfinite) and counters->batch_start += rows.
-  virtual void end_step(TrainCounters* counters, int rows) = 0;
 
   // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them
   // once per `rows` and replays the capture; reset_captures() drops captures after buffers move.

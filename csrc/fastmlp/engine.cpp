@@ -246,15 +246,14 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   Backend<T>* be = backend_.get();
   auto* counters = train_counters_.template as<TrainCounters>();
   const int n_out = spec_.layers.back().units;
-  be->gather_rows(rows, data.x_cols, data.x, perm_.template as<int32_t>(), counters, x_batch_.get());
-  be->gather_rows(rows, data.y_cols, data.y, perm_.template as<int32_t>(), counters, y_batch_.get());
+  be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
+                   x_batch_.get(), y_batch_.get());
   forward(rows, x_batch_.get());
   be->loss(rows, n_out, acts_.back().get(), y_batch_.get(), data.y_cols, spec_.loss, spec_.metric,
            spec_.layers.back().activation, dz_.back().get(), counters);
   backward(rows, x_batch_.get());
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
                      int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(), counters, rows);
-  be->end_step(counters, rows);
 }
 
 template <typename T>
@@ -403,7 +402,6 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   backend_->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
                            segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
                            config_dev_.template as<OptimizerConfig>(), counters, rows);
-  backend_->end_step(counters, rows);
   const TrainCounters c = read_counters(train_counters_);
   EpochResult r;
   r.steps = 1;

@@ -88,7 +88,7 @@ struct TrainCounters {
   double reg_sum = 0.0;     // sum over updates of (regularization penalty * batch rows)
   double metric_sum = 0.0;  // correct predictions or absolute errors since the last reset
   int32_t nonfinite = 0;    // set when a loss was NaN/Inf: later updates are skipped
-  int32_t pad = 0;
+  uint32_t blocks_done = 0;  // CUDA: blocks of the optimizer kernel finished this step
 };
 
 }  // namespace fastmlp
