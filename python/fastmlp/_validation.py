@@ -27,7 +27,8 @@ def as_features(x, name: str, input_dim: int | None, dtype) -> np.ndarray:
         raise ValueError(f"{name} has 0 features")
     if input_dim is not None and arr.shape[1] != input_dim:
         raise ValueError(f"{name} has {arr.shape[1]} features but the model expects {input_dim}")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # overflow is reported below, by name
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(out).all():
         what = "NaN" if np.isnan(out).any() else "Inf"
         extra = " after conversion to float32 (values too large)" if np.isfinite(arr).all() else ""
@@ -73,9 +74,10 @@ def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype) -> np.n
         arr = arr.reshape(n, 1)
     if arr.ndim != 2 or arr.shape[1] != n_out:
         raise ValueError(f"{name} must have shape ({n}, {n_out}), got {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise ValueError(f"{name} contains NaN or Inf values (or values too large for {np.dtype(dtype).name})")
     return out
 
 
