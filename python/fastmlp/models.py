@@ -303,7 +303,7 @@ class Sequential:
                 result = engine.train_epoch(train_data, seed, batch_size)
                 seconds = time.perf_counter() - started
                 self._epochs_seen += 1
-                if result["nonfinite"]:
+                if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
                     raise NonFiniteLossError(
                         f"the training loss became NaN or Inf during epoch {epoch + 1}; training stopped and the "
                         "weights of the last step with a finite loss were kept (try a lower learning rate)")

@@ -1,0 +1,115 @@
+"""fastmlp.model_selection: grid_search / random_search over Sequential hyper-parameters."""
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import callbacks as C
+from fastmlp.model_selection import IntUniform, LogUniform, SearchResult, grid_search, random_search
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(300, 4)).astype(np.float32)
+Y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+XT, YT, XV, YV = X[:240], Y[:240], X[240:], Y[240:]
+
+
+def build(units=8, lr=1e-2, seed=0):
+    m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(2, "softmax")], seed=seed)
+    m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+    return m
+
+
+def test_grid_search_ranks_all_combinations():
+    res = grid_search(build, XT, YT, (XV, YV), {"units": [4, 16], "lr": [1e-4, 3e-2], "batch_size": [32]},
+                      epochs=4, scoring="val_accuracy", keep_best=True)
+    assert isinstance(res, SearchResult) and len(res) == 4
+    scores = [r["score"] for r in res]
+    assert scores == sorted(scores, reverse=True) and [r["rank"] for r in res] == [1, 2, 3, 4]
+    assert {tuple(sorted(r["params"].items())) for r in res} == {
+        (("batch_size", 32), ("lr", lr), ("units", u)) for u in (4, 16) for lr in (1e-4, 3e-2)}
+    assert res.best_params["lr"] == 3e-2  # a 300x larger rate wins after 4 epochs
+    assert res.best_model.evaluate(XV, YV)["accuracy"] == pytest.approx(res.best_score)
+    assert all(r["epochs"] == 4 and len(r["history"]["loss"]) == 4 for r in res)
+    table = res.table()
+    assert table.splitlines()[0].split() == ["rank", "val_accuracy", "units", "lr", "batch_size", "epochs",
+                                            "seconds"]
+    assert len(table.splitlines()) == 6 and str(res) == table
+
+
+def test_loss_scoring_is_minimized_and_callable_scoring_maximized():
+    res = grid_search(build, XT, YT, (XV, YV), {"lr": [1e-4, 3e-2]}, epochs=3)
+    assert res.scoring == "val_loss" and res.mode == "min" and res[0]["score"] <= res[1]["score"]
+    res = grid_search(build, XT, YT, (XV, YV), {"lr": [1e-4, 3e-2]}, epochs=3,
+                      scoring=lambda m, x, y: -m.evaluate(x, y)["loss"])
+    assert res.mode == "max" and res.best_params == {"lr": 3e-2}
+
+
+def test_default_builder_classification_and_regression():
+    res = grid_search(None, XT, YT, (XV, YV), {"hidden_layer_sizes": [(4,), (8, 8)], "learning_rate": [1e-2]},
+                      epochs=2, keep_best=True)
+    assert len(res) == 2 and res.best_model.layers[-1].units == 2
+    yr = (X[:, 0] * 2).astype(np.float32)
+    res = grid_search(None, XT, yr[:240], (XV, yr[240:]), {"l2": [0.0, 1e-3]}, epochs=2, scoring="val_mae")
+    assert res.mode == "min" and len(res) == 2 and "val_mae" in res[0]["logs"]
+
+
+def test_random_search_is_reproducible_and_samples_distributions():
+    dists = {"lr": LogUniform(1e-4, 1e-1), "units": IntUniform(2, 12), "batch_size": [16, 64]}
+    a = random_search(build, XT, YT, (XV, YV), dists, n_iter=4, seed=5, epochs=2)
+    b = random_search(build, XT, YT, (XV, YV), dists, n_iter=4, seed=5, epochs=2)
+    assert [r["params"] for r in a] == [r["params"] for r in b] and len(a) == 4
+    for r in a:
+        assert 1e-4 <= r["params"]["lr"] < 1e-1 and 2 <= r["params"]["units"] <= 12
+        assert r["params"]["batch_size"] in (16, 64)
+    # all-list distributions are drawn without repetition, at most the grid size
+    c = random_search(build, XT, YT, (XV, YV), {"units": [4, 8], "lr": [1e-2]}, n_iter=10, seed=0, epochs=1)
+    assert len(c) == 2 and {r["params"]["units"] for r in c} == {4, 8}
+
+
+def test_callbacks_are_copied_per_trial():
+    es = C.EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)  # stops after epoch 2
+    res = grid_search(build, XT, YT, (XV, YV), {"lr": [1e-3, 1e-2]}, epochs=10, callbacks=[es])
+    assert [r["epochs"] for r in res] == [2, 2] and es.model is None  # the original is untouched
+
+
+def test_failed_trials_are_recorded_and_ranked_last():
+    def flaky(units=8):
+        if units == 0:
+            raise ValueError("no units")
+        return build(units)
+
+    res = grid_search(flaky, XT, YT, (XV, YV), {"units": [0, 8]}, epochs=1)
+    assert res[0]["params"] == {"units": 8} and res[1]["score"] is None and "no units" in res[1]["error"]
+    assert "error" in res.table()
+    with pytest.raises(ValueError, match="no units"):
+        grid_search(flaky, XT, YT, (XV, YV), {"units": [0, 8]}, epochs=1, error="raise")
+    with pytest.raises(RuntimeError, match="every trial failed"):
+        grid_search(flaky, XT, YT, (XV, YV), {"units": [0]}, epochs=1)
+
+
+@pytest.mark.parametrize("call, exc, word", [
+    (lambda: grid_search(build, XT, YT, (XV, YV), {"lr": [1e-2]}, scoring="val_auc"), ValueError, "val_auc"),
+    (lambda: grid_search(build, XT, YT, None, {"lr": [1e-2]}), ValueError, "validation_data"),
+    (lambda: grid_search(build, XT, YT, (XV, YV), {}), ValueError, "non-empty"),
+    (lambda: grid_search(build, XT, YT, (XV, YV), {"lr": []}), ValueError, "empty"),
+    (lambda: grid_search(build, XT, YT, (XV, YV), {"lr": LogUniform(1e-3, 1e-2)}), TypeError, "random_search"),
+    (lambda: grid_search(build, XT, YT, (XV[:, :3], YV), {"lr": [1e-2]}), ValueError, "features"),
+    (lambda: grid_search(build, XT, YT[:10], (XV, YV), {"lr": [1e-2]}), ValueError, "lengths"),
+    (lambda: grid_search(lambda **p: "model", XT, YT, (XV, YV), {"lr": [1e-2]}), ValueError, "Sequential"),
+    (lambda: grid_search(build, XT, YT, (XV, YV), {"lr": [1e-2]}, error="ignore"), ValueError, "error"),
+    (lambda: random_search(build, XT, YT, (XV, YV), {"lr": [1e-2]}, n_iter=0), ValueError, "n_iter"),
+    (lambda: LogUniform(0, 1), ValueError, "LogUniform"),
+])
+def test_bad_search_arguments(call, exc, word):
+    with pytest.raises(exc, match=word):
+        call()
+
+
+def test_data_is_converted_once(monkeypatch):
+    import fastmlp._validation as V
+
+    calls = []
+    real = V.as_features
+    monkeypatch.setattr(V, "as_features", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    x64 = XT.astype(np.float64)  # converted to float32 once, then shared by every trial
+    grid_search(build, x64, YT, (XV, YV), {"lr": [1e-3, 1e-2, 1e-1]}, epochs=1)
+    assert calls == ["x", "validation x"]

@@ -1,0 +1,164 @@
+"""fastmlp.sklearn: scikit-learn's estimator checks, labels, partial_fit, stopping, Pipeline/GridSearchCV."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastmlp as fm  # noqa: E402
+from fastmlp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(300, 5))
+Y3 = np.digitize(X[:, 0] + 0.5 * X[:, 1], [-0.5, 0.5])  # 3 classes
+YR = X[:, 0] * 2 - X[:, 2] + 0.1 * RNG.normal(size=300)
+
+# Every scikit-learn check runs and passes; none is listed as an expected failure. scikit-learn
+# itself skips check_array_api_input (the estimators do not declare array-API support).
+EXPECTED_FAILED_CHECKS: dict = {}
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=100, random_state=0, device="cpu"),
+                          MLPRegressor(max_iter=100, random_state=0, device="cpu")],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def test_fm_exposes_estimators_lazily():
+    assert fm.MLPClassifier is MLPClassifier and fm.MLPRegressor is MLPRegressor
+
+
+def test_string_labels_proba_and_attributes():
+    labels = np.array(["cat", "dog", "emu"])[Y3]
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=60, learning_rate_init=1e-2, random_state=0,
+                        device="cpu").fit(X, labels)
+    assert list(clf.classes_) == ["cat", "dog", "emu"] and clf.n_features_in_ == 5
+    p = clf.predict_proba(X)
+    assert p.shape == (300, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert set(clf.predict(X)) <= {"cat", "dog", "emu"} and clf.score(X, labels) > 0.85
+    assert len(clf.loss_curve_) == clf.n_iter_ and clf.loss_curve_[-1] < clf.loss_curve_[0]
+    assert [c.shape for c in clf.coefs_] == [(5, 16), (16, 3)] and clf.out_activation_ == "softmax"
+
+
+def test_binary_uses_one_logistic_output():
+    y = np.where(X[:, 0] > 0, 5, -3)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, learning_rate_init=1e-2, random_state=1,
+                        device="cpu").fit(X, y)
+    assert clf.n_outputs_ == 1 and clf.out_activation_ == "logistic"
+    assert clf.predict_proba(X).shape == (300, 2) and clf.score(X, y) > 0.9
+
+
+def test_same_random_state_same_model_and_pickle_round_trip():
+    a = MLPRegressor(hidden_layer_sizes=(8,), max_iter=20, random_state=3, device="cpu").fit(X, YR)
+    b = clone(a).fit(X, YR)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    c = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(a.predict(X), c.predict(X))
+    assert c.loss_curve_ == a.loss_curve_
+
+
+def test_regressor_multi_output_and_r2():
+    y2 = np.c_[YR, -YR]
+    reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=150, learning_rate_init=1e-2, random_state=0,
+                       device="cpu").fit(X, y2)
+    assert reg.predict(X).shape == (300, 2) and reg.score(X, y2) > 0.8
+
+
+def test_alpha_maps_to_l2_penalty():
+    clf = MLPClassifier(alpha=0.4, batch_size=20, max_iter=1, device="cpu", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, Y3)
+    assert all(layer.kernel_regularizer.l2 == pytest.approx(0.4 / 40) for layer in clf.model_.layers)
+    reg = MLPRegressor(alpha=0.4, batch_size=20, max_iter=1, device="cpu", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg.fit(X, YR)
+    assert reg.model_.layers[0].kernel_regularizer.l2 == pytest.approx(0.4 / 20)
+
+
+def test_stopping_rules_and_convergence_warning():
+    with pytest.warns(ConvergenceWarning, match="maximum iterations"):
+        MLPClassifier(max_iter=3, device="cpu", random_state=0).fit(X, Y3)
+    clf = MLPClassifier(max_iter=500, tol=10.0, n_iter_no_change=2, device="cpu", random_state=0).fit(X, Y3)
+    assert clf.n_iter_ == 4  # no epoch improves by tol: stops once the count exceeds n_iter_no_change
+    es = MLPClassifier(max_iter=300, early_stopping=True, n_iter_no_change=3, learning_rate_init=1e-2,
+                       device="cpu", random_state=0).fit(X, Y3)
+    assert es.n_iter_ < 300 and len(es.validation_scores_) == es.n_iter_ and es.best_loss_ is None
+    assert es.best_validation_score_ == max(es.validation_scores_)
+    reg = MLPRegressor(max_iter=300, early_stopping=True, learning_rate_init=1e-2, device="cpu",
+                       random_state=0).fit(X, YR)
+    assert reg.best_validation_score_ > 0.5  # R^2 on the held-out 10%
+
+
+def test_partial_fit():
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=1e-2, random_state=0, device="cpu")
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X[:50], Y3[:50])
+    for i in range(0, 300, 50):
+        clf.partial_fit(X[i:i + 50], Y3[i:i + 50], classes=[0, 1, 2])
+    assert clf.n_iter_ == 6 and list(clf.classes_) == [0, 1, 2]
+    with pytest.raises(ValueError, match="not in classes_"):
+        clf.partial_fit(X[:5], np.array([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError, match="features"):
+        clf.partial_fit(X[:5, :3], Y3[:5])
+    reg = MLPRegressor(random_state=0, device="cpu").partial_fit(X, YR).partial_fit(X, YR)
+    assert reg.n_iter_ == 2 and reg.predict(X[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize("params, word", [
+    (dict(solver="lbfgs"), "lbfgs"), (dict(solver="newton"), "solver"), (dict(activation="swish"), "activation"),
+    (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"), (dict(alpha=-1.0), "alpha"),
+    (dict(batch_size=0), "batch_size"), (dict(learning_rate_init=0.0), "learning_rate_init"),
+    (dict(max_iter=0), "max_iter"), (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(device="tpu"), "device"),
+])
+def test_bad_parameters_fail_in_fit_with_named_errors(params, word):
+    clf = MLPClassifier(**params)  # scikit-learn convention: __init__ never validates
+    with pytest.raises(ValueError, match=word):
+        clf.fit(X, Y3)
+
+
+def test_failure_paths():
+    with pytest.raises(NotFittedError):
+        MLPClassifier().predict(X)
+    with pytest.raises(ValueError, match="one class"):
+        MLPClassifier(device="cpu").fit(X, np.zeros(300))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        MLPClassifier(device="cpu").fit(X, YR)
+    with pytest.raises(ValueError, match="NaN"):
+        MLPRegressor(device="cpu").fit(np.where(X > 2, np.nan, X), YR)
+    with pytest.warns(UserWarning, match="clipped"):
+        MLPRegressor(batch_size=1000, max_iter=2, device="cpu").fit(X, YR)
+
+
+def test_pipeline_and_grid_search():
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(max_iter=30, learning_rate_init=1e-2, random_state=0,
+                                                         device="cpu"))
+    gs = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(4,), (16,)],
+                             "mlpclassifier__alpha": [1e-4, 1e-1]}, cv=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gs.fit(X, Y3)
+    assert set(gs.best_params_) == {"mlpclassifier__hidden_layer_sizes", "mlpclassifier__alpha"}
+    assert gs.best_score_ > 0.7 and gs.predict(X[:4]).shape == (4,)
+    rs = RandomizedSearchCV(MLPRegressor(max_iter=30, random_state=0, device="cpu"),
+                            {"learning_rate_init": [1e-3, 1e-2], "solver": ["adam", "sgd", "rmsprop"]},
+                            n_iter=3, cv=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rs.fit(X, YR)
+    assert len(rs.cv_results_["params"]) == 3 and np.isfinite(rs.best_score_)
