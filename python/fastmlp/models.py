@@ -346,9 +346,17 @@ class Sequential:
         """One optimizer step on exactly this batch; returns its loss (before the step)."""
         self._require_compiled("train_on_batch")
         data, _ = self._data(x, y)
-        result = self._engine.train_on_batch(data)
+        engine = self._engine
+        saved = engine.get_params(), engine.get_state(), engine.step
+        result = engine.train_on_batch(data)
         if result["nonfinite"]:
             raise NonFiniteLossError("the loss of this batch is NaN or Inf; the weights were not updated")
+        if not np.isfinite(engine.get_params()).all():  # a finite loss, but the update overflowed
+            engine.set_params(saved[0])
+            engine.set_state(saved[1])
+            engine.step = saved[2]
+            raise NonFiniteLossError("this step made the weights NaN or Inf (learning rate too large?); "
+                                     "the weights were not updated")
         return float(result["loss"])
 
     def compute_gradients(self, x, y):
@@ -391,9 +399,10 @@ class Sequential:
                 raise TypeError(f"weight {i} must be numeric, got dtype {arr.dtype}")
             if arr.shape != shape:
                 raise ValueError(f"weight {i} has shape {arr.shape}, expected {shape}")
-            arr = arr.astype(self._dtype, copy=False)
+            with np.errstate(over="ignore"):  # overflow is reported below, by name
+                arr = arr.astype(self._dtype, copy=False)
             if not np.isfinite(arr).all():
-                raise ValueError(f"weight {i} contains NaN or Inf")
+                raise ValueError(f"weight {i} contains NaN or Inf (or values too large for {self._dtype.name})")
             parts.append(arr.ravel())
         self._engine.set_params(np.concatenate(parts))
 
