@@ -40,7 +40,7 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
       penalty += double(math::regularization_penalty(p, l1, l2));
       g += math::regularization_grad(p, l1, l2);
     }
-    math::optimizer_update(c, s, p, g, st0[k], st1[k], st2[k]);
+    if (!math::guarded_update(c, s, p, g, st0[k], st1[k], st2[k])) counters->nonfinite = 1;  // same value from all
   }
   if (any_regularizer && !skip) {
     penalty = block_sum(penalty);

@@ -370,8 +370,6 @@ def test_train_on_batch_whose_update_overflows_changes_nothing(dtype, lr):
     assert_unchanged(m, snap)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: fit keeps the weights of an update that overflowed when that "
-                                       "step's loss was finite (the native loop checks the loss only)")
 def test_fit_whose_update_overflows_keeps_finite_weights():
     m, x, y = _diverging("float32", opt=fm.optimizers.SGD(lr=1e38))
     with pytest.raises(fm.NonFiniteLossError):

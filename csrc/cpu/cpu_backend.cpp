@@ -144,6 +144,7 @@ class CpuBackend final : public Backend<T> {
     T* st1 = slots > 1 ? state + n_params : st0;
     T* st2 = slots > 2 ? state + 2 * n_params : st0;
     double penalty = 0.0;
+    int overflowed = 0;
     const OptimizerConfig& cfg = *config;
     with_optimizer(cfg.kind, [&](auto kind) {
       with_bool(cfg.amsgrad, [&](auto amsgrad) {
@@ -155,14 +156,15 @@ class CpuBackend final : public Backend<T> {
               const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
               const int64_t n = seg.size;
               const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;
-#pragma omp parallel num_threads(threads) reduction(+ : penalty)
+#pragma omp parallel num_threads(threads) reduction(+ : penalty) reduction(| : overflowed)
               {
                 // Each thread updates one contiguous chunk with a plain loop.
                 const int t = omp_get_thread_num(), nt = omp_get_num_threads();
                 const int64_t lo = seg.offset + n * t / nt, hi = seg.offset + n * (t + 1) / nt;
                 penalty += reg ? update_range<Flags, true>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(seg.l1),
-                                                           T(seg.l2))
-                               : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0));
+                                                           T(seg.l2), overflowed)
+                               : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0),
+                                                            overflowed);
               }
             }
           });
@@ -170,6 +172,7 @@ class CpuBackend final : public Backend<T> {
       });
     });
     if (any_regularizer) counters->reg_sum += penalty * rows;
+    if (overflowed) counters->nonfinite = 1;  // later steps are skipped; the weights stay finite
     counters->step += 1;
     counters->batch_start += rows;
   }
@@ -187,7 +190,8 @@ class CpuBackend final : public Backend<T> {
   // shared update in math.h inlines to branch-free code the compiler vectorizes.
   template <typename Flags, bool kRegularized>
   static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
-                             const T* __restrict g, T* st0, T* st1, T* st2, int64_t lo, int64_t hi, T l1, T l2) {
+                             const T* __restrict g, T* st0, T* st1, T* st2, int64_t lo, int64_t hi, T l1, T l2,
+                             int& overflowed) {
     OptimizerConfig c = cfg;
     c.kind = Flags::kind;
     c.amsgrad = Flags::amsgrad;
@@ -198,12 +202,14 @@ class CpuBackend final : public Backend<T> {
 #pragma omp simd reduction(+ : penalty)
       for (int64_t k = lo; k < hi; ++k) penalty += double(math::regularization_penalty(p[k], l1, l2));
     }
-#pragma omp simd
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
     for (int64_t k = lo; k < hi; ++k) {
       T gk = g[k];
       if constexpr (kRegularized) gk += math::regularization_grad(p[k], l1, l2);
-      math::optimizer_update(c, s, p[k], gk, st0[k], st1[k], st2[k]);
+      bad |= math::guarded_update(c, s, p[k], gk, st0[k], st1[k], st2[k]) ? 0 : 1;
     }
+    overflowed |= bad;
     return penalty;
   }
 

@@ -63,7 +63,7 @@ class Backend {
   // memory, so a captured step replays with the current learning rate). Adds each segment's
   // L1/L2 gradient, and its penalty times `rows` into counters->reg_sum when any_regularizer.
   // state holds `slots` buffers of n_params each, back to back. The update is skipped when
-  // counters->nonfinite. Then ends the step: counters->step += 1 (unless nonfinite) and
+  // counters->nonfinite; a parameter the update would make NaN/Inf keeps its value and sets it. Then ends the step: counters->step += 1 (unless nonfinite) and
   // counters->batch_start += rows.
   virtual void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                               const ParamSegment* segments, int n_segments, bool any_regularizer,

@@ -24,6 +24,7 @@ namespace math {
 using std::cos;
 using std::exp;
 using std::fabs;
+using std::isfinite;
 using std::floor;
 using std::log;
 using std::log1p;
@@ -334,6 +335,22 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
       return;
     }
   }
+}
+
+// optimizer_update, except that a parameter the update would make NaN or Inf (a learning rate
+// far too large) keeps its value and state; returns false then, so training can stop with
+// finite weights. Writes back the unused state slots first: they may alias a used slot or,
+// for plain SGD, the parameter itself.
+template <typename T>
+FASTMLP_HD bool guarded_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1, T& st2) {
+  T np = p, n0 = st0, n1 = st1, n2 = st2;
+  optimizer_update(c, s, np, g, n0, n1, n2);
+  const bool ok = isfinite(np);
+  st2 = ok ? n2 : st2;
+  st1 = ok ? n1 : st1;
+  st0 = ok ? n0 : st0;
+  p = ok ? np : p;
+  return ok;
 }
 
 }  // namespace math

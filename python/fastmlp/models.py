@@ -305,8 +305,9 @@ class Sequential:
                 self._epochs_seen += 1
                 if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
                     raise NonFiniteLossError(
-                        f"the training loss became NaN or Inf during epoch {epoch + 1}; training stopped and the "
-                        "weights of the last step with a finite loss were kept (try a lower learning rate)")
+                        f"the training loss or a weight update became NaN or Inf during epoch {epoch + 1}; training "
+                        "stopped with finite weights: no update was applied after the first non-finite loss, and "
+                        "no weight was given a non-finite value (try a lower learning rate)")
                 logs = self._metric_logs(result)
                 if val_data is not None:
                     logs.update(self._metric_logs(engine.evaluate(val_data, _EVAL_BATCH), "val_"))
@@ -347,15 +348,15 @@ class Sequential:
         self._require_compiled("train_on_batch")
         data, _ = self._data(x, y)
         engine = self._engine
+        # Kept so a step that overflows only some weights can be undone whole (the native update
+        # leaves those weights as they were but applies the rest).
         saved = engine.get_params(), engine.get_state(), engine.step
         result = engine.train_on_batch(data)
         if result["nonfinite"]:
-            raise NonFiniteLossError("the loss of this batch is NaN or Inf; the weights were not updated")
-        if not np.isfinite(engine.get_params()).all():  # a finite loss, but the update overflowed
             engine.set_params(saved[0])
             engine.set_state(saved[1])
             engine.step = saved[2]
-            raise NonFiniteLossError("this step made the weights NaN or Inf (learning rate too large?); "
+            raise NonFiniteLossError("the loss of this batch, or its update, is NaN or Inf (learning rate too large?); "
                                      "the weights were not updated")
         return float(result["loss"])
 
