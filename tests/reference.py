@@ -310,3 +310,22 @@ def train_steps(spec, weights, batches, loss, opt):
         losses.append(val)
         w = opt.step(w, g)
     return w, losses
+
+
+# Loss and output-layer combinations the tests cover: (loss, output activation, from_logits).
+LOSS_OUTPUTS = [
+    ("sparse_categorical_crossentropy", "softmax", False),
+    ("sparse_categorical_crossentropy", "linear", True),
+    ("categorical_crossentropy", "softmax", False),
+    ("categorical_crossentropy", "linear", True),
+    ("binary_crossentropy", "sigmoid", False),
+    ("binary_crossentropy", "linear", True),
+    ("mse", "linear", False),
+    ("mse", "sigmoid", False),
+    ("mse", "tanh", False),
+    ("mse", "softmax", False),
+    ("mse", "elu", False),
+    ("multiclass_hinge", "linear", False),
+    ("multiclass_hinge", "softmax", False),
+    ("multiclass_hinge", "tanh", False),
+]

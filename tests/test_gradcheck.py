@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+import reference as ref
 
 SMOOTH_BOUND, KINK_BOUND, F32_BOUND = 1e-6, 1e-4, 2e-2
 
@@ -34,20 +35,7 @@ ACTS = {"linear": "linear", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu"
         "leaky_relu": fm.activations.LeakyReLU(0.1), "elu": fm.activations.ELU(1.0),
         "elu_0.5": fm.activations.ELU(0.5)}
 KINKED_ACTS = {"relu", "leaky_relu", "elu_0.5"}
-# (loss, output activation, from_logits)
-LOSS_OUT = [
-    ("sparse_categorical_crossentropy", "softmax", False),
-    ("sparse_categorical_crossentropy", "linear", True),
-    ("categorical_crossentropy", "softmax", False),
-    ("categorical_crossentropy", "linear", True),
-    ("binary_crossentropy", "sigmoid", False),
-    ("binary_crossentropy", "linear", True),
-    ("mse", "linear", False),
-    ("mse", "sigmoid", False),
-    ("mse", "softmax", False),
-    ("multiclass_hinge", "linear", False),
-    ("multiclass_hinge", "softmax", False),
-]
+LOSS_OUT = ref.LOSS_OUTPUTS  # (loss, output activation, from_logits)
 REGS = {"none": None, "l2": fm.regularizers.L2(1e-2), "l1": fm.regularizers.L1(1e-2),
         "l1l2": fm.regularizers.L1L2(1e-2, 2e-2)}
 LOSS_CLASS = {"sparse_categorical_crossentropy": fm.losses.SparseCategoricalCrossentropy,

@@ -14,23 +14,7 @@ import reference as ref
 HIDDEN = {"linear": ("linear", 0.0), "sigmoid": ("sigmoid", 0.0), "tanh": ("tanh", 0.0), "relu": ("relu", 0.0),
           "leaky_relu": ("leaky_relu", 0.1), "elu": ("elu", 0.7)}
 CLASS_LOSSES = ("sparse_categorical_crossentropy", "multiclass_hinge")
-# (loss, output activation, from_logits)
-LOSS_OUTPUTS = [
-    ("sparse_categorical_crossentropy", "softmax", False),
-    ("sparse_categorical_crossentropy", "linear", True),
-    ("categorical_crossentropy", "softmax", False),
-    ("categorical_crossentropy", "linear", True),
-    ("binary_crossentropy", "sigmoid", False),
-    ("binary_crossentropy", "linear", True),
-    ("mse", "linear", False),
-    ("mse", "sigmoid", False),
-    ("mse", "tanh", False),
-    ("mse", "softmax", False),
-    ("mse", "elu", False),
-    ("multiclass_hinge", "linear", False),
-    ("multiclass_hinge", "softmax", False),
-    ("multiclass_hinge", "tanh", False),
-]
+LOSS_OUTPUTS = ref.LOSS_OUTPUTS
 LOSS_CLASS = {"sparse_categorical_crossentropy": fm.losses.SparseCategoricalCrossentropy,
               "categorical_crossentropy": fm.losses.CategoricalCrossentropy,
               "binary_crossentropy": fm.losses.BinaryCrossentropy}
