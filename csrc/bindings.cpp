@@ -46,7 +46,16 @@ py::dict epoch_dict(const EpochResult& r) {
   d["metric"] = r.metric;
   d["nonfinite"] = r.nonfinite;
   d["steps"] = r.steps;
+  d["rows"] = r.rows;
+  d["finished"] = r.finished;
   return d;
+}
+
+std::vector<int32_t> epoch_order(int64_t rows, std::optional<uint64_t> shuffle_seed) {
+  if (shuffle_seed) return shuffled_indices(rows, *shuffle_seed);
+  std::vector<int32_t> perm(rows);
+  for (int64_t i = 0; i < rows; ++i) perm[i] = int32_t(i);
+  return perm;
 }
 
 template <typename T>
@@ -54,7 +63,13 @@ void bind_engine(py::module_& m, const char* name) {
   using E = Engine<T>;
   using D = Dataset<T>;
   py::class_<D, std::shared_ptr<D>>(m, (std::string(name) + "Dataset").c_str())
-      .def_property_readonly("rows", [](const D& d) { return d.rows; });
+      .def_property_readonly("rows", [](const D& d) { return d.rows; })
+      .def_property_readonly("features", [](const D& d) { return d.x_cols; })
+      .def_property_readonly("target_columns", [](const D& d) { return d.y_cols; })
+      .def_property_readonly("has_targets", [](const D& d) { return d.y != nullptr; })
+      .def_property_readonly("class_ids", [](const D& d) { return d.class_ids; })
+      .def_property_readonly("max_class", [](const D& d) { return d.max_class; })
+      .def_property_readonly("device", [](const D& d) { return d.device; });
 
   py::class_<E>(m, name)
       .def(py::init([](int input_dim, const std::vector<py::tuple>& layers, int loss, int metric,
@@ -129,17 +144,26 @@ void bind_engine(py::module_& m, const char* name) {
              EpochResult r;
              {
                py::gil_scoped_release release;
-               std::vector<int32_t> perm;
-               if (shuffle_seed) {
-                 perm = shuffled_indices(d.rows, *shuffle_seed);
-               } else {
-                 perm.resize(d.rows);
-                 for (int64_t i = 0; i < d.rows; ++i) perm[i] = int32_t(i);
-               }
-               r = e.train_epoch(d, perm, batch_size);
+               r = e.train_epoch(d, epoch_order(d.rows, shuffle_seed), batch_size);
              }
              return epoch_dict(r);
            })
+      .def("begin_epoch",
+           [](E& e, const D& d, std::optional<uint64_t> shuffle_seed, int batch_size) {
+             py::gil_scoped_release release;
+             e.begin_epoch(d, epoch_order(d.rows, shuffle_seed), batch_size);
+           })
+      .def("train_batches",
+           [](E& e, const D& d, int64_t max_batches) {
+             EpochResult r;
+             {
+               py::gil_scoped_release release;
+               r = e.train_batches(d, max_batches);
+             }
+             return epoch_dict(r);
+           })
+      .def_property_readonly("epoch_in_progress", &E::epoch_in_progress)
+      .def("end_epoch", &E::end_epoch)
       .def("evaluate",
            [](E& e, const D& d, int batch_size) {
              EpochResult r;

@@ -1,6 +1,7 @@
 // Engine: parameter layout, workspace and the order of backend calls in a step.
 #include "fastmlp/engine.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <stdexcept>
@@ -89,6 +90,8 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
 
 template <typename T>
 Engine<T>::~Engine() {
+  // Captured steps point at this engine's buffers; datasets may keep the backend alive.
+  backend_->reset_captures();
   // Buffers must go before the backend that owns their memory.
   acts_.clear();
   dz_.clear();
@@ -160,13 +163,33 @@ void Engine<T>::set_learning_rate(double lr) {
   upload_config();
 }
 
+namespace {
+// Describes host targets y (rows x target_columns) for `spec`: class ids are checked to be
+// integers in [0, outputs) here, once, so no kernel ever indexes outside a row of logits.
+template <typename T>
+void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
+  d.y_cols = y_host ? target_columns(spec) : 0;
+  d.class_ids = y_host && is_class_id_loss(spec.loss);
+  if (!d.class_ids) return;
+  const int n_out = spec.layers.back().units;
+  for (int64_t r = 0; r < d.rows; ++r) {
+    const T c = y_host[r];
+    if (!(c >= T(0) && c < T(n_out)) || c != std::floor(c))
+      throw std::invalid_argument("target " + std::to_string(r) + " is " + std::to_string(double(c)) +
+                                  ": class ids must be integers in [0, " + std::to_string(n_out) + ")");
+    d.max_class = std::max<int64_t>(d.max_class, int64_t(c));
+  }
+}
+}  // namespace
+
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows) const {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
+  d->device = backend_->name();
   d->rows = rows;
   d->x_cols = spec_.input_dim;
-  d->y_cols = y ? target_columns(spec_) : 0;
+  describe_targets(*d, spec_, y);
   d->x_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->x_cols);
   backend_->to_backend(d->x_storage.get(), x, sizeof(T) * rows * d->x_cols);
   if (y) {
@@ -183,9 +206,10 @@ template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows) const {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
+  d->device = backend_->name();
   d->rows = rows;
   d->x_cols = spec_.input_dim;
-  d->y_cols = y_host ? target_columns(spec_) : 0;
+  describe_targets(*d, spec_, y_host);
   d->x = x_backend;
   if (y_host) {
     d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
@@ -271,13 +295,39 @@ TrainCounters Engine<T>::read_counters(const BackendBuffer<T>& counters) const {
 }
 
 template <typename T>
-EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool needs_targets) const {
+  const std::string w = what;
+  if (data.device != backend_->name())
+    throw std::invalid_argument(w + " lives on " + data.device + " but this model runs on " + backend_->name());
+  if (data.x_cols != spec_.input_dim)
+    throw std::invalid_argument(w + " has " + std::to_string(data.x_cols) + " features per row but the model's input_dim is " +
+                                std::to_string(spec_.input_dim));
+  if (!data.y) {
+    if (needs_targets) throw std::invalid_argument(w + " has no targets");
+    return;
+  }
+  const bool wants_ids = is_class_id_loss(spec_.loss);
+  if (data.class_ids != wants_ids)
+    throw std::invalid_argument(w + (data.class_ids ? " holds one class id per row but this model's loss takes "
+                                                    : " holds target rows but this model's loss takes one class id per row") +
+                                (data.class_ids ? std::to_string(target_columns(spec_)) + " target values per row" : ""));
+  if (data.y_cols != target_columns(spec_))
+    throw std::invalid_argument(w + " has " + std::to_string(data.y_cols) + " target columns but the model has " +
+                                std::to_string(target_columns(spec_)) + " outputs");
+  if (data.class_ids && data.max_class >= spec_.layers.back().units)
+    throw std::invalid_argument(w + " has class ids up to " + std::to_string(data.max_class) + " but the model has " +
+                                std::to_string(spec_.layers.back().units) + " output units");
+}
+
+template <typename T>
+void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
-  if (!data.y) throw std::invalid_argument("training data has no targets");
-  EpochResult result;
-  if (data.rows == 0) return result;
-  const int bs = int(std::min<int64_t>(batch_size, data.rows));
+  check_dataset(data, "training data", true);
+  for (int32_t i : perm)  // the gather kernel trusts these indices
+    if (i < 0 || i >= data.rows) throw std::invalid_argument("permutation holds an index outside the data");
+  epoch_ = EpochProgress{};
+  const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(data.rows, 1)));
   ensure_workspace(bs);
   if (perm_capacity_ < data.rows) {
     perm_ = BackendBuffer<T>(backend_.get(), sizeof(int32_t) * data.rows);
@@ -285,22 +335,46 @@ EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int
     backend_->reset_captures();
     captured_dataset_ = 0;
   }
+  if (data.rows) backend_->to_backend(perm_.get(), perm.data(), sizeof(int32_t) * data.rows);
+  reset_counters(train_counters_, true);
+  epoch_.open = true;
+  epoch_.dataset = data.id;
+  epoch_.batch_size = bs;
+}
+
+template <typename T>
+EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches) {
+  if (!epoch_.open) throw std::logic_error("train_batches needs begin_epoch first");
+  if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
+  if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   if (captured_dataset_ != data.id) {  // captured steps point at the old data
     backend_->reset_captures();
     captured_dataset_ = data.id;
   }
-  backend_->to_backend(perm_.get(), perm.data(), sizeof(int32_t) * data.rows);
-  reset_counters(train_counters_, true);
-  const int64_t full = data.rows / bs;
-  const int rest = int(data.rows % bs);
-  for (int64_t b = 0; b < full; ++b) backend_->run_step(bs, [&] { train_step(bs, data); });
-  if (rest) backend_->run_step(rest, [&] { train_step(rest, data); });
+  const int bs = epoch_.batch_size;
+  for (int64_t b = 0; b < max_batches && epoch_.rows_done < data.rows; ++b) {
+    const int rows = int(std::min<int64_t>(bs, data.rows - epoch_.rows_done));
+    backend_->run_step(rows, [&] { train_step(rows, data); });
+    epoch_.rows_done += rows;
+    epoch_.batches_done += 1;
+  }
+  EpochResult result;
+  result.steps = epoch_.batches_done;
+  result.rows = epoch_.rows_done;
+  result.finished = epoch_.rows_done >= data.rows;
+  if (result.finished) epoch_.open = false;
+  if (epoch_.rows_done == 0) return result;
   const TrainCounters c = read_counters(train_counters_);
-  result.steps = full + (rest ? 1 : 0);
   result.nonfinite = c.nonfinite != 0;
-  result.loss = (c.loss_sum + c.reg_sum) / double(data.rows);
-  result.metric = c.metric_sum / double(data.rows);
+  result.loss = (c.loss_sum + c.reg_sum) / double(epoch_.rows_done);
+  result.metric = c.metric_sum / double(epoch_.rows_done);
   return result;
+}
+
+template <typename T>
+EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+  begin_epoch(data, perm, batch_size);
+  return train_batches(data, INT64_MAX);
 }
 
 template <typename T>
@@ -318,7 +392,7 @@ double Engine<T>::regularization_penalty() const {
 template <typename T>
 EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
-  if (!data.y) throw std::invalid_argument("evaluation data has no targets");
+  check_dataset(data, "evaluation data", true);
   EpochResult result;
   if (data.rows == 0) return result;
   const int bs = int(std::min<int64_t>(batch_size, data.rows));
@@ -342,6 +416,7 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
 template <typename T>
 void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
+  check_dataset(data, "prediction data", false);
   if (data.rows == 0) return;
   const int bs = int(std::min<int64_t>(batch_size, data.rows));
   ensure_workspace(bs);
@@ -367,7 +442,7 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
 
 template <typename T>
 TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step) {
-  if (!data.y) throw std::invalid_argument("data has no targets");
+  check_dataset(data, "data", true);
   if (data.rows <= 0) throw std::invalid_argument("the batch needs at least one sample");
   if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
   const int rows = int(data.rows);
@@ -396,6 +471,8 @@ double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
 
 template <typename T>
 EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
+  // It would reset the counters that carry the open epoch's position and sums.
+  if (epoch_.open) throw std::logic_error("train_on_batch cannot run while an epoch is in progress");
   gradients_of_whole(data, train_counters_, true);
   const int rows = int(data.rows);
   auto* counters = train_counters_.template as<TrainCounters>();

@@ -73,6 +73,8 @@ class BackendBuffer {
 };
 
 // Inputs and targets resident in backend memory (uploaded once, or borrowed device memory).
+// Any engine on the same device whose input width and target layout match may use it, so one
+// upload can serve many models (e.g. the trials of a hyper-parameter search).
 template <typename T>
 struct Dataset {
   std::shared_ptr<Backend<T>> owner;  // declared first: outlives the storage it frees
@@ -81,6 +83,9 @@ struct Dataset {
   const T* y = nullptr;
   int64_t rows = 0;
   int x_cols = 0, y_cols = 0;
+  std::string device;      // owner->name(): engines on another device cannot read this memory
+  bool class_ids = false;  // y holds one class id per row (checked integers in [0, max_class])
+  int64_t max_class = -1;  // largest class id in y
   uint64_t id = 0;  // changes whenever the memory behind x / y may have changed
 };
 
@@ -88,7 +93,9 @@ struct EpochResult {
   double loss = 0.0;    // mean data loss + mean regularization penalty
   double metric = 0.0;  // mean metric (accuracy, binary accuracy or MAE)
   bool nonfinite = false;
-  int64_t steps = 0;
+  int64_t steps = 0;    // batches trained (in this epoch so far, for train_batches)
+  int64_t rows = 0;     // rows those batches held
+  bool finished = true; // train_batches: the epoch's last batch has run
 };
 
 template <typename T>
@@ -128,6 +135,14 @@ class Engine {
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.
   EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  // The same epoch in pieces, for callers that act between batches (every-N-batches callbacks):
+  // begin_epoch uploads the order; each train_batches runs up to max_batches of the remaining
+  // batches and returns the epoch so far (means over the rows trained so far). The result is
+  // bit-identical to train_epoch's however the batches are split.
+  void begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  EpochResult train_batches(const Dataset<T>& data, int64_t max_batches);
+  bool epoch_in_progress() const { return epoch_.open; }
+  void end_epoch() { epoch_.open = false; }  // abandons an unfinished epoch (e.g. stopped early)
   // Mean loss (with the regularization penalty) and metric, no update.
   EpochResult evaluate(const Dataset<T>& data, int batch_size);
   // Output of the last layer's activation for each row of data, into host memory.
@@ -136,6 +151,11 @@ class Engine {
   double compute_gradients(const Dataset<T>& data, T* grads_host);
   // One optimizer step on exactly these rows; returns the loss before the step.
   EpochResult train_on_batch(const Dataset<T>& data);
+
+  // Throws std::invalid_argument naming `what` when data cannot be used by this engine: another
+  // device, another input width, another target layout, class ids beyond the outputs, or no
+  // targets where they are needed.
+  void check_dataset(const Dataset<T>& data, const char* what, bool needs_targets) const;
 
  private:
   void ensure_workspace(int rows);
@@ -166,6 +186,12 @@ class Engine {
   int64_t perm_capacity_ = 0;
   std::vector<BackendBuffer<T>> acts_, dz_;
   uint64_t captured_dataset_ = 0;
+  struct EpochProgress {  // the epoch begun by begin_epoch
+    bool open = false;
+    uint64_t dataset = 0;
+    int batch_size = 0;
+    int64_t batches_done = 0, rows_done = 0;
+  } epoch_;
 };
 
 }  // namespace fastmlp
