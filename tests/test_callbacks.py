@@ -1,5 +1,6 @@
-"""Callbacks: EarlyStopping, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN,
-CSVLogger, the batch_interval guard and the failure paths (bad monitor, bad arguments)."""
+"""Epoch callbacks: EarlyStopping, ModelCheckpoint, LearningRateScheduler, ReduceLROnPlateau,
+TerminateOnNaN, CSVLogger and the failure paths (bad monitor, bad arguments). Batch hooks are in
+test_batch_callbacks.py."""
 import csv
 import math
 
@@ -93,7 +94,10 @@ def test_monitor_missing_warns_with_available_names():
     (lambda: C.ReduceLROnPlateau(min_lr=-1), ValueError, "min_lr"),
     (lambda: C.LearningRateScheduler(0.1), TypeError, "callable"),
     (lambda: C.CSVLogger("x.csv", separator=";;"), ValueError, "separator"),
-    (lambda: C.ModelCheckpoint("m.fm", save_freq=10), NotImplementedError, "per epoch"),
+    (lambda: C.ModelCheckpoint("m.fm", save_freq=0), ValueError, "save_freq"),
+    (lambda: C.ModelCheckpoint("m.fm", save_freq="batch"), ValueError, "save_freq"),
+    (lambda: C.ModelCheckpoint("m.fm", save_freq=True), ValueError, "save_freq"),
+    (lambda: C.LambdaCallback(on_train_batch_end=3), TypeError, "callable"),
 ])
 def test_bad_arguments(make_cb, exc, word):
     with pytest.raises(exc, match=word):
@@ -183,21 +187,6 @@ def test_model_checkpoint_formats_path_and_saves_best_only(tmp_path):
     assert loaded.count_params() == m.count_params()
     with pytest.raises(KeyError, match="val_auc"):
         make().fit(X, Y, epochs=1, verbose=0, callbacks=[C.ModelCheckpoint(str(tmp_path / "{val_auc}.fm"))])
-
-
-def test_batch_interval_is_not_supported_and_batch_hooks_warn():
-    class EveryN(C.Callback):
-        batch_interval = 10
-
-    with pytest.raises(NotImplementedError, match="every-N-batches"):
-        make().fit(X, Y, epochs=1, verbose=0, callbacks=[EveryN()])
-
-    class PerBatch(C.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            pass
-
-    with pytest.warns(RuntimeWarning, match="never calls"):
-        make().fit(X, Y, epochs=1, verbose=0, callbacks=[PerBatch()])
 
 
 def test_custom_callback_hooks_order_and_params():

@@ -113,3 +113,48 @@ def test_data_is_converted_once(monkeypatch):
     x64 = XT.astype(np.float64)  # converted to float32 once, then shared by every trial
     grid_search(build, x64, YT, (XV, YV), {"lr": [1e-3, 1e-2, 1e-1]}, epochs=1)
     assert calls == ["x", "validation x"]
+
+
+def build_typed(lr=1e-2, dtype="float32"):
+    m = fm.Sequential([fm.Dense(8, "relu", input_dim=4), fm.Dense(2, "softmax")], seed=0)
+    m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu",
+              dtype=dtype)
+    return m
+
+
+def test_data_is_uploaded_once_and_stays_resident_across_trials(monkeypatch):
+    from fastmlp.models import Sequential
+
+    uploads = []
+    real = Sequential._upload_arrays
+    monkeypatch.setattr(Sequential, "_upload_arrays", lambda self, x, y, xn, yn: uploads.append((xn, self._dtype.name))
+                        or real(self, x, y, xn, yn))
+    grid = {"lr": [1e-3, 1e-2, 1e-1], "units": [4, 8]}
+    res = grid_search(build, XT, YT, (XV, YV), grid, epochs=2)
+    assert len(res) == 6 and uploads == [("x", "float32"), ("x", "float32")]  # train and validation, once
+    # A trial of another kind (float64 engine) gets its own upload, shared with its kind.
+    uploads.clear()
+    grid_search(build_typed, XT, YT, (XV, YV), {"dtype": ["float32", "float64", "float32", "float64"]}, epochs=1)
+    assert uploads == [("x", "float32")] * 2 + [("x", "float64")] * 2
+
+
+def test_resident_search_scores_equal_separate_fits_on_arrays():
+    res = grid_search(build, XT, YT, (XV, YV), {"lr": [1e-3, 3e-2], "units": [4, 8]}, epochs=3, batch_size=32)
+    for row in res:
+        m = build(**row["params"])
+        h = m.fit(XT, YT, validation_data=(XV, YV), epochs=3, batch_size=32, verbose=0)
+        assert row["score"] == m.evaluate(XV, YV)["loss"]
+        assert row["history"] == h.history
+
+
+def test_trial_whose_model_cannot_use_the_resident_data_fails_like_fit_would():
+    def build_outputs(n_out=2):
+        m = fm.Sequential([fm.Dense(8, "relu", input_dim=4), fm.Dense(n_out, "softmax")], seed=0)
+        m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+        return m
+
+    y3 = YT.copy()
+    y3[0] = 2  # three classes in the training labels
+    res = grid_search(build_outputs, XT, y3, (XV, YV), {"n_out": [3, 2]}, epochs=1)
+    assert res[0]["params"] == {"n_out": 3} and res[0]["score"] is not None
+    assert res[1]["score"] is None and "class ids up to 2" in res[1]["error"]

@@ -1,11 +1,14 @@
-"""Callbacks for Sequential.fit, called at epoch granularity by the native training loop.
+"""Callbacks for Sequential.fit, called by the native training loop between epochs and, for
+callbacks that ask, between groups of batches.
 
-The native engine runs a whole epoch (shuffle, every batch, every update) in C++ and returns to
-Python once per epoch, so callbacks see epochs, not batches:
+The native engine runs an epoch (shuffle, batches, updates) in C++ and returns to Python once per
+epoch, unless a callback sets `batch_interval`:
 
     on_train_begin(logs)           once, before the first epoch
     on_epoch_begin(epoch, logs)    before each epoch (epoch counts from 0); changing the learning
-                                   rate here (model.set_learning_rate) applies to the whole epoch
+                                   rate here (model.set_learning_rate) applies from the next step
+    on_train_batch_begin(batch, logs)   only with batch_interval = N (see below)
+    on_train_batch_end(batch, logs)     only with batch_interval = N (see below)
     on_epoch_end(epoch, logs)      after each epoch; logs holds "loss", the compiled metric
                                    ("accuracy"/"mae") and, with validation data, "val_loss",
                                    "val_accuracy", ...
@@ -13,23 +16,30 @@ Python once per epoch, so callbacks see epochs, not batches:
 
 `self.model` is the model being trained and `self.params` holds epochs, batch_size, samples,
 steps (batches per epoch) and verbose. Setting `self.model.stop_training = True` ends fit after
-the current epoch.
+the current epoch (from a batch hook: after the current group of batches, and the epoch ends
+there with logs over the batches trained).
 
-Two class attributes configure how fit treats a callback:
+Two class (or instance) attributes configure how fit treats a callback:
 
     handles_nonfinite = False   When any callback sets it to True, fit does not raise
                                 fm.NonFiniteLossError when the training loss becomes NaN/Inf:
                                 it reports the epoch with its non-finite "loss" to on_epoch_end
                                 and the callback decides (TerminateOnNaN stops training). The
                                 native loop keeps the weights of the last finite step either way.
-    batch_interval = None       Reserved for an every-N-batches hook. The native loop cannot call
-                                Python inside an epoch, so this is not supported yet: fit raises
-                                NotImplementedError when a callback sets it. on_batch_* /
-                                on_train_batch_* hooks are never called (fit warns if a callback
-                                overrides one).
+    batch_interval = None       An integer N >= 1 asks for batch hooks: each epoch's batches are
+                                taken in groups of N (the last group may be shorter), like Keras
+                                with steps_per_execution=N. on_train_batch_begin(b) is called
+                                before the group whose first batch is b, on_train_batch_end(b, logs)
+                                after the group whose last batch is b (0-based within the epoch),
+                                with logs holding the running mean "loss" and metric of the epoch so
+                                far. The native loop runs each group without Python in between, so
+                                training is bit-identical with or without the hooks; each group
+                                costs one return to Python (and one device sync on CUDA), so
+                                small N slows training. on_batch_begin / on_batch_end are aliases
+                                (the base class forwards to them, as in Keras).
 
-Built in: History (always added by fit), EarlyStopping, ModelCheckpoint, LearningRateScheduler,
-ReduceLROnPlateau, TerminateOnNaN, CSVLogger, LambdaCallback.
+Built in: History (always added by fit), EarlyStopping, ModelCheckpoint (also save_freq=N
+batches), LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN, CSVLogger, LambdaCallback.
 """
 from __future__ import annotations
 
@@ -70,8 +80,25 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None):
         pass
 
+    # Batch hooks: called only when batch_interval is set (see the module docstring).
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
 
 _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
+
+
+def _overridden_batch_hooks(cb) -> list[str]:
+    return [h for h in _BATCH_HOOKS if getattr(type(cb), h, None) is not getattr(Callback, h)]
 
 
 class History(Callback):
@@ -235,9 +262,12 @@ class EarlyStopping(Callback):
 class ModelCheckpoint(Callback):
     """Saves the model (model.save) after every epoch, or only when `monitor` improves.
 
-    `filepath` may hold str.format fields filled from the epoch (1-based) and the epoch's logs,
-    e.g. "ckpt-{epoch:02d}-{val_loss:.3f}.fm". `save_freq` is "epoch" (only epochs are visible to
-    Python). `last_saved` holds the path of the latest file written.
+    `filepath` may hold str.format fields filled from the epoch (1-based), the batch (1-based,
+    with save_freq=N) and the logs, e.g. "ckpt-{epoch:02d}-{val_loss:.3f}.fm". `save_freq` is
+    "epoch", or an integer N: save after every N-th batch of each epoch instead, judged on the
+    running training logs ("loss", "accuracy": validation logs exist only at epoch ends); such a
+    mid-epoch file holds the weights and optimizer state of that batch. `last_saved` holds the path
+    of the latest file written.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
@@ -250,34 +280,53 @@ class ModelCheckpoint(Callback):
         self.save_best_only = bool(save_best_only)
         self.verbose = int(verbose)
         if save_freq != "epoch":
-            raise NotImplementedError("ModelCheckpoint saves once per epoch (save_freq='epoch'): the native "
-                                      "training loop returns to Python only between epochs")
+            if isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer)) or save_freq < 1:
+                raise ValueError(f"save_freq must be 'epoch' or a number of batches >= 1, got {save_freq!r}")
+            self.batch_interval = int(save_freq)
+            self.on_train_batch_end = self._save_after_batch  # only then: no warning, no slowdown
+        self.save_freq = save_freq
         self.best = self._mon.worst() if initial_value_threshold is None else float(initial_value_threshold)
         self.last_saved = None
+        self._epoch = 0
 
-    def _path(self, epoch, logs):
+    def _path(self, epoch, batch, logs):
+        fields = dict(logs or {}, epoch=epoch + 1)
+        if batch is not None:
+            fields["batch"] = batch + 1
         try:
-            return self.filepath.format(epoch=epoch + 1, **(logs or {}))
+            return self.filepath.format(**fields)
         except KeyError as exc:
             raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} uses {exc}, which is not in the logs; "
-                           f"available: epoch, {', '.join(sorted(logs or {}))}") from None
+                           f"available: {', '.join(sorted(fields))}") from None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _save_after_batch(self, batch, logs=None):
+        if (batch + 1) % self.batch_interval == 0:  # not after a shorter last group
+            self._save(self._epoch, batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        path = self._path(epoch, logs)
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs)
+
+    def _save(self, epoch, batch, logs):
+        path = self._path(epoch, batch, logs)
+        where = f"Epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
         if self.save_best_only:
             current = self._mon.get(logs)
             if current is None:
                 return
             if not self._mon.better(current, self.best):
                 if self.verbose > 0:
-                    _print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                    _print(f"{where}: {self.monitor} did not improve from {self.best:.5f}")
                 return
             if self.verbose > 0:
-                _print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                _print(f"{where}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
                        f"saving model to {path}")
             self.best = current
         elif self.verbose > 0:
-            _print(f"Epoch {epoch + 1}: saving model to {path}")
+            _print(f"{where}: saving model to {path}")
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -456,16 +505,25 @@ def _csv_value(v):
 
 class LambdaCallback(Callback):
     """A callback from plain functions: LambdaCallback(on_epoch_end=lambda epoch, logs: ...).
-    Epoch hooks get (epoch, logs), train hooks (logs); logs is {} when fit passes none."""
+    Epoch and batch hooks get (epoch or batch, logs), train hooks (logs); logs is {} when fit
+    passes none. Batch hooks are called every `batch_interval` batches (default 1: every batch,
+    which returns to Python after each batch; see the module docstring)."""
 
-    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None):
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_begin=None, on_train_batch_end=None, batch_interval=1):
         super().__init__()
         for name, fn in (("on_epoch_begin", on_epoch_begin), ("on_epoch_end", on_epoch_end),
-                         ("on_train_begin", on_train_begin), ("on_train_end", on_train_end)):
+                         ("on_train_begin", on_train_begin), ("on_train_end", on_train_end),
+                         ("on_train_batch_begin", on_train_batch_begin), ("on_train_batch_end", on_train_batch_end)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
         self._epoch_begin, self._epoch_end = on_epoch_begin, on_epoch_end
         self._train_begin, self._train_end = on_train_begin, on_train_end
+        # Batch hooks exist only when given, so a LambdaCallback without them never slows fit.
+        for name, fn in (("on_train_batch_begin", on_train_batch_begin), ("on_train_batch_end", on_train_batch_end)):
+            if fn is not None:
+                setattr(self, name, lambda batch, logs=None, _fn=fn: _fn(batch, logs if logs is not None else {}))
+                self.batch_interval = batch_interval
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._epoch_begin is not None:
@@ -490,18 +548,21 @@ class CallbackList:
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be fm.callbacks.Callback instances, got {type(cb).__name__}")
-            if cb.batch_interval is not None:
-                raise NotImplementedError(
-                    f"{type(cb).__name__}.batch_interval={cb.batch_interval!r}: every-N-batches callbacks are not "
-                    "supported yet; the native training loop runs a whole epoch without returning to Python. Use "
-                    "epoch hooks (on_epoch_begin/on_epoch_end), or fm.schedules for per-step learning rates.")
-            overridden = [h for h in _BATCH_HOOKS if callable(getattr(type(cb), h, None))]
-            if overridden:
-                warnings.warn(f"{type(cb).__name__} defines {', '.join(overridden)}, which fit never calls: the "
-                              "native loop returns to Python once per epoch", RuntimeWarning, stacklevel=3)
+            n = cb.batch_interval
+            if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+                raise ValueError(f"{type(cb).__name__}.batch_interval must be None or an integer >= 1, got {n!r}")
+            overridden = _overridden_batch_hooks(cb)
+            if overridden and n is None:
+                warnings.warn(f"{type(cb).__name__} defines {', '.join(overridden)}, which fit calls only when the "
+                              "callback sets batch_interval = N (batches per call)", RuntimeWarning, stacklevel=3)
         for cb in self.callbacks:
             cb.set_model(model)
             cb.set_params(params)
+
+    @property
+    def batch_callbacks(self) -> list:
+        """The callbacks that asked for batch hooks (batch_interval set)."""
+        return [cb for cb in self.callbacks if cb.batch_interval is not None]
 
     @property
     def handles_nonfinite(self) -> bool:

@@ -21,10 +21,13 @@ fit arguments ("epochs", "batch_size", "shuffle") go to fit instead of build_fn.
 a default MLP builder (build_mlp) is used, searching over hidden_layer_sizes, activation,
 optimizer, learning_rate, l2, seed.
 
-Data residency: the arrays are validated and converted once, up front, to C-contiguous float32
-(targets to the layout the loss wants); every trial is given these same arrays, so no trial
-re-converts or copies them on the host. A native dataset belongs to one engine (one model), so
-each trial's model uploads them again to its backend (a memcpy, or a host-to-device copy on CUDA).
+Data residency: the arrays are validated and converted once, up front, and copied once into
+backend memory (the GPU for CUDA models) as ResidentDatasets by the first trial's model; every
+later trial on the same device, dtype and target layout trains and is evaluated on that same
+memory, with no host-side conversion or host-to-device copy per trial. (A trial whose model
+differs in one of those, e.g. another device, gets its own upload, shared in turn with its
+kind.) Trials whose model cannot use the data (another input width, too few output classes)
+fail with the error fit would have raised.
 
 Scoring: `scoring` is a validation log name ("val_loss", "val_accuracy", "val_mae"; "loss"
 etc. mean the same), minimized or maximized per `mode` ("auto": accuracy-like names are
@@ -231,6 +234,17 @@ def _resolve_scoring(scoring, mode):
     return key, _resolve_mode(mode, key)
 
 
+def _resident_data(model, cache, x, y, xv, yv):
+    """The search's data in backend memory for this trial's model: uploaded by the first model of
+    its kind (device, dtype, target layout) and reused by every later one."""
+    loss = model.loss
+    kind = (model._compile_args["device"], model._dtype.str, loss.takes_class_ids,
+            None if loss.takes_class_ids else model.layers[-1].units)
+    if kind not in cache:
+        cache[kind] = (model.upload(x, y), model.upload(xv, yv))
+    return cache[kind]
+
+
 def _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, callbacks, fit_kwargs, keep_best,
          verbose, error):
     from .models import Sequential
@@ -239,6 +253,7 @@ def _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, call
         raise ValueError(f"error must be 'record' or 'raise', got {error!r}")
     key, mode = _resolve_scoring(scoring, mode)
     rows, best_model, best_key = [], None, None
+    resident = {}  # (device, dtype, target layout) -> (train, validation) ResidentDatasets
     for i, params in enumerate(trials):
         model_params = {k: v for k, v in params.items() if k not in _FIT_KEYS}
         fit_params = dict(epochs=epochs, batch_size=batch_size, verbose=0, **(fit_kwargs or {}))
@@ -253,8 +268,9 @@ def _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, call
                 raise _SetupError(f"build_fn must return an fm.Sequential, got {type(model).__name__}")
             if model.optimizer is None:
                 raise _SetupError("build_fn must return a compiled model (call model.compile in build_fn)")
-            hist = model.fit(x, y, validation_data=(xv, yv), callbacks=cbs, **fit_params)
-            logs = {"val_" + k: v for k, v in model.evaluate(xv, yv).items()}
+            train, val = _resident_data(model, resident, x, y, xv, yv)
+            hist = model.fit(train, validation_data=val, callbacks=cbs, **fit_params)
+            logs = {"val_" + k: v for k, v in model.evaluate(val).items()}
             if callable(key):
                 score = float(key(model, xv, yv))
             else:

@@ -20,6 +20,7 @@ from ._interop import cuda_array, device_features, device_to_host
 from ._validation import as_features, as_targets, non_negative_int, positive_int
 from .callbacks import CallbackList, History
 from .layers import Dense
+from .resident import ResidentDataset
 
 _EVAL_BATCH = 4096  # rows per forward pass in evaluate/predict; results do not depend on it
 
@@ -92,6 +93,7 @@ class Sequential:
         self.name = name or "sequential"
         self.stop_training = False
         self.history: History | None = None
+        self._fitting = False  # set while fit runs: nested fit/train_on_batch would disturb its epoch
 
     # ------------------------------------------------------------------ structure
     def add(self, layer: Dense):
@@ -226,13 +228,18 @@ class Sequential:
 
     def _data(self, x, y=None, xname="x", yname="y"):
         """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
-        GPU arrays (__cuda_array_interface__) are used in place by a CUDA model."""
+        A ResidentDataset is used as it is; GPU arrays (__cuda_array_interface__) are used in place
+        by a CUDA model; anything else is converted and uploaded (_upload_arrays)."""
+        if isinstance(x, ResidentDataset):
+            if y is not None:
+                raise ValueError(f"{xname} is a ResidentDataset, which carries its own targets; leave {yname} out "
+                                 "(upload targets with model.upload(x, y))")
+            if x.dtype != self._dtype:
+                raise TypeError(f"{xname} holds {x.dtype.name} data but the model computes in {self._dtype.name}")
+            self._ensure_built(x.features)
+            return x._native, x.rows
         if cuda_array(x) is None:
-            if y is None:
-                xs = self._x(x, xname)
-                return self._engine.upload(xs), xs.shape[0]
-            xs, ys = self._xy(x, y, xname, yname)
-            return self._engine.upload(xs, ys), xs.shape[0]
+            return self._upload_arrays(x, y, xname, yname)
         ptr, rows, cols = device_features(x, xname, self.input_dim)
         self._ensure_built(cols)
         if not self._engine.device.startswith("cuda"):
@@ -244,6 +251,25 @@ class Sequential:
             ys = self._y(y_host, rows, yname)
         return self._engine.borrow(ptr, rows, ys), rows
 
+    def _upload_arrays(self, x, y, xname, yname):
+        """Host arrays validated, converted and copied into backend memory (one copy per call)."""
+        if y is None:
+            xs = self._x(x, xname)
+            return self._engine.upload(xs), xs.shape[0]
+        xs, ys = self._xy(x, y, xname, yname)
+        return self._engine.upload(xs, ys), xs.shape[0]
+
+    def upload(self, x, y=None) -> ResidentDataset:
+        """Validates x (and y) and copies them once into this model's backend memory (the GPU for a
+        CUDA model). Pass the result to fit / evaluate / predict in place of x, here or in any other
+        compiled model on the same device with the same dtype, input width and target layout, to
+        train many times (or many models) without copying the data again."""
+        self._require_compiled("upload")
+        if isinstance(x, ResidentDataset):
+            raise TypeError("x is already a ResidentDataset")
+        native, _ = self._data(x, y)
+        return ResidentDataset(native, self._dtype)
+
     def _metric_logs(self, result: dict, prefix="") -> dict:
         logs = {prefix + "loss": float(result["loss"])}
         key = self._compile_args["metric_key"]
@@ -252,10 +278,14 @@ class Sequential:
         return logs
 
     # ----------------------------------------------------------------------- fit
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+    def fit(self, x, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0):
-        """Trains for `epochs` epochs (counting from initial_epoch) and returns a History."""
+        """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
+        x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
+        validation_data: a tuple (x_val, y_val) or a ResidentDataset with targets."""
         self._require_compiled("fit")
+        if self._fitting:
+            raise RuntimeError("fit is already running on this model (called from a callback?)")
         batch_size = positive_int(batch_size, "batch_size")
         epochs = non_negative_int(epochs, "epochs")
         initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
@@ -264,13 +294,17 @@ class Sequential:
         verbose = 1 if verbose in ("auto", True) else int(verbose)
         if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        val_data = None
-        if validation_data is not None:
+        if y is None and not isinstance(x, ResidentDataset):
+            raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y)")
+        if isinstance(x, ResidentDataset) and not x.has_targets:
+            raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
+        if validation_data is not None and not isinstance(validation_data, ResidentDataset):
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+                raise ValueError("validation_data must be a tuple (x_val, y_val) or a ResidentDataset")
         if validation_split > 0.0:
-            if cuda_array(x) is not None:
-                raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays")
+            if cuda_array(x) is not None or isinstance(x, ResidentDataset):
+                raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
+                                 "resident data")
             x, y = self._xy(x, y)
             if validation_data is None:
                 # Keras convention: the last fraction of the samples, taken before any shuffling.
@@ -281,7 +315,12 @@ class Sequential:
                 validation_data = (x[-n_val:], y[-n_val:])
                 x, y = x[:-n_val], y[:-n_val]
         train_data, n_train = self._data(x, y)
-        if validation_data is not None:
+        val_data = None
+        if isinstance(validation_data, ResidentDataset):
+            if not validation_data.has_targets:
+                raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
+            val_data, _ = self._data(validation_data, None, "validation data")
+        elif validation_data is not None:
             val_data, _ = self._data(validation_data[0], validation_data[1], "validation x", "validation y")
         engine = self._engine
         history = History()
@@ -293,14 +332,15 @@ class Sequential:
         from .progress import EpochProgress
 
         progress = EpochProgress(verbose, epochs, n_train)
-        cbs.on_train_begin()
+        self._fitting = True
         try:
+            cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 cbs.on_epoch_begin(epoch)
                 progress.begin(epoch)
                 seed = _core.derive_seed(self.seed, 1 + self._epochs_seen) if shuffle else None
                 started = time.perf_counter()
-                result = engine.train_epoch(train_data, seed, batch_size)
+                result = self._train_epoch(engine, train_data, seed, batch_size, params["steps"], cbs)
                 seconds = time.perf_counter() - started
                 self._epochs_seen += 1
                 if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
@@ -316,15 +356,45 @@ class Sequential:
                 if self.stop_training:
                     break
         finally:
+            self._fitting = False
+            engine.end_epoch()  # an epoch left unfinished by an exception is abandoned
             progress.close()
         cbs.on_train_end()
         return history
 
+    def _train_epoch(self, engine, data, seed, batch_size, steps, cbs):
+        """One epoch natively. Without batch callbacks it is one native call; with them the native
+        loop runs up to the next batch where a callback is due, calls it and goes on (the result is
+        bit-identical either way). A callback with batch_interval N sees the epoch's batches in
+        groups of N (the last may be shorter): on_train_batch_begin(first batch of the group) before
+        and on_train_batch_end(last batch of the group, running logs) after."""
+        batch_cbs = cbs.batch_callbacks
+        if not batch_cbs or steps == 0:
+            return engine.train_epoch(data, seed, batch_size)
+        engine.begin_epoch(data, seed, batch_size)
+        done, result = 0, None
+        while done < steps:
+            for cb in batch_cbs:
+                if done % cb.batch_interval == 0:
+                    cb.on_train_batch_begin(done, {})
+            stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
+            result = engine.train_batches(data, stop - done)
+            done = stop
+            logs = self._metric_logs(result)
+            for cb in batch_cbs:
+                if done % cb.batch_interval == 0 or done == steps:
+                    cb.on_train_batch_end(done - 1, dict(logs))
+            if self.stop_training:  # Keras: a batch callback may end training mid-epoch
+                break
+        return result
+
     # --------------------------------------------------------- evaluate / predict
-    def evaluate(self, x, y, batch_size=None, verbose=0):
+    def evaluate(self, x, y=None, batch_size=None, verbose=0):
         """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}."""
         self._require_compiled("evaluate")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
+        if y is None and not isinstance(x, ResidentDataset):
+            raise ValueError("evaluate got no targets (y is None): call evaluate(x, y)")
         data, _ = self._data(x, y)
         result = self._engine.evaluate(data, bs)
         logs = self._metric_logs(result)
@@ -343,9 +413,13 @@ class Sequential:
         return self.predict(x)
 
     # --------------------------------------------------------------- one batch
-    def train_on_batch(self, x, y) -> float:
+    def train_on_batch(self, x, y=None) -> float:
         """One optimizer step on exactly this batch; returns its loss (before the step)."""
         self._require_compiled("train_on_batch")
+        if self._fitting:
+            raise RuntimeError("train_on_batch cannot run while fit is training this model (called from a callback?)")
+        if y is None and not isinstance(x, ResidentDataset):
+            raise ValueError("train_on_batch got no targets (y is None): call train_on_batch(x, y)")
         data, _ = self._data(x, y)
         engine = self._engine
         # Kept so a step that overflows only some weights can be undone whole (the native update
@@ -360,9 +434,11 @@ class Sequential:
                                      "the weights were not updated")
         return float(result["loss"])
 
-    def compute_gradients(self, x, y):
+    def compute_gradients(self, x, y=None):
         """Gradients of mean loss + regularization, in get_weights() order and shapes."""
         self._require_compiled("compute_gradients")
+        if y is None and not isinstance(x, ResidentDataset):
+            raise ValueError("compute_gradients got no targets (y is None): call compute_gradients(x, y)")
         data, _ = self._data(x, y)
         _, flat = self._engine.compute_gradients(data)
         return self._unflatten(flat)

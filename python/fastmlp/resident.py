@@ -1,0 +1,64 @@
+"""ResidentDataset: features (and targets) copied once into a backend's memory.
+
+    data = model.upload(x, y)                 # one copy (host-to-device on CUDA)
+    model.fit(data, epochs=10)                # no copy of x or y per fit call
+    other.fit(data, validation_data=model.upload(xv, yv))
+
+fit, evaluate and predict take a ResidentDataset where they take x (with y left out). It can be
+used by any compiled model on the same device with the same dtype, input width and target
+layout (class ids for sparse_categorical_crossentropy / hinge, rows of n_out values otherwise);
+the engine checks this and raises ValueError naming the mismatch. fastmlp.model_selection uses
+it to keep a search's data resident across all its trials.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ResidentDataset:
+    """Training, validation or prediction data living in a model backend's memory (see module doc)."""
+
+    def __init__(self, native, dtype):
+        self._native = native
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def rows(self) -> int:
+        return int(self._native.rows)
+
+    @property
+    def features(self) -> int:
+        return int(self._native.features)
+
+    @property
+    def device(self) -> str:
+        return self._native.device
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self._native.has_targets)
+
+    @property
+    def target_columns(self) -> int:
+        return int(self._native.target_columns)
+
+    @property
+    def class_ids(self) -> bool:
+        """True when the targets are one class id per row."""
+        return bool(self._native.class_ids)
+
+    def __len__(self):
+        return self.rows
+
+    def __repr__(self):
+        if not self.has_targets:
+            targets = "no targets"
+        elif self.class_ids:
+            targets = "class ids"
+        else:
+            targets = f"{self.target_columns} target columns"
+        return f"ResidentDataset({self.rows} rows x {self.features} features, {targets}, {self.dtype.name}, " \
+               f"on {self.device})"
+
+
+__all__ = ["ResidentDataset"]
