@@ -2,7 +2,8 @@
 
 This layer only validates input, converts arrays and calls the native engine; the training
 loop (shuffling, batching, forward, backward, loss, update) runs in C++ with the GIL released,
-returning to Python once per epoch for logs and callbacks.
+returning to Python once per epoch for logs and callbacks (or once per group of batches for
+callbacks that set batch_interval).
 """
 from __future__ import annotations
 
