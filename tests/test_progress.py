@@ -1,4 +1,4 @@
-"""fit's progress output: verbose 0/1/2, plain readable lines off a terminal, a tqdm bar on one."""
+"""fit's progress output: verbose 0/1/2, plain readable lines off a terminal, a live tqdm bar per epoch on one."""
 import io
 import sys
 
@@ -124,3 +124,36 @@ def test_import_fastmlp_does_not_import_tqdm_or_sklearn():
     code = "import sys, fastmlp; print('tqdm' in sys.modules, 'sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_bar_moves_within_the_epoch_through_an_adaptive_batch_hook(monkeypatch):
+    pytest.importorskip("tqdm")
+    seen = []
+    real = EpochProgress.batch
+    monkeypatch.setattr(EpochProgress, "batch", lambda self, b, logs: seen.append((b, sorted(logs))) or
+                        real(self, b, logs))
+    stream = FakeTTY()
+    monkeypatch.setattr(sys, "stdout", stream)
+    live = make()
+    live.fit(X, Y, epochs=2, batch_size=8, verbose=1)  # 12 steps per epoch
+    # First epoch: speed unknown, ten updates at most (every 2 batches). The epoch took far less than
+    # update_seconds, so the second runs uninterrupted and the bar moves once, at its end.
+    assert [b for b, _ in seen] == [1, 3, 5, 7, 9, 11, 11]
+    assert all(keys == ["accuracy", "loss"] for _, keys in seen)
+    out = stream.getvalue()
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out and "96/96" in out and "samples/s" in out
+    quiet = make()
+    quiet.fit(X, Y, epochs=2, batch_size=8, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(live.get_weights(), quiet.get_weights()))
+
+
+@pytest.mark.parametrize("seconds, interval", [(1.0, 25), (0.01, 100), (1000.0, 1)])
+def test_update_interval_targets_update_seconds(seconds, interval):
+    pytest.importorskip("tqdm")
+    p = EpochProgress(1, 3, 1000, stream=FakeTTY(), batch_size=10)  # 100 steps
+    assert p.batch_interval == 10
+    p.update_seconds = 0.25
+    p.begin(0)
+    p.end(0, {"loss": 1.0}, seconds)
+    p.close()
+    assert p.batch_interval == interval

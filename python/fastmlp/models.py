@@ -327,12 +327,13 @@ class Sequential:
         history = History()
         params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
                   "steps": -(-n_train // batch_size)}
-        cbs = CallbackList([history] + list(callbacks or []), self, params)
-        self.history = history
-        self.stop_training = False
         from .progress import EpochProgress
 
-        progress = EpochProgress(verbose, epochs, n_train)
+        progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
+        bar_hook = [progress.hook()] if progress.mode == "bar" else []
+        cbs = CallbackList([history] + list(callbacks or []) + bar_hook, self, params)
+        self.history = history
+        self.stop_training = False
         self._fitting = True
         try:
             cbs.on_train_begin()

@@ -1,10 +1,14 @@
 """Per-epoch progress output for fit.
 
 verbose=0  silent.
-verbose=1  on a terminal: one live tqdm progress bar over the epochs. The native loop returns to
-           Python once per epoch, so the bar advances per epoch and shows that epoch's metrics
-           (loss, accuracy, val_*) and samples/s in its postfix; while an epoch runs the native
-           loop releases the GIL and a small thread refreshes the bar's elapsed time.
+verbose=1  on a terminal: a live tqdm bar per epoch (Keras-style) over the epoch's samples, with
+           the running loss and metric; when the epoch ends its bar shows the epoch's metrics
+           (loss, accuracy, val_*) and samples/s and stays as one line. The bar advances through
+           a batch hook (Callback.batch_interval) whose interval adapts to the measured speed so
+           the native loop returns to Python about every `update_seconds` (the first epoch: ten
+           times); an epoch shorter than that runs without interruption. Training is
+           bit-identical either way. While the native loop runs it releases the GIL and a small
+           thread refreshes the bar's elapsed time.
            When the stream is not a terminal (a log file, a pipe, CI), or tqdm is not installed,
            verbose=1 prints the same plain lines as verbose=2.
 verbose=2  one plain line per epoch:
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import sys
 import threading
+
+from .callbacks import Callback
 
 
 def _is_tty(stream) -> bool:
@@ -44,16 +50,22 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, samples: int
 
 
 class EpochProgress:
-    """Used by Sequential.fit: begin(epoch) before, end(epoch, logs, seconds) after each epoch,
-    close() when training ends (also on errors). `mode` is 'silent', 'bar' or 'lines'."""
+    """Used by Sequential.fit: begin(epoch, steps, batch_size) before, end(epoch, logs, seconds)
+    after each epoch, batch(batch, logs) from the batch hook, close() when training ends (also on
+    errors). `mode` is 'silent', 'bar' or 'lines'."""
 
-    refresh_seconds = 0.5
+    refresh_seconds = 0.5  # elapsed-time refresh while the native loop runs
+    update_seconds = 0.25  # target time between returns of the native loop for the bar
 
-    def __init__(self, verbose: int, epochs: int, samples: int, stream=None):
+    def __init__(self, verbose: int, epochs: int, samples: int, stream=None, batch_size: int = 1):
         self.verbose = int(verbose)
         self.epochs = int(epochs)
         self.samples = int(samples)
         self.stream = stream if stream is not None else sys.stdout
+        self._batch_size = max(1, int(batch_size))
+        self.steps = max(1, -(-self.samples // self._batch_size))
+        # Batches per bar update in the coming epoch; the first epoch's speed is unknown: ten updates.
+        self.batch_interval = max(1, -(-self.steps // 10))
         self._bar = None
         self._ticker = None
         self._stop = None
@@ -74,11 +86,6 @@ class EpochProgress:
         return tqdm
 
     # ------------------------------------------------------------------ bar mode
-    def _open_bar(self, epoch: int):
-        tqdm = self._tqdm()
-        self._bar = tqdm(total=self.epochs, initial=epoch, file=self.stream, unit="epoch", dynamic_ncols=True,
-                         leave=True, desc=f"Epoch {epoch + 1}/{self.epochs}")
-
     def _tick(self, stop: threading.Event):
         while not stop.wait(self.refresh_seconds):
             with self._lock:
@@ -88,14 +95,25 @@ class EpochProgress:
     def begin(self, epoch: int):
         if self.mode != "bar":
             return
+        tqdm = self._tqdm()
         with self._lock:
-            if self._bar is None:
-                self._open_bar(epoch)
-            self._bar.set_description_str(f"Epoch {epoch + 1}/{self.epochs}", refresh=True)
+            # No tqdm rate: the postfix carries samples/s measured around the native epoch.
+            self._bar = tqdm(total=self.samples, file=self.stream, dynamic_ncols=True, leave=True,
+                             desc=f"Epoch {epoch + 1}/{self.epochs}",
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, args=(self._stop,), daemon=True,
                                         name="fastmlp-progress")
         self._ticker.start()
+
+    def batch(self, batch: int, logs: dict):
+        """After batch `batch` (0-based) of the epoch: the bar moves to the samples trained so far."""
+        if self.mode != "bar" or self._bar is None:
+            return
+        done = min((batch + 1) * self._batch_size, self.samples)
+        with self._lock:
+            self._bar.set_postfix_str(", ".join(f"{k}={_format_metric(v)}" for k, v in logs.items()), refresh=False)
+            self._bar.update(done - self._bar.n)
 
     def _stop_ticker(self):
         if self._ticker is not None:
@@ -111,11 +129,19 @@ class EpochProgress:
             self.stream.flush()
             return
         self._stop_ticker()
+        if seconds > 0:  # next epoch: return to Python about every update_seconds
+            self.batch_interval = max(1, min(self.steps, int(self.update_seconds * self.steps / seconds)))
         postfix = ", ".join([f"{k}={_format_metric(v)}" for k, v in logs.items()]
                             + [f"{_rate(self.samples, seconds):,.0f} samples/s"])
         with self._lock:
-            self._bar.set_postfix_str(postfix, refresh=False)
-            self._bar.update(1)
+            if self._bar is not None:  # the batch hook has moved it to the samples trained
+                self._bar.set_postfix_str(postfix, refresh=False)
+                self._bar.close()
+                self._bar = None
+
+    def hook(self):
+        """The callback fit adds in bar mode: it moves the bar every batch_interval batches."""
+        return _BarUpdates(self)
 
     def close(self):
         self._stop_ticker()
@@ -123,6 +149,21 @@ class EpochProgress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
+
+
+class _BarUpdates(Callback):
+    """Batch hook of the live bar; its interval is the progress object's current one."""
+
+    def __init__(self, progress: EpochProgress):
+        super().__init__()
+        self.progress = progress
+
+    @property
+    def batch_interval(self):
+        return self.progress.batch_interval
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.batch(batch, logs or {})
 
 
 __all__ = ["EpochProgress", "epoch_line"]
