@@ -66,10 +66,11 @@ void bind_engine(py::module_& m, const char* name) {
       .def_property_readonly("rows", [](const D& d) { return d.rows; })
       .def_property_readonly("features", [](const D& d) { return d.x_cols; })
       .def_property_readonly("target_columns", [](const D& d) { return d.y_cols; })
-      .def_property_readonly("has_targets", [](const D& d) { return d.y != nullptr; })
+      .def_property_readonly("has_targets", &D::has_targets)
       .def_property_readonly("class_ids", [](const D& d) { return d.class_ids; })
       .def_property_readonly("max_class", [](const D& d) { return d.max_class; })
-      .def_property_readonly("device", [](const D& d) { return d.device; });
+      .def_property_readonly("device", [](const D& d) { return d.device; })
+      .def_property_readonly("streamed", [](const D& d) { return d.streamed; });
 
   py::class_<E>(m, name)
       .def(py::init([](int input_dim, const std::vector<py::tuple>& layers, int loss, int metric,
@@ -163,6 +164,7 @@ void bind_engine(py::module_& m, const char* name) {
              return epoch_dict(r);
            })
       .def_property_readonly("epoch_in_progress", &E::epoch_in_progress)
+      .def_property("data_budget", &E::data_budget, &E::set_data_budget)
       .def("end_epoch", &E::end_epoch)
       .def("evaluate",
            [](E& e, const D& d, int batch_size) {

@@ -1,6 +1,7 @@
 // The CUDA backend: device memory, cuBLASLt GEMMs with fused epilogues, the fused kernels of
 // kernels.h, and CUDA-graph capture of whole training steps. Everything runs on one
 // non-blocking stream, so the order of the calls is the order of the work.
+#include <algorithm>
 #include <string>
 
 #include "check.h"
@@ -53,6 +54,35 @@ void CudaBackend::release(void* p) noexcept {
   cudaSetDevice(device_);
   cudaFree(p);
   cudaGetLastError();  // nothing to report from a noexcept release
+}
+
+void* CudaBackend::allocate_host(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  bind();
+  void* p = nullptr;
+  const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw OutOfMemory("cudaHostAlloc could not page-lock " + std::to_string(bytes) + " bytes of host memory: " +
+                      cudaGetErrorString(err));
+  }
+  return p;
+}
+
+void CudaBackend::release_host(void* p) noexcept {
+  if (!p) return;
+  cudaFreeHost(p);
+  cudaGetLastError();
+}
+
+size_t CudaBackend::memory_for_data() const {
+  bind();
+  size_t free = 0, total = 0;
+  FASTMLP_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  // Kept for the workspace (activations, gradients, cuBLASLt, graphs) that training allocates
+  // after the data: a sixteenth of the GPU, at least 512 MiB.
+  const size_t reserve = std::max<size_t>(total / 16, size_t(512) << 20);
+  return free > reserve ? free - reserve : 0;
 }
 
 void CudaBackend::to_backend(void* dst, const void* host_src, size_t bytes) {

@@ -26,6 +26,9 @@ class CudaBackend final : public Backend<float> {
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* dst, float value, int64_t n) override;
   void synchronize() override;
+  void* allocate_host(size_t bytes) override;
+  void release_host(void* p) noexcept override;
+  size_t memory_for_data() const override;
 
   void gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
                     const TrainCounters* counters, float* x_dst, float* y_dst) override;

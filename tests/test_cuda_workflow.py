@@ -101,3 +101,16 @@ def test_estimators_on_the_gpu_agree_with_the_cpu():
                           device="cuda")
     reg.fit(X, X[:, 0] * 2)
     assert reg.score(X, X[:, 0] * 2) > 0.9  # 0.996 on the CPU backend
+
+
+def test_streamed_training_on_the_gpu_equals_resident():
+    # A budget of 40 rows forces the chunked path (page-locked staging, copies between captured steps).
+    resident, streamed = make(), make()
+    streamed.data_budget = 40 * 4 * 7
+    hr = resident.fit(X, Y, batch_size=16, epochs=3, verbose=0, validation_data=(XV, YV))
+    data = streamed.upload(X, Y)
+    assert data.streamed and data.device.startswith("cuda")
+    hs = streamed.fit(data, batch_size=16, epochs=3, verbose=0, validation_data=(XV, YV))
+    assert hs.history == hr.history and same_weights(resident, streamed)
+    np.testing.assert_array_equal(streamed.predict(data), resident.predict(X))
+    assert resident._engine.data_budget > 0  # free GPU memory less the reserve

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -36,6 +37,13 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill(T* dst, T value, int64_t n) = 0;
   virtual void synchronize() {}
+  // Host memory for staging copies to the backend (page-locked on a GPU, so copies run at bus
+  // speed); throws OutOfMemory on failure.
+  virtual void* allocate_host(size_t bytes);
+  virtual void release_host(void* p) noexcept;
+  // Bytes a dataset may still take in backend memory before training data must be streamed from
+  // the host (free device memory less a reserve for the workspace); unlimited on the host.
+  virtual size_t memory_for_data() const { return SIZE_MAX; }
 
   // ---- one training step's pieces
   // The next batch: x_dst[i, :] = x[perm[counters->batch_start + i], :] for i < rows, and the
@@ -74,6 +82,18 @@ class Backend {
   virtual void run_step(int /*rows*/, const std::function<void()>& ops) { ops(); }
   virtual void reset_captures() {}
 };
+
+template <typename T>
+void* Backend<T>::allocate_host(size_t bytes) {
+  void* p = bytes ? std::malloc(bytes) : nullptr;
+  if (bytes && !p) throw OutOfMemory("out of host memory allocating " + std::to_string(bytes) + " bytes");
+  return p;
+}
+
+template <typename T>
+void Backend<T>::release_host(void* p) noexcept {
+  std::free(p);
+}
 
 // Backend factories. make_backend("cpu") works everywhere; "cuda" or "cuda:N" loads the CUDA
 // plugin and throws std::runtime_error with the reason when it cannot. precision is "float32",

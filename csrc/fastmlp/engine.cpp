@@ -190,14 +190,27 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
   d->rows = rows;
   d->x_cols = spec_.input_dim;
   describe_targets(*d, spec_, y);
-  d->x_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->x_cols);
-  backend_->to_backend(d->x_storage.get(), x, sizeof(T) * rows * d->x_cols);
-  if (y) {
-    d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
-    backend_->to_backend(d->y_storage.get(), y, sizeof(T) * rows * d->y_cols);
+  const size_t x_bytes = sizeof(T) * rows * d->x_cols, y_bytes = sizeof(T) * rows * d->y_cols;
+  bool resident = x_bytes + y_bytes <= data_budget();
+  if (resident) {
+    try {
+      d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
+      if (y) d->y_storage = BackendBuffer<T>(backend_.get(), y_bytes);
+    } catch (const OutOfMemory&) {  // e.g. the validation set after the training set: stream it
+      d->x_storage.reset();
+      resident = false;
+    }
   }
-  d->x = d->x_storage.get();
-  d->y = d->y_storage.get();
+  if (resident) {
+    backend_->to_backend(d->x_storage.get(), x, x_bytes);
+    if (y) backend_->to_backend(d->y_storage.get(), y, y_bytes);
+    d->x = d->x_storage.get();
+    d->y = d->y_storage.get();
+  } else {
+    d->streamed = true;
+    d->host_x.assign(x, x + rows * d->x_cols);
+    if (y) d->host_y.assign(y, y + rows * d->y_cols);
+  }
   d->id = next_dataset_id++;
   return d;
 }
@@ -302,7 +315,7 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
   if (data.x_cols != spec_.input_dim)
     throw std::invalid_argument(w + " has " + std::to_string(data.x_cols) + " features per row but the model's input_dim is " +
                                 std::to_string(spec_.input_dim));
-  if (!data.y) {
+  if (!data.has_targets()) {
     if (needs_targets) throw std::invalid_argument(w + " has no targets");
     return;
   }
@@ -320,22 +333,105 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
 }
 
 template <typename T>
+void Engine<T>::set_batch_start(int64_t position) {
+  TrainCounters c = read_counters(train_counters_);
+  c.batch_start = position;
+  backend_->to_backend(train_counters_.get(), &c, sizeof c);
+}
+
+template <typename T>
+int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
+  // Chunks of at most 256 MiB: larger ones save little copy overhead and take GPU memory from others.
+  constexpr size_t kMaxChunkBytes = size_t(256) << 20;
+  const size_t row_bytes = sizeof(T) * size_t(data.x_cols + data.y_cols);
+  const int64_t all_rows = (data.rows + bs - 1) / bs * bs;
+  auto wanted = [&] {
+    const int64_t fit = int64_t(std::min(data_budget(), kMaxChunkBytes) / row_bytes) / bs * bs;
+    return std::min(std::max<int64_t>(fit, bs), all_rows);  // at least one batch, even over budget
+  };
+  auto holds = [&](int64_t rows) {
+    return stream_.x.bytes() >= sizeof(T) * rows * data.x_cols && stream_.y.bytes() >= sizeof(T) * rows * data.y_cols &&
+           stream_.staging.bytes() >= row_bytes * rows;
+  };
+  int64_t rows = wanted();
+  if (!holds(rows)) {
+    stream_.x.reset();  // our old buffers count as used memory in the budget
+    stream_.y.reset();
+    stream_.staging.reset();
+    backend_->reset_captures();
+    captured_dataset_ = 0;
+    rows = wanted();
+    Backend<T>* be = backend_.get();
+    stream_.x = BackendBuffer<T>(be, sizeof(T) * rows * data.x_cols);
+    stream_.y = BackendBuffer<T>(be, sizeof(T) * rows * data.y_cols);
+    stream_.staging = HostBuffer<T>(be, row_bytes * rows);
+    stream_.view.id = next_dataset_id++;  // captured steps must not point at the old buffers
+  }
+  stream_.view.x = stream_.x.get();
+  stream_.view.y = stream_.y.get();
+  stream_.view.x_cols = data.x_cols;
+  stream_.view.y_cols = data.y_cols;
+  stream_.view.rows = rows;
+  stream_.view.device = backend_->name();
+  return rows;
+}
+
+template <typename T>
+void Engine<T>::upload_order(const int32_t* order, int64_t rows) {
+  if (perm_capacity_ < rows) {
+    perm_ = BackendBuffer<T>(backend_.get(), sizeof(int32_t) * rows);
+    perm_capacity_ = rows;
+    backend_->reset_captures();
+    captured_dataset_ = 0;
+  }
+  if (rows) backend_->to_backend(perm_.get(), order, sizeof(int32_t) * rows);
+}
+
+template <typename T>
+void Engine<T>::prepare_stream_epoch(const Dataset<T>& data, int bs) {
+  epoch_.chunk_rows = prepare_stream(data, bs);
+  std::vector<int32_t> identity(epoch_.chunk_rows);
+  for (int64_t i = 0; i < epoch_.chunk_rows; ++i) identity[i] = int32_t(i);
+  upload_order(identity.data(), epoch_.chunk_rows);
+}
+
+template <typename T>
+void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t first, int64_t rows) {
+  const int xc = data.x_cols, yc = data.y_cols;
+  if (!order) {  // rows in place: straight from the host copy
+    backend_->to_backend(stream_.x.get(), data.host_x.data() + first * xc, sizeof(T) * rows * xc);
+    if (yc) backend_->to_backend(stream_.y.get(), data.host_y.data() + first * yc, sizeof(T) * rows * yc);
+    return;
+  }
+  T* sx = stream_.staging.get();
+  T* sy = sx + rows * xc;
+#pragma omp parallel for schedule(static) if (rows * (xc + yc) > (1 << 16))
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t src = order[first + i];
+    std::copy_n(data.host_x.data() + src * xc, xc, sx + i * xc);
+    if (yc) std::copy_n(data.host_y.data() + src * yc, yc, sy + i * yc);
+  }
+  backend_->to_backend(stream_.x.get(), sx, sizeof(T) * rows * xc);
+  if (yc) backend_->to_backend(stream_.y.get(), sy, sizeof(T) * rows * yc);
+}
+
+template <typename T>
 void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
   check_dataset(data, "training data", true);
-  for (int32_t i : perm)  // the gather kernel trusts these indices
+  for (int32_t i : perm)  // the gather trusts these indices
     if (i < 0 || i >= data.rows) throw std::invalid_argument("permutation holds an index outside the data");
   epoch_ = EpochProgress{};
   const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(data.rows, 1)));
   ensure_workspace(bs);
-  if (perm_capacity_ < data.rows) {
-    perm_ = BackendBuffer<T>(backend_.get(), sizeof(int32_t) * data.rows);
-    perm_capacity_ = data.rows;
-    backend_->reset_captures();
-    captured_dataset_ = 0;
+  // The device order: the permutation itself, or for streamed data 0, 1, ... over a chunk that
+  // the host has already gathered in permutation order (chunks are loaded by train_batches).
+  if (data.streamed) {
+    epoch_.order = perm;
+  } else {
+    upload_order(perm.data(), data.rows);
   }
-  if (data.rows) backend_->to_backend(perm_.get(), perm.data(), sizeof(int32_t) * data.rows);
   reset_counters(train_counters_, true);
   epoch_.open = true;
   epoch_.dataset = data.id;
@@ -347,14 +443,29 @@ EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches
   if (!epoch_.open) throw std::logic_error("train_batches needs begin_epoch first");
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
-  if (captured_dataset_ != data.id) {  // captured steps point at the old data
-    backend_->reset_captures();
-    captured_dataset_ = data.id;
-  }
   const int bs = epoch_.batch_size;
+  if (data.streamed && epoch_.chunk_rows == 0) prepare_stream_epoch(data, bs);  // the epoch's first call
+  if (data.streamed && !stream_.holds_epoch_chunk && epoch_.rows_done > 0) {
+    // evaluate / predict (from a batch callback) used the chunk buffers: start a new chunk here,
+    // at a batch boundary, as if the last one had ended.
+    prepare_stream_epoch(data, bs);
+    epoch_.loaded_to = epoch_.rows_done;
+  }
+  const Dataset<T>& source = data.streamed ? stream_.view : data;  // what the steps read
+  if (captured_dataset_ != source.id) {  // captured steps point at the old data
+    backend_->reset_captures();
+    captured_dataset_ = source.id;
+  }
   for (int64_t b = 0; b < max_batches && epoch_.rows_done < data.rows; ++b) {
+    if (data.streamed && epoch_.rows_done == epoch_.loaded_to) {  // next chunk (a multiple of bs)
+      const int64_t n = std::min(epoch_.chunk_rows, data.rows - epoch_.loaded_to);
+      load_chunk(data, epoch_.order.data(), epoch_.loaded_to, n);
+      stream_.holds_epoch_chunk = true;
+      set_batch_start(0);
+      epoch_.loaded_to += n;
+    }
     const int rows = int(std::min<int64_t>(bs, data.rows - epoch_.rows_done));
-    backend_->run_step(rows, [&] { train_step(rows, data); });
+    backend_->run_step(rows, [&] { train_step(rows, source); });
     epoch_.rows_done += rows;
     epoch_.batches_done += 1;
   }
@@ -375,6 +486,27 @@ template <typename T>
 EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
   begin_epoch(data, perm, batch_size);
   return train_batches(data, INT64_MAX);
+}
+
+template <typename T>
+template <typename F>
+void Engine<T>::for_each_batch(const Dataset<T>& data, int bs, F&& f) {
+  // Streamed data passes through the chunk buffers in order, in chunks of whole batches, so the
+  // batches (and so the sums) are exactly those of resident data.
+  const int64_t chunk = data.streamed ? prepare_stream(data, bs) : data.rows;
+  for (int64_t first = 0; first < data.rows; first += chunk) {
+    const int64_t n = std::min(chunk, data.rows - first);
+    if (data.streamed) {
+      load_chunk(data, nullptr, first, n);
+      stream_.holds_epoch_chunk = false;
+    }
+    const T* x = data.streamed ? stream_.view.x : data.x + first * data.x_cols;
+    const T* y = data.streamed ? stream_.view.y : (data.y ? data.y + first * data.y_cols : nullptr);
+    for (int64_t s = 0; s < n; s += bs) {
+      const int rows = int(std::min<int64_t>(bs, n - s));
+      f(rows, x + s * data.x_cols, y ? y + s * data.y_cols : nullptr);
+    }
+  }
 }
 
 template <typename T>
@@ -400,12 +532,11 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   reset_counters(eval_counters_, false);
   auto* counters = eval_counters_.template as<TrainCounters>();
   const int n_out = spec_.layers.back().units;
-  for (int64_t start = 0; start < data.rows; start += bs) {
-    const int rows = int(std::min<int64_t>(bs, data.rows - start));
-    forward(rows, data.x + start * data.x_cols);
-    backend_->loss(rows, n_out, acts_.back().get(), data.y + start * data.y_cols, data.y_cols, spec_.loss,
-                   spec_.metric, spec_.layers.back().activation, nullptr, counters);
-  }
+  for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
+    forward(rows, x);
+    backend_->loss(rows, n_out, acts_.back().get(), y, data.y_cols, spec_.loss, spec_.metric,
+                   spec_.layers.back().activation, nullptr, counters);
+  });
   const TrainCounters c = read_counters(eval_counters_);
   result.nonfinite = c.nonfinite != 0;
   result.loss = c.loss_sum / double(data.rows) + regularization_penalty();
@@ -422,10 +553,11 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
   ensure_workspace(bs);
   const int n = spec_.layers.back().units;
   const ActivationSpec act = spec_.layers.back().activation;
-  for (int64_t start = 0; start < data.rows; start += bs) {
-    const int rows = int(std::min<int64_t>(bs, data.rows - start));
-    forward(rows, data.x + start * data.x_cols);
+  int64_t start = 0;
+  for_each_batch(data, bs, [&](int rows, const T* x, const T*) {
+    forward(rows, x);
     T* out = out_host + start * n;
+    start += rows;
     backend_->to_host(out, acts_.back().get(), sizeof(T) * rows * n);
     // The output activation on the host: a small pass over rows x n logits.
     for (int r = 0; r < rows; ++r) {
@@ -437,12 +569,15 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
         for (int j = 0; j < n; ++j) z[j] = math::activate(act.kind, T(act.param), z[j]);
       }
     }
-  }
+  });
 }
 
 template <typename T>
 TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step) {
   check_dataset(data, "data", true);
+  if (data.streamed)
+    throw std::invalid_argument("these " + std::to_string(data.rows) +
+                                " rows do not fit in backend memory as one batch; fit, evaluate and predict stream them");
   if (data.rows <= 0) throw std::invalid_argument("the batch needs at least one sample");
   if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
   const int rows = int(data.rows);

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,15 +73,56 @@ class BackendBuffer {
   size_t bytes_ = 0;
 };
 
+// Host memory from a backend's allocate_host (page-locked on a GPU), freed with it.
+template <typename T>
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  HostBuffer(Backend<T>* backend, size_t bytes) : backend_(backend), bytes_(bytes) {
+    ptr_ = bytes ? backend->allocate_host(bytes) : nullptr;
+  }
+  ~HostBuffer() { reset(); }
+  HostBuffer(HostBuffer&& o) noexcept { *this = std::move(o); }
+  HostBuffer& operator=(HostBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      std::swap(backend_, o.backend_);
+      std::swap(ptr_, o.ptr_);
+      std::swap(bytes_, o.bytes_);
+    }
+    return *this;
+  }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  void reset() {
+    if (ptr_ && backend_) backend_->release_host(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  T* get() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Backend<T>* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Inputs and targets resident in backend memory (uploaded once, or borrowed device memory).
 // Any engine on the same device whose input width and target layout match may use it, so one
 // upload can serve many models (e.g. the trials of a hyper-parameter search).
+//
+// Data too large for the backend's memory is *streamed*: the rows stay in a host copy and pass
+// through the engine's chunk buffers in fit, evaluate and predict (x and y are null then).
 template <typename T>
 struct Dataset {
   std::shared_ptr<Backend<T>> owner;  // declared first: outlives the storage it frees
   BackendBuffer<T> x_storage, y_storage;
   const T* x = nullptr;
   const T* y = nullptr;
+  bool streamed = false;
+  std::vector<T> host_x, host_y;  // streamed data only
+  bool has_targets() const { return y != nullptr || !host_y.empty(); }
   int64_t rows = 0;
   int x_cols = 0, y_cols = 0;
   std::string device;      // owner->name(): engines on another device cannot read this memory
@@ -124,8 +166,14 @@ class Engine {
   const OptimizerConfig& optimizer() const { return config_; }
   void set_learning_rate(double lr);
 
-  // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns).
+  // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns), or,
+  // when they exceed data_budget() (or the allocation fails), into a host copy that is streamed.
   std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows) const;
+  // Bytes of backend memory a dataset may take before it is streamed: the backend's figure
+  // (free GPU memory less a reserve; unlimited on the CPU) unless set here (tests, or to leave
+  // GPU memory to others). nullopt restores the backend's figure.
+  size_t data_budget() const { return data_budget_ ? *data_budget_ : backend_->memory_for_data(); }
+  void set_data_budget(std::optional<size_t> bytes) { data_budget_ = bytes; }
   // Copies `bytes` of backend memory at `src` (e.g. a device array of another library) to host.
   void read_backend_memory(const void* src, size_t bytes, void* host) const { backend_->to_host(host, src, bytes); }
   // Uses features already in backend memory (device pointers for CUDA) without a copy; the
@@ -168,6 +216,21 @@ class Engine {
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
   double regularization_penalty() const;
   void upload_config();
+  // Streaming: chunk buffers for `data` in batches of bs; returns the chunk's rows (a multiple
+  // of bs), and points stream_.view at the buffers.
+  int64_t prepare_stream(const Dataset<T>& data, int bs);
+  // Copies rows [first, first + rows) of streamed data into the chunk buffers, in the order
+  // order[first..] when order is not null (a host gather into page-locked staging memory).
+  void load_chunk(const Dataset<T>& data, const int32_t* order, int64_t first, int64_t rows);
+  void set_batch_start(int64_t position);
+  // Copies an order (host, rows entries) into perm_, growing it when needed.
+  void upload_order(const int32_t* order, int64_t rows);
+  // Streamed epoch: chunk buffers for batches of bs and the identity order over a chunk.
+  void prepare_stream_epoch(const Dataset<T>& data, int bs);
+  // Calls f(rows, x, y) for consecutive batches of bs rows of data in backend memory (y null
+  // without targets), streaming chunks through the chunk buffers when data is streamed.
+  template <typename F>
+  void for_each_batch(const Dataset<T>& data, int bs, F&& f);
 
   ModelSpec spec_;
   std::shared_ptr<Backend<T>> backend_;  // shared with the datasets it holds
@@ -191,7 +254,16 @@ class Engine {
     uint64_t dataset = 0;
     int batch_size = 0;
     int64_t batches_done = 0, rows_done = 0;
+    std::vector<int32_t> order;  // streamed data: the epoch's permutation, applied on the host
+    int64_t chunk_rows = 0, loaded_to = 0;  // streamed data: chunk size, rows loaded so far
   } epoch_;
+  std::optional<size_t> data_budget_;
+  struct StreamBuffers {  // where streamed data passes through, one chunk at a time
+    BackendBuffer<T> x, y;
+    HostBuffer<T> staging;  // gathered rows (x then y) before the copy to the backend
+    Dataset<T> view;        // x / y pointing at the buffers, as the steps see them
+    bool holds_epoch_chunk = false;  // false once evaluate/predict reused the buffers
+  } stream_;
 };
 
 }  // namespace fastmlp

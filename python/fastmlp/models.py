@@ -95,6 +95,7 @@ class Sequential:
         self.stop_training = False
         self.history: History | None = None
         self._fitting = False  # set while fit runs: nested fit/train_on_batch would disturb its epoch
+        self._data_budget = None  # see data_budget
 
     # ------------------------------------------------------------------ structure
     def add(self, layer: Dense):
@@ -203,6 +204,7 @@ class Sequential:
         engine.initialize([layer.kernel_initializer.spec() for layer in self.layers],
                           _core.derive_seed(self.seed, 0))
         engine.set_optimizer(args["optimizer"].native(), True)
+        engine.data_budget = self._data_budget
         self._engine = engine
 
     def _ensure_built(self, x_cols: int):
@@ -259,6 +261,22 @@ class Sequential:
             return self._engine.upload(xs), xs.shape[0]
         xs, ys = self._xy(x, y, xname, yname)
         return self._engine.upload(xs, ys), xs.shape[0]
+
+    @property
+    def data_budget(self) -> int | None:
+        """Bytes of backend memory one dataset may take before it is streamed from host memory in
+        chunks instead of copied whole (fit, evaluate and predict stream it; results are identical).
+        None (default): the backend decides: free GPU memory less a reserve for the workspace on
+        CUDA, unlimited on the CPU. Set a number to leave GPU memory to others."""
+        return self._data_budget
+
+    @data_budget.setter
+    def data_budget(self, value):
+        if value is not None:
+            value = non_negative_int(value, "data_budget")
+        self._data_budget = value
+        if self._engine is not None:
+            self._engine.data_budget = value
 
     def upload(self, x, y=None) -> ResidentDataset:
         """Validates x (and y) and copies them once into this model's backend memory (the GPU for a

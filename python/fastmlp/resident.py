@@ -9,6 +9,12 @@ used by any compiled model on the same device with the same dtype, input width a
 layout (class ids for sparse_categorical_crossentropy / hinge, rows of n_out values otherwise);
 the engine checks this and raises ValueError naming the mismatch. fastmlp.model_selection uses
 it to keep a search's data resident across all its trials.
+
+Data larger than the model's data_budget (on CUDA: the free GPU memory less a reserve for the
+workspace) is kept in host memory instead and `streamed`: fit, evaluate and predict copy it to
+the backend in chunks of whole batches (fit gathers each chunk in the epoch's shuffled order on
+the host), with results identical to resident data. train_on_batch and compute_gradients need
+their batch resident.
 """
 from __future__ import annotations
 
@@ -43,6 +49,11 @@ class ResidentDataset:
         return int(self._native.target_columns)
 
     @property
+    def streamed(self) -> bool:
+        """True when the data stayed in host memory and passes to the backend in chunks."""
+        return bool(self._native.streamed)
+
+    @property
     def class_ids(self) -> bool:
         """True when the targets are one class id per row."""
         return bool(self._native.class_ids)
@@ -57,8 +68,8 @@ class ResidentDataset:
             targets = "class ids"
         else:
             targets = f"{self.target_columns} target columns"
-        return f"ResidentDataset({self.rows} rows x {self.features} features, {targets}, {self.dtype.name}, " \
-               f"on {self.device})"
+        where = f"streamed to {self.device} from host memory" if self.streamed else f"on {self.device}"
+        return f"ResidentDataset({self.rows} rows x {self.features} features, {targets}, {self.dtype.name}, {where})"
 
 
 __all__ = ["ResidentDataset"]
