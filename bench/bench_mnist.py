@@ -52,7 +52,7 @@ class EpochTimer:
         self.cb.times = []
 
 
-def run_fastmlp(cfg, data, device, precision, epochs, seed):
+def run_fastmlp(cfg, data, device, precision, epochs, seed, data_budget=None):
     import fastmlp as fm
 
     hidden, act, bs = CONFIGS[cfg]
@@ -61,9 +61,13 @@ def run_fastmlp(cfg, data, device, precision, epochs, seed):
     model = fm.Sequential(layers + [fm.Dense(10, activation="softmax")], seed=seed)
     model.compile(optimizer=fm.optimizers.Adam(lr=1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], device=device, precision=precision)
+    model.data_budget = data_budget
     timer = EpochTimer()
-    model.fit(x, y, epochs=epochs, batch_size=bs, verbose=0, callbacks=[timer.cb])
-    return summarize(timer.cb.times, len(x), model.evaluate(xt, yt)["accuracy"], model.device)
+    train = model.upload(x, y)  # streamed when over the data budget
+    model.fit(train, epochs=epochs, batch_size=bs, verbose=0, callbacks=[timer.cb])
+    result = summarize(timer.cb.times, len(x), model.evaluate(xt, yt)["accuracy"], model.device)
+    result["streamed"] = train.streamed
+    return result
 
 
 def run_torch(cfg, data, device, precision, epochs, seed, compile_mode=None):
@@ -128,6 +132,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--torch-compile", default=None, help="also time torch.compile with this mode")
+    p.add_argument("--data-budget", type=int, default=None,
+                   help="bytes of backend memory for the training set; less streams it from host memory")
     args = p.parse_args(argv)
 
     import fastmlp as fm
@@ -151,7 +157,7 @@ def main(argv=None):
     for cfg in configs:
         for precision in args.precision.split(","):
             row = {"config": cfg, "layers": CONFIGS[cfg], "precision": precision}
-            row["fastmlp"] = run_fastmlp(cfg, data, args.device, precision, args.epochs, args.seed)
+            row["fastmlp"] = run_fastmlp(cfg, data, args.device, precision, args.epochs, args.seed, args.data_budget)
             if have_torch:
                 row["pytorch"] = run_torch(cfg, data, args.device, precision, args.epochs, args.seed)
                 row["speedup_vs_pytorch"] = row["pytorch"]["median_epoch_seconds"] / row["fastmlp"]["median_epoch_seconds"]
