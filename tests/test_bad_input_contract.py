@@ -375,3 +375,19 @@ def test_fit_whose_update_overflows_keeps_finite_weights():
     with pytest.raises(fm.NonFiniteLossError):
         m.fit(x, y, epochs=2, batch_size=8, verbose=0)
     assert all(np.isfinite(w).all() for w in m.get_weights())
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y: m.fit(x, y, epochs=1, verbose=0),
+    lambda m, x, y: m.evaluate(x, y),
+    lambda m, x, y: m.train_on_batch(x, y),
+    lambda m, x, y: m.upload(x, y),
+])
+def test_bad_targets_leave_a_model_without_input_dim_unbuilt(call):
+    m = fm.Sequential([fm.Dense(8, activation="relu"), fm.Dense(3, activation="softmax")], seed=0)
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
+    with pytest.raises(ValueError, match="labels"):
+        call(m, X, Y + 5)
+    assert not m.built and m.input_dim is None
+    m.fit(X[:, :2], Y, epochs=1, verbose=0)  # x of another width still builds it
+    assert m.input_dim == 2

@@ -226,8 +226,12 @@ class Sequential:
         return as_targets(y, name, n, self.layers[-1].units, loss.takes_class_ids, self._dtype)
 
     def _xy(self, x, y, xname="x", yname="y"):
-        x = self._x(x, xname)
-        return x, self._y(y, x.shape[0], yname)
+        # Both are checked before the model is built from x's width: bad targets leave an unbuilt
+        # model unbuilt.
+        xs = as_features(x, xname, self.input_dim, self._dtype)
+        ys = self._y(y, xs.shape[0], yname)
+        self._ensure_built(xs.shape[1])
+        return xs, ys
 
     def _data(self, x, y=None, xname="x", yname="y"):
         """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
