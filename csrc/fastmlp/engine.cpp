@@ -96,7 +96,7 @@ Engine<T>::~Engine() {
   acts_.clear();
   dz_.clear();
   x_batch_.reset(); y_batch_.reset(); perm_.reset();
-  params_.reset(); grads_.reset(); state_.reset();
+  params_.reset(); grads_.reset(); state_.reset(); undo_.reset();
   segments_dev_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
 }
 
@@ -608,18 +608,32 @@ template <typename T>
 EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   // It would reset the counters that carry the open epoch's position and sums.
   if (epoch_.open) throw std::logic_error("train_on_batch cannot run while an epoch is in progress");
-  gradients_of_whole(data, train_counters_, true);
+  const int64_t step_before = gradients_of_whole(data, train_counters_, true).step;
+  // A step whose update overflows some weights leaves those as they were but applies the rest;
+  // a copy in backend memory (no host transfer) lets such a step be undone whole.
+  Backend<T>* be = backend_.get();
+  const size_t p_bytes = sizeof(T) * num_params_, s_bytes = p_bytes * slots_;
+  if (undo_.bytes() < p_bytes + s_bytes) undo_ = BackendBuffer<T>(be, p_bytes + s_bytes);
+  be->copy(undo_.get(), params_.get(), p_bytes);
+  if (s_bytes) be->copy(undo_.get() + num_params_, state_.get(), s_bytes);
   const int rows = int(data.rows);
   auto* counters = train_counters_.template as<TrainCounters>();
-  backend_->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
-                           segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
-                           config_dev_.template as<OptimizerConfig>(), counters, rows);
-  const TrainCounters c = read_counters(train_counters_);
+  be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
+                     segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
+                     config_dev_.template as<OptimizerConfig>(), counters, rows);
+  TrainCounters c = read_counters(train_counters_);
   EpochResult r;
   r.steps = 1;
   r.nonfinite = c.nonfinite != 0;
   r.loss = (c.loss_sum + c.reg_sum) / double(rows);
   r.metric = c.metric_sum / double(rows);
+  if (r.nonfinite) {
+    be->copy(params_.get(), undo_.get(), p_bytes);
+    if (s_bytes) be->copy(state_.get(), undo_.get() + num_params_, s_bytes);
+    c.step = step_before;
+    c.nonfinite = 0;
+    be->to_backend(train_counters_.get(), &c, sizeof c);
+  }
   return r;
 }
 

@@ -197,7 +197,9 @@ class Engine {
   void predict(const Dataset<T>& data, int batch_size, T* out_host);
   // Gradient of mean loss + penalty over all rows (host, num_params values); returns that loss.
   double compute_gradients(const Dataset<T>& data, T* grads_host);
-  // One optimizer step on exactly these rows; returns the loss before the step.
+  // One optimizer step on exactly these rows; returns the loss before the step. A step whose
+  // loss or update is not finite is undone whole (weights, state and step as before; nonfinite set
+  // in the result).
   EpochResult train_on_batch(const Dataset<T>& data);
 
   // Throws std::invalid_argument naming `what` when data cannot be used by this engine: another
@@ -242,6 +244,7 @@ class Engine {
   int slots_ = 0;
 
   BackendBuffer<T> params_, grads_, state_, segments_dev_, config_dev_;
+  BackendBuffer<T> undo_;  // train_on_batch: parameters and state before the step
   BackendBuffer<T> train_counters_, eval_counters_;
   // Workspace for `capacity_` rows.
   int capacity_ = 0;

@@ -445,15 +445,8 @@ class Sequential:
         if y is None and not isinstance(x, ResidentDataset):
             raise ValueError("train_on_batch got no targets (y is None): call train_on_batch(x, y)")
         data, _ = self._data(x, y)
-        engine = self._engine
-        # Kept so a step that overflows only some weights can be undone whole (the native update
-        # leaves those weights as they were but applies the rest).
-        saved = engine.get_params(), engine.get_state(), engine.step
-        result = engine.train_on_batch(data)
+        result = self._engine.train_on_batch(data)  # a non-finite step is undone natively, whole
         if result["nonfinite"]:
-            engine.set_params(saved[0])
-            engine.set_state(saved[1])
-            engine.step = saved[2]
             raise NonFiniteLossError("the loss of this batch, or its update, is NaN or Inf (learning rate too large?); "
                                      "the weights were not updated")
         return float(result["loss"])
