@@ -118,21 +118,28 @@ void bind_engine(py::module_& m, const char* name) {
       .def("upload",
            [](const E& e, Array<T> x, std::optional<Array<T>> y) {
              const int64_t rows = x.ndim() ? x.shape(0) : 0;
-             std::shared_ptr<D> d;
              const T* yp = y ? y->data() : nullptr;
+             // Streamed data is read from these arrays in place: the dataset keeps them alive.
+             auto* arrays = new py::object(py::make_tuple(x, y ? py::object(*y) : py::object(py::none())));
+             std::shared_ptr<const void> keep(arrays, [](const void* p) {
+               if (!Py_IsInitialized()) return;  // at interpreter exit: nothing left to free into
+               py::gil_scoped_acquire gil;
+               delete static_cast<const py::object*>(p);
+             });
+             std::shared_ptr<D> d;
              {
                py::gil_scoped_release release;
-               d = e.upload(x.data(), yp, rows);
+               d = e.upload(x.data(), yp, rows, std::move(keep));
              }
              return d;
            },
            py::arg("x"), py::arg("y") = py::none())
       .def("borrow",
-           [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y) {
+           [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y, bool copy) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot use device memory");
-             return e.borrow(reinterpret_cast<const T*>(x), y ? y->data() : nullptr, rows);
+             return e.borrow(reinterpret_cast<const T*>(x), y ? y->data() : nullptr, rows, copy);
            },
-           py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none())
+           py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none(), py::arg("copy") = false)
       .def("read_device_memory",
            [](const E& e, uintptr_t src, size_t bytes) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot read device memory");

@@ -80,9 +80,10 @@ size_t CudaBackend::memory_for_data() const {
   size_t free = 0, total = 0;
   FASTMLP_CUDA_CHECK(cudaMemGetInfo(&free, &total));
   // Kept for the workspace (activations, gradients, cuBLASLt, graphs) that training allocates
-  // after the data: a sixteenth of the GPU, at least 512 MiB.
-  const size_t reserve = std::max<size_t>(total / 16, size_t(512) << 20);
-  return free > reserve ? free - reserve : 0;
+  // after the data: a sixteenth of the GPU, at least 512 MiB, but never more than half of what is
+  // free (another library's cache may hold most of the GPU: then the data still gets half).
+  const size_t reserve = std::min(std::max<size_t>(total / 16, size_t(512) << 20), free / 2);
+  return free - reserve;
 }
 
 void CudaBackend::to_backend(void* dst, const void* host_src, size_t bytes) {

@@ -287,3 +287,28 @@ def test_native_epoch_pieces_contract():
     assert rb == ra
     assert same_weights(a, b)
 
+
+
+def test_stop_training_set_outside_batch_hooks_acts_at_the_epoch_end_as_without_hooks():
+    class StopEarly(C.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    plain, hooked = make(), make()
+    h0 = plain.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[StopEarly()])
+    h1 = hooked.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[StopEarly(), Recorder(2)])
+    assert h0.epoch == h1.epoch == [0] and h1.history == h0.history
+    assert hooked._engine.step == plain._engine.step == STEPS  # the whole epoch ran in both
+
+
+def test_stop_training_from_a_begin_hook_ends_after_that_group():
+    class StopAtBegin(C.Callback):
+        batch_interval = 4
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 4:
+                self.model.stop_training = True
+
+    m = make()
+    m.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[StopAtBegin()])
+    assert m._engine.step == 8  # the group of batches 4-7 ran, then the epoch ended

@@ -114,3 +114,19 @@ def test_streamed_training_on_the_gpu_equals_resident():
     assert hs.history == hr.history and same_weights(resident, streamed)
     np.testing.assert_array_equal(streamed.predict(data), resident.predict(X))
     assert resident._engine.data_budget > 0  # free GPU memory less the reserve
+
+
+def test_uploaded_gpu_arrays_are_copied_so_the_source_may_go():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no GPU")
+    xs, ys = torch.from_numpy(X).cuda(), torch.from_numpy(Y).cuda()
+    m = make()
+    data = m.upload(xs, ys)
+    xs.fill_(float("nan"))  # neither changing nor freeing the source reaches the dataset
+    del xs, ys
+    torch.cuda.empty_cache()
+    junk = torch.full((1 << 22,), float("nan"), device="cuda")  # reuse the freed memory
+    reference = make()
+    assert m.fit(data, epochs=2, verbose=0).history == reference.fit(X, Y, epochs=2, verbose=0).history
+    del junk

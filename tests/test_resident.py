@@ -147,3 +147,11 @@ def test_native_upload_checks_class_ids_for_cpp_callers(bad):
     with pytest.raises(ValueError, match="class ids must be integers in \\[0, 2\\)"):
         eng.upload(np.zeros((4, 5), np.float32), y)
     assert isinstance(eng.upload(np.zeros((4, 5), np.float32), np.ones((4, 1), np.float32)), _core.Engine32Dataset)
+
+
+def test_predict_ignores_the_targets_a_dataset_carries():
+    classifier_data = make().upload(X, Y)  # class ids
+    reg = make(n_out=2, loss="mse", out="linear")
+    np.testing.assert_array_equal(reg.predict(classifier_data), reg.predict(X))
+    with pytest.raises(ValueError, match="class id per row"):
+        reg.evaluate(classifier_data)  # evaluate reads them, so the layout must match

@@ -114,11 +114,30 @@ def test_budget_set_before_compile_survives_recompile_and_none_restores():
             m.data_budget = bad
 
 
-@pytest.mark.parametrize("call", [lambda m, d: m.train_on_batch(d), lambda m, d: m.compute_gradients(d)])
-def test_whole_batch_calls_refuse_streamed_data_clearly(call):
+def test_whole_batch_calls_take_streamed_data_and_ignore_the_budget():
+    # One batch must be resident anyway: train_on_batch / compute_gradients copy streamed rows in
+    # for the call, so a small budget never makes them fail.
+    resident, streamed = make(), make(10 * ROW_BYTES)
+    data = streamed.upload(X, Y)
+    assert data.streamed
+    for gr, gs in zip(resident.compute_gradients(X, Y), streamed.compute_gradients(data)):
+        np.testing.assert_array_equal(gr, gs)
+    assert streamed.train_on_batch(data) == resident.train_on_batch(X, Y)
+    assert streamed.train_on_batch(X[:64], Y[:64]) == resident.train_on_batch(X[:64], Y[:64])  # arrays over budget
+    assert same_weights(resident, streamed)
+
+
+def test_streamed_data_is_read_from_the_given_arrays_without_a_copy():
+    # Streaming is for data too large to copy: the dataset keeps the (validated) array alive and
+    # reads it in place, even after the caller drops it.
+    x = X.copy()
     m = make(10 * ROW_BYTES)
-    data = m.upload(X, Y)
-    before = m.get_weights()
-    with pytest.raises(ValueError, match="do not fit in backend memory as one batch"):
-        call(m, data)
-    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+    data = m.upload(x, Y)
+    x[:] = 0.0  # in place: a streamed dataset sees it (documented)
+    zero = make()
+    np.testing.assert_array_equal(m.predict(data), zero.predict(np.zeros_like(X)))
+    del x
+    import gc
+
+    gc.collect()
+    assert np.isfinite(m.predict(data)).all()

@@ -183,40 +183,54 @@ void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
 }  // namespace
 
 template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows) const {
+void Engine<T>::make_resident(Dataset<T>& d, const T* x, const T* y) const {
+  const size_t x_bytes = sizeof(T) * d.rows * d.x_cols, y_bytes = sizeof(T) * d.rows * d.y_cols;
+  BackendBuffer<T> xs(backend_.get(), x_bytes), ys(backend_.get(), y ? y_bytes : 0);
+  backend_->to_backend(xs.get(), x, x_bytes);
+  if (y) backend_->to_backend(ys.get(), y, y_bytes);
+  d.x_storage = std::move(xs);
+  d.y_storage = std::move(ys);
+  d.x = d.x_storage.get();
+  d.y = d.y_storage.get();
+}
+
+template <typename T>
+std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
+                                              std::shared_ptr<const void> keep) const {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
   d->device = backend_->name();
   d->rows = rows;
   d->x_cols = spec_.input_dim;
   describe_targets(*d, spec_, y);
-  const size_t x_bytes = sizeof(T) * rows * d->x_cols, y_bytes = sizeof(T) * rows * d->y_cols;
-  bool resident = x_bytes + y_bytes <= data_budget();
+  const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
+  bool resident = bytes <= data_budget();
   if (resident) {
     try {
-      d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
-      if (y) d->y_storage = BackendBuffer<T>(backend_.get(), y_bytes);
+      make_resident(*d, x, y);
     } catch (const OutOfMemory&) {  // e.g. the validation set after the training set: stream it
-      d->x_storage.reset();
       resident = false;
     }
   }
-  if (resident) {
-    backend_->to_backend(d->x_storage.get(), x, x_bytes);
-    if (y) backend_->to_backend(d->y_storage.get(), y, y_bytes);
-    d->x = d->x_storage.get();
-    d->y = d->y_storage.get();
-  } else {
+  if (!resident) {
     d->streamed = true;
-    d->host_x.assign(x, x + rows * d->x_cols);
-    if (y) d->host_y.assign(y, y + rows * d->y_cols);
+    if (!keep) {  // no promise that the caller's arrays live on: stream from our own copy
+      auto copy = std::make_shared<std::vector<T>>(x, x + rows * d->x_cols);
+      if (y) copy->insert(copy->end(), y, y + rows * d->y_cols);
+      x = copy->data();
+      y = y ? copy->data() + rows * d->x_cols : nullptr;
+      keep = std::move(copy);
+    }
+    d->host_x = x;
+    d->host_y = y;
+    d->host_owner = std::move(keep);
   }
   d->id = next_dataset_id++;
   return d;
 }
 
 template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows) const {
+std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy) const {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
   d->device = backend_->name();
@@ -224,6 +238,13 @@ std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_hos
   d->x_cols = spec_.input_dim;
   describe_targets(*d, spec_, y_host);
   d->x = x_backend;
+  if (own_copy) {
+    const size_t x_bytes = sizeof(T) * rows * d->x_cols;
+    d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
+    backend_->copy(d->x_storage.get(), x_backend, x_bytes);
+    backend_->synchronize();  // other engines (other streams) may read it next
+    d->x = d->x_storage.get();
+  }
   if (y_host) {
     d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
     backend_->to_backend(d->y_storage.get(), y_host, sizeof(T) * rows * d->y_cols);
@@ -237,17 +258,27 @@ template <typename T>
 void Engine<T>::ensure_workspace(int rows) {
   if (rows <= capacity_) return;
   Backend<T>* be = backend_.get();
-  acts_.clear();
-  dz_.clear();
-  for (const LayerSpec& l : spec_.layers) {
-    acts_.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
-    dz_.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
-  }
-  x_batch_ = BackendBuffer<T>(be, sizeof(T) * size_t(rows) * spec_.input_dim);
-  y_batch_ = BackendBuffer<T>(be, sizeof(T) * size_t(rows) * spec_.layers.back().units);
-  capacity_ = rows;
+  // Forget the old workspace (and the captured steps that point at it) before allocating, so an
+  // allocation that throws leaves an engine that simply has none and allocates again next time.
   be->reset_captures();
   captured_dataset_ = 0;
+  capacity_ = 0;
+  acts_.clear();
+  dz_.clear();
+  x_batch_.reset();
+  y_batch_.reset();
+  std::vector<BackendBuffer<T>> acts, dz;
+  for (const LayerSpec& l : spec_.layers) {
+    acts.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
+    dz.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
+  }
+  BackendBuffer<T> x_batch(be, sizeof(T) * size_t(rows) * spec_.input_dim);
+  BackendBuffer<T> y_batch(be, sizeof(T) * size_t(rows) * spec_.layers.back().units);
+  acts_ = std::move(acts);
+  dz_ = std::move(dz);
+  x_batch_ = std::move(x_batch);
+  y_batch_ = std::move(y_batch);
+  capacity_ = rows;
 }
 
 template <typename T>
@@ -315,10 +346,8 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
   if (data.x_cols != spec_.input_dim)
     throw std::invalid_argument(w + " has " + std::to_string(data.x_cols) + " features per row but the model's input_dim is " +
                                 std::to_string(spec_.input_dim));
-  if (!data.has_targets()) {
-    if (needs_targets) throw std::invalid_argument(w + " has no targets");
-    return;
-  }
+  if (!needs_targets) return;  // e.g. predict: whatever targets the data carries are not read
+  if (!data.has_targets()) throw std::invalid_argument(w + " has no targets");
   const bool wants_ids = is_class_id_loss(spec_.loss);
   if (data.class_ids != wants_ids)
     throw std::invalid_argument(w + (data.class_ids ? " holds one class id per row but this model's loss takes "
@@ -355,17 +384,23 @@ int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
   };
   int64_t rows = wanted();
   if (!holds(rows)) {
-    stream_.x.reset();  // our old buffers count as used memory in the budget
-    stream_.y.reset();
-    stream_.staging.reset();
+    // Drop the old buffers first (they count as used memory in the budget) and everything that
+    // points at them, so an allocation that throws leaves no stale pointer behind.
     backend_->reset_captures();
     captured_dataset_ = 0;
+    stream_.holds_epoch_chunk = false;
+    stream_.view.x = stream_.view.y = nullptr;
+    stream_.view.id = next_dataset_id++;  // captured steps must not point at the old buffers
+    stream_.x.reset();
+    stream_.y.reset();
+    stream_.staging.reset();
     rows = wanted();
     Backend<T>* be = backend_.get();
-    stream_.x = BackendBuffer<T>(be, sizeof(T) * rows * data.x_cols);
-    stream_.y = BackendBuffer<T>(be, sizeof(T) * rows * data.y_cols);
-    stream_.staging = HostBuffer<T>(be, row_bytes * rows);
-    stream_.view.id = next_dataset_id++;  // captured steps must not point at the old buffers
+    BackendBuffer<T> x(be, sizeof(T) * rows * data.x_cols), y(be, sizeof(T) * rows * data.y_cols);
+    HostBuffer<T> staging(be, row_bytes * rows);
+    stream_.x = std::move(x);
+    stream_.y = std::move(y);
+    stream_.staging = std::move(staging);
   }
   stream_.view.x = stream_.x.get();
   stream_.view.y = stream_.y.get();
@@ -389,18 +424,19 @@ void Engine<T>::upload_order(const int32_t* order, int64_t rows) {
 
 template <typename T>
 void Engine<T>::prepare_stream_epoch(const Dataset<T>& data, int bs) {
-  epoch_.chunk_rows = prepare_stream(data, bs);
-  std::vector<int32_t> identity(epoch_.chunk_rows);
-  for (int64_t i = 0; i < epoch_.chunk_rows; ++i) identity[i] = int32_t(i);
-  upload_order(identity.data(), epoch_.chunk_rows);
+  const int64_t rows = prepare_stream(data, bs);
+  std::vector<int32_t> identity(rows);
+  for (int64_t i = 0; i < rows; ++i) identity[i] = int32_t(i);
+  upload_order(identity.data(), rows);
+  epoch_.chunk_rows = rows;  // only once the order covers it
 }
 
 template <typename T>
 void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t first, int64_t rows) {
   const int xc = data.x_cols, yc = data.y_cols;
   if (!order) {  // rows in place: straight from the host copy
-    backend_->to_backend(stream_.x.get(), data.host_x.data() + first * xc, sizeof(T) * rows * xc);
-    if (yc) backend_->to_backend(stream_.y.get(), data.host_y.data() + first * yc, sizeof(T) * rows * yc);
+    backend_->to_backend(stream_.x.get(), data.host_x + first * xc, sizeof(T) * rows * xc);
+    if (yc) backend_->to_backend(stream_.y.get(), data.host_y + first * yc, sizeof(T) * rows * yc);
     return;
   }
   T* sx = stream_.staging.get();
@@ -408,8 +444,8 @@ void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t
 #pragma omp parallel for schedule(static) if (rows * (xc + yc) > (1 << 16))
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t src = order[first + i];
-    std::copy_n(data.host_x.data() + src * xc, xc, sx + i * xc);
-    if (yc) std::copy_n(data.host_y.data() + src * yc, yc, sy + i * yc);
+    std::copy_n(data.host_x + src * xc, xc, sx + i * xc);
+    if (yc) std::copy_n(data.host_y + src * yc, yc, sy + i * yc);
   }
   backend_->to_backend(stream_.x.get(), sx, sizeof(T) * rows * xc);
   if (yc) backend_->to_backend(stream_.y.get(), sy, sizeof(T) * rows * yc);
@@ -444,10 +480,9 @@ EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   const int bs = epoch_.batch_size;
-  if (data.streamed && epoch_.chunk_rows == 0) prepare_stream_epoch(data, bs);  // the epoch's first call
-  if (data.streamed && !stream_.holds_epoch_chunk && epoch_.rows_done > 0) {
-    // evaluate / predict (from a batch callback) used the chunk buffers: start a new chunk here,
-    // at a batch boundary, as if the last one had ended.
+  if (data.streamed && (epoch_.chunk_rows == 0 || !stream_.holds_epoch_chunk)) {
+    // The epoch's first call, or evaluate / predict (from a batch callback) used the chunk
+    // buffers since the last: start a new chunk here, at a batch boundary.
     prepare_stream_epoch(data, bs);
     epoch_.loaded_to = epoch_.rows_done;
   }
@@ -493,13 +528,11 @@ template <typename F>
 void Engine<T>::for_each_batch(const Dataset<T>& data, int bs, F&& f) {
   // Streamed data passes through the chunk buffers in order, in chunks of whole batches, so the
   // batches (and so the sums) are exactly those of resident data.
+  if (data.streamed) stream_.holds_epoch_chunk = false;  // before anything here can throw
   const int64_t chunk = data.streamed ? prepare_stream(data, bs) : data.rows;
   for (int64_t first = 0; first < data.rows; first += chunk) {
     const int64_t n = std::min(chunk, data.rows - first);
-    if (data.streamed) {
-      load_chunk(data, nullptr, first, n);
-      stream_.holds_epoch_chunk = false;
-    }
+    if (data.streamed) load_chunk(data, nullptr, first, n);
     const T* x = data.streamed ? stream_.view.x : data.x + first * data.x_cols;
     const T* y = data.streamed ? stream_.view.y : (data.y ? data.y + first * data.y_cols : nullptr);
     for (int64_t s = 0; s < n; s += bs) {
@@ -573,11 +606,18 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
 }
 
 template <typename T>
-TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step) {
-  check_dataset(data, "data", true);
-  if (data.streamed)
-    throw std::invalid_argument("these " + std::to_string(data.rows) +
-                                " rows do not fit in backend memory as one batch; fit, evaluate and predict stream them");
+TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuffer<T>& counters, bool keep_step) {
+  check_dataset(given, "data", true);
+  // One batch must be resident whatever the budget: streamed rows are copied in for this call
+  // (OutOfMemory when they really do not fit).
+  Dataset<T> whole;
+  if (given.streamed) {
+    whole.rows = given.rows;
+    whole.x_cols = given.x_cols;
+    whole.y_cols = given.y_cols;
+    make_resident(whole, given.host_x, given.host_y);
+  }
+  const Dataset<T>& data = given.streamed ? whole : given;
   if (data.rows <= 0) throw std::invalid_argument("the batch needs at least one sample");
   if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
   const int rows = int(data.rows);

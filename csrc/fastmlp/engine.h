@@ -121,8 +121,10 @@ struct Dataset {
   const T* x = nullptr;
   const T* y = nullptr;
   bool streamed = false;
-  std::vector<T> host_x, host_y;  // streamed data only
-  bool has_targets() const { return y != nullptr || !host_y.empty(); }
+  const T* host_x = nullptr;  // streamed data only: the rows in host memory, kept alive by
+  const T* host_y = nullptr;  // host_owner (the engine's own copy, or the caller's arrays)
+  std::shared_ptr<const void> host_owner;
+  bool has_targets() const { return y != nullptr || host_y != nullptr; }
   int64_t rows = 0;
   int x_cols = 0, y_cols = 0;
   std::string device;      // owner->name(): engines on another device cannot read this memory
@@ -167,8 +169,11 @@ class Engine {
   void set_learning_rate(double lr);
 
   // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns), or,
-  // when they exceed data_budget() (or the allocation fails), into a host copy that is streamed.
-  std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows) const;
+  // when they exceed data_budget() (or the allocation fails), keeps them in host memory to be
+  // streamed: read in place when `keep` keeps x and y alive (and unchanged) as long as it lives,
+  // else from a copy.
+  std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows,
+                                     std::shared_ptr<const void> keep = nullptr) const;
   // Bytes of backend memory a dataset may take before it is streamed: the backend's figure
   // (free GPU memory less a reserve; unlimited on the CPU) unless set here (tests, or to leave
   // GPU memory to others). nullopt restores the backend's figure.
@@ -176,9 +181,10 @@ class Engine {
   void set_data_budget(std::optional<size_t> bytes) { data_budget_ = bytes; }
   // Copies `bytes` of backend memory at `src` (e.g. a device array of another library) to host.
   void read_backend_memory(const void* src, size_t bytes, void* host) const { backend_->to_host(host, src, bytes); }
-  // Uses features already in backend memory (device pointers for CUDA) without a copy; the
-  // caller keeps them alive. Targets, if any, are host memory and are copied.
-  std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows) const;
+  // Uses features already in backend memory (device pointers for CUDA) without a copy, the
+  // caller keeping them alive and unchanged; or, with own_copy, copies them into new backend
+  // memory. Targets, if any, are host memory and are copied.
+  std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy = false) const;
 
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.
@@ -218,6 +224,8 @@ class Engine {
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
   double regularization_penalty() const;
   void upload_config();
+  // Copies host rows into new backend memory of d (x_storage, y_storage), whatever the budget.
+  void make_resident(Dataset<T>& d, const T* x, const T* y) const;
   // Streaming: chunk buffers for `data` in batches of bs; returns the chunk's rows (a multiple
   // of bs), and points stream_.view at the buffers.
   int64_t prepare_stream(const Dataset<T>& data, int bs);

@@ -233,10 +233,11 @@ class Sequential:
         self._ensure_built(xs.shape[1])
         return xs, ys
 
-    def _data(self, x, y=None, xname="x", yname="y"):
+    def _data(self, x, y=None, xname="x", yname="y", copy_device_arrays=False):
         """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
         A ResidentDataset is used as it is; GPU arrays (__cuda_array_interface__) are used in place
-        by a CUDA model; anything else is converted and uploaded (_upload_arrays)."""
+        by a CUDA model (or copied on the GPU with copy_device_arrays); anything else is converted
+        and uploaded (_upload_arrays)."""
         if isinstance(x, ResidentDataset):
             if y is not None:
                 raise ValueError(f"{xname} is a ResidentDataset, which carries its own targets; leave {yname} out "
@@ -256,7 +257,7 @@ class Sequential:
         if y is not None:
             y_host = device_to_host(y, self._engine, yname) if cuda_array(y) is not None else y
             ys = self._y(y_host, rows, yname)
-        return self._engine.borrow(ptr, rows, ys), rows
+        return self._engine.borrow(ptr, rows, ys, copy_device_arrays), rows
 
     def _upload_arrays(self, x, y, xname, yname):
         """Host arrays validated, converted and copied into backend memory (one copy per call)."""
@@ -284,13 +285,13 @@ class Sequential:
 
     def upload(self, x, y=None) -> ResidentDataset:
         """Validates x (and y) and copies them once into this model's backend memory (the GPU for a
-        CUDA model). Pass the result to fit / evaluate / predict in place of x, here or in any other
+        CUDA model; GPU arrays are copied there too, so the source may go). Pass the result to fit / evaluate / predict in place of x, here or in any other
         compiled model on the same device with the same dtype, input width and target layout, to
         train many times (or many models) without copying the data again."""
         self._require_compiled("upload")
         if isinstance(x, ResidentDataset):
             raise TypeError("x is already a ResidentDataset")
-        native, _ = self._data(x, y)
+        native, _ = self._data(x, y, copy_device_arrays=True)
         return ResidentDataset(native, self._dtype)
 
     def _metric_logs(self, result: dict, prefix="") -> dict:
@@ -398,17 +399,22 @@ class Sequential:
         engine.begin_epoch(data, seed, batch_size)
         done, result = 0, None
         while done < steps:
+            # Only a batch hook that sets stop_training ends the epoch early (Keras); a flag set
+            # elsewhere (before the epoch, another thread) acts at the epoch's end, as without hooks.
+            flag = self.stop_training
             for cb in batch_cbs:
                 if done % cb.batch_interval == 0:
                     cb.on_train_batch_begin(done, {})
+            stopped_by_hook = self.stop_training and not flag
             stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
             result = engine.train_batches(data, stop - done)
             done = stop
             logs = self._metric_logs(result)
+            flag = self.stop_training
             for cb in batch_cbs:
                 if done % cb.batch_interval == 0 or done == steps:
                     cb.on_train_batch_end(done - 1, dict(logs))
-            if self.stop_training:  # Keras: a batch callback may end training mid-epoch
+            if stopped_by_hook or (self.stop_training and not flag):
                 break
         return result
 

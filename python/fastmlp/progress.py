@@ -50,9 +50,9 @@ def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, samples: int
 
 
 class EpochProgress:
-    """Used by Sequential.fit: begin(epoch, steps, batch_size) before, end(epoch, logs, seconds)
-    after each epoch, batch(batch, logs) from the batch hook, close() when training ends (also on
-    errors). `mode` is 'silent', 'bar' or 'lines'."""
+    """Used by Sequential.fit: begin(epoch) before, end(epoch, logs, seconds) after each epoch,
+    batch(batch, logs) from the batch hook (hook()), close() when training ends (also on errors).
+    `mode` is 'silent', 'bar' or 'lines'."""
 
     refresh_seconds = 0.5  # elapsed-time refresh while the native loop runs
     update_seconds = 0.25  # target time between returns of the native loop for the bar

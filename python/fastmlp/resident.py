@@ -11,10 +11,14 @@ the engine checks this and raises ValueError naming the mismatch. fastmlp.model_
 it to keep a search's data resident across all its trials.
 
 Data larger than the model's data_budget (on CUDA: the free GPU memory less a reserve for the
-workspace) is kept in host memory instead and `streamed`: fit, evaluate and predict copy it to
+workspace) stays in host memory instead and is `streamed`: fit, evaluate and predict copy it to
 the backend in chunks of whole batches (fit gathers each chunk in the epoch's shuffled order on
-the host), with results identical to resident data. train_on_batch and compute_gradients need
-their batch resident.
+the host), and training is bit-identical to resident data. (On the GPU, evaluate and predict of
+streamed data may differ from resident in the last bits: cuBLASLt picks its GEMM algorithm by
+pointer alignment, which chunking can change.) To avoid a second copy of data too large for the
+GPU, a streamed dataset reads the validated array in place and keeps it alive: changing that
+array in place changes the dataset. train_on_batch and compute_gradients copy a streamed batch
+in whole for the call.
 """
 from __future__ import annotations
 

@@ -1,0 +1,105 @@
+"""Allocation failures leave a usable engine. Each scenario runs in a child process whose address
+space is capped (RLIMIT_AS) around the call that must fail, so a crash or a corrupted result shows
+as a failed test rather than taking pytest down."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+resource = pytest.importorskip("resource")
+
+PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+
+PRELUDE = """
+import resource
+import numpy as np
+import fastmlp as fm
+from fastmlp import callbacks as C
+
+def cap(extra_bytes):
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra_bytes, resource.RLIM_INFINITY))
+
+def uncap():
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+"""
+
+
+def run(script):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHON_DIR, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_failed_workspace_growth_leaves_the_model_intact():
+    out = run("""
+        x = np.random.default_rng(0).normal(size=(200_000, 6)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        m = fm.Sequential([fm.Dense(256, "relu", input_dim=6), fm.Dense(2, "softmax")], seed=0)
+        m.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+        m.fit(x[:100], y[:100], batch_size=10, verbose=0)
+        before = m.predict(x[:5])
+        cap(300 << 20)
+        try:
+            m.evaluate(x, y, batch_size=200_000)   # a 200 MB workspace does not fit
+            print("no error")
+        except MemoryError as e:
+            print("MemoryError", "out of host memory" in str(e))
+        uncap()
+        print("same", np.array_equal(before, m.predict(x[:5])))
+        m.fit(x[:100], y[:100], batch_size=10, verbose=0)
+        print("trains", np.isfinite(m.evaluate(x[:100], y[:100])["loss"]))
+    """)
+    assert out.split() == ["MemoryError", "True", "same", "True", "trains", "True"]
+
+
+def test_failed_chunk_buffers_mid_epoch_do_not_disturb_streamed_training():
+    out = run("""
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(203, 6)).astype(np.float32)
+        y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+        xv = rng.normal(size=(4_000_000, 6)).astype(np.float32)
+        yv = (xv[:, 0] > 0).astype(np.int64)
+        budget = 30 * 4 * 7
+        spray = []
+
+        class Probe(C.Callback):
+            batch_interval = 5
+
+            def __init__(self, val):
+                super().__init__()
+                self.val = val
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch != 4:
+                    return
+                self.model.data_budget = None     # evaluate in big chunks: their buffers do not fit
+                cap(40 << 20)
+                try:
+                    self.model.evaluate(self.val)
+                    print("no error")
+                except MemoryError:
+                    print("MemoryError")
+                uncap()
+                self.model.data_budget = budget
+                spray.extend(np.full(28 * 6, 1e30, np.float32) for _ in range(2000))  # reuse freed memory
+
+        def train(probe):
+            m = fm.Sequential([fm.Dense(16, "tanh", input_dim=6), fm.Dense(3, "softmax")], seed=3)
+            m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+            m.data_budget = budget
+            cbs = [Probe(m.upload(xv, yv))] if probe else []
+            h = m.fit(m.upload(x, y), batch_size=7, epochs=1, shuffle=False, verbose=0, callbacks=cbs)
+            return m, h
+
+        (a, ha), (b, hb) = train(False), train(True)
+        print("history", ha.history == hb.history)
+        print("weights", all(np.array_equal(p, q) for p, q in zip(a.get_weights(), b.get_weights())))
+    """)
+    assert out.split() == ["MemoryError", "history", "True", "weights", "True"]
