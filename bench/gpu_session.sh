@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine session: build with CUDA, run the GPU tests, a compute-sanitizer check and
 # the benchmarks, writing logs under $OUT. Usage (on the GPU machine, from the repo root):
-#   FASTMLP_DATA=.devdata/mnist bash bench/gpu_session.sh [quick]
+#   FASTMLP_DATA=.devdata/mnist bash bench/gpu_session.sh [quick|compile]
+# quick: build and tests only; compile: also PyTorch's torch.compile timings.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -23,7 +24,12 @@ x = np.random.default_rng(0).normal(size=(300, 20)).astype(np.float32); y = (x[:
 m = fm.Sequential([fm.Dense(32, activation='relu', input_dim=20), fm.Dense(2, activation='softmax')], seed=0)
 m.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'], device='cuda')
 m.fit(x, y, epochs=2, batch_size=7, verbose=0); print('sanitized fit', m.evaluate(x, y))
-del m; import gc; gc.collect()  # free device memory before exit so the leak check is meaningful
+s = fm.Sequential([fm.Dense(32, activation='relu', input_dim=20), fm.Dense(2, activation='softmax')], seed=0)
+s.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'], device='cuda')
+s.data_budget = 64 * 21 * 4  # streamed in chunks, with a batch hook that evaluates mid-epoch
+probe = fm.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: s.evaluate(x[:50], y[:50]), batch_interval=5)
+s.fit(s.upload(x, y), epochs=2, batch_size=7, verbose=0, callbacks=[probe]); print('sanitized streamed fit', s.evaluate(x, y))
+del m, s; import gc; gc.collect()  # free device memory before exit so the leak check is meaningful
 " > "$OUT/sanitizer.log" 2>&1; tail -5 "$OUT/sanitizer.log"
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config all --precision float32 --epochs 5 \
     --data "$FASTMLP_DATA" > "$OUT/bench_fp32.json" 2> "$OUT/bench_fp32.err"
@@ -31,4 +37,13 @@ del m; import gc; gc.collect()  # free device memory before exit so the leak che
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config wide4096,mlp512 --precision tf32,bf16 --epochs 5 \
     --data "$FASTMLP_DATA" > "$OUT/bench_lowp.json" 2> "$OUT/bench_lowp.err"
   tail -3 "$OUT/bench_lowp.err"
+  # The training set streamed from host memory in 64 MiB chunks (issue 3, item 3) vs resident.
+  python3 "$REPO/bench/bench_mnist.py" --device cuda --config mlp512 --epochs 5 --no-torch --data-budget 67108864 \
+    --data "$FASTMLP_DATA" > "$OUT/bench_streamed.json" 2> "$OUT/bench_streamed.err"
+  tail -1 "$OUT/bench_streamed.err"
+fi
+if [ "${1:-}" = "compile" ]; then  # PyTorch's torch.compile column of issue 3's table (slow: compiles per config)
+  python3 "$REPO/bench/bench_mnist.py" --device cuda --config all --precision float32 --epochs 5 \
+    --torch-compile reduce-overhead --data "$FASTMLP_DATA" > "$OUT/bench_compile.json" 2> "$OUT/bench_compile.err"
+  tail -4 "$OUT/bench_compile.err"
 fi
