@@ -119,9 +119,9 @@ void bind_engine(py::module_& m, const char* name) {
            [](const E& e, Array<T> x, std::optional<Array<T>> y) {
              const int64_t rows = x.ndim() ? x.shape(0) : 0;
              const T* yp = y ? y->data() : nullptr;
-             // Streamed data is read from these arrays in place: the dataset keeps them alive.
-             auto* arrays = new py::object(py::make_tuple(x, y ? py::object(*y) : py::object(py::none())));
-             std::shared_ptr<const void> keep(arrays, [](const void* p) {
+             // Streamed features are read from this array in place: the dataset keeps it alive.
+             auto* array = new py::object(x);
+             std::shared_ptr<const void> keep(array, [](const void* p) {
                if (!Py_IsInitialized()) return;  // at interpreter exit: nothing left to free into
                py::gil_scoped_acquire gil;
                delete static_cast<const py::object*>(p);

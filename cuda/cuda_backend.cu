@@ -56,6 +56,11 @@ void CudaBackend::release(void* p) noexcept {
   cudaGetLastError();  // nothing to report from a noexcept release
 }
 
+void CudaBackend::synchronize_device() {
+  bind();
+  FASTMLP_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 void* CudaBackend::allocate_host(size_t bytes) {
   if (bytes == 0) return nullptr;
   bind();
@@ -80,10 +85,10 @@ size_t CudaBackend::memory_for_data() const {
   size_t free = 0, total = 0;
   FASTMLP_CUDA_CHECK(cudaMemGetInfo(&free, &total));
   // Kept for the workspace (activations, gradients, cuBLASLt, graphs) that training allocates
-  // after the data: a sixteenth of the GPU, at least 512 MiB, but never more than half of what is
-  // free (another library's cache may hold most of the GPU: then the data still gets half).
-  const size_t reserve = std::min(std::max<size_t>(total / 16, size_t(512) << 20), free / 2);
-  return free - reserve;
+  // after the data: a sixteenth of the GPU, or half of what is free when another library's cache
+  // holds most of it, but never less than 512 MiB.
+  const size_t reserve = std::max(std::min(total / 16, free / 2), size_t(512) << 20);
+  return free > reserve ? free - reserve : 0;
 }
 
 void CudaBackend::to_backend(void* dst, const void* host_src, size_t bytes) {

@@ -26,6 +26,7 @@ class CudaBackend final : public Backend<float> {
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* dst, float value, int64_t n) override;
   void synchronize() override;
+  void synchronize_device() override;
   void* allocate_host(size_t bytes) override;
   void release_host(void* p) noexcept override;
   size_t memory_for_data() const override;

@@ -391,3 +391,19 @@ def test_bad_targets_leave_a_model_without_input_dim_unbuilt(call):
     assert not m.built and m.input_dim is None
     m.fit(X[:, :2], Y, epochs=1, verbose=0)  # x of another width still builds it
     assert m.input_dim == 2
+
+
+@pytest.mark.parametrize("opt", [fm.optimizers.Adam(lr=3e38), fm.optimizers.SGD(lr=3e38, momentum=0.9),
+                                 fm.optimizers.RMSprop(lr=3e38)], ids=["adam", "sgd-momentum", "rmsprop"])
+def test_train_on_batch_undo_restores_optimizer_state_and_step(opt):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), 100 * rng.normal(size=(32, 1)).astype(np.float32)
+    m = fm.Sequential([fm.Dense(8, activation="tanh", input_dim=4), fm.Dense(1)], seed=0)
+    m.compile(opt, "mse", device="cpu")  # gradients of ~100 times lr ~1e38 overflow float32
+    e = m._engine
+    e.set_state((rng.random(e.state_slots * e.num_params) * 1e-3).astype(np.float32))  # non-trivial state
+    e.step = 5
+    snap = snapshot(m)
+    with pytest.raises(fm.NonFiniteLossError, match="not updated"):
+        m.train_on_batch(x, y)
+    assert_unchanged(m, snap)

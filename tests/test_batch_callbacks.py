@@ -312,3 +312,20 @@ def test_stop_training_from_a_begin_hook_ends_after_that_group():
     m = make()
     m.fit(X, Y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[StopAtBegin()])
     assert m._engine.step == 8  # the group of batches 4-7 ran, then the epoch ended
+
+
+def test_a_batch_hook_stops_the_epoch_even_if_the_flag_was_already_set():
+    class FlagEarly(C.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    class StopAt(C.Callback):
+        batch_interval = 3
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 5:
+                self.model.stop_training = True
+
+    m = make()
+    m.fit(X, Y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[FlagEarly(), StopAt()])
+    assert m._engine.step == 6

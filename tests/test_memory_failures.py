@@ -103,3 +103,39 @@ def test_failed_chunk_buffers_mid_epoch_do_not_disturb_streamed_training():
         print("weights", all(np.array_equal(p, q) for p, q in zip(a.get_weights(), b.get_weights())))
     """)
     assert out.split() == ["MemoryError", "history", "True", "weights", "True"]
+
+
+def test_failed_evaluate_in_a_batch_hook_leaves_the_epoch_running():
+    # The hook's evaluate drops the workspace and fails to grow it; training must rebuild it.
+    out = run("""
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(200, 6)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        xv = rng.normal(size=(200_000, 6)).astype(np.float32)
+        yv = (xv[:, 0] > 0).astype(np.int64)
+
+        class Probe(C.Callback):
+            batch_interval = 5
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch != 4:
+                    return
+                cap(100 << 20)
+                try:
+                    self.model.evaluate(xv, yv, batch_size=200_000)
+                    print("no error")
+                except MemoryError:
+                    print("MemoryError")
+                uncap()
+
+        def train(probe):
+            m = fm.Sequential([fm.Dense(256, "relu", input_dim=6), fm.Dense(2, "softmax")], seed=0)
+            m.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+            h = m.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[Probe()] if probe else [])
+            return m, h
+
+        (a, ha), (b, hb) = train(False), train(True)
+        print("history", ha.history == hb.history)
+        print("weights", all(np.array_equal(p, q) for p, q in zip(a.get_weights(), b.get_weights())))
+    """)
+    assert out.split() == ["MemoryError", "history", "True", "weights", "True"]

@@ -127,7 +127,19 @@ def test_whole_batch_calls_take_streamed_data_and_ignore_the_budget():
     assert same_weights(resident, streamed)
 
 
-def test_streamed_data_is_read_from_the_given_arrays_without_a_copy():
+def test_streamed_targets_are_a_copy_so_checked_class_ids_stay_valid():
+    # float32 class ids come through validation as a view of the caller's array; changing that
+    # array after the upload must not reach the (range-checked) targets of a streamed dataset.
+    y = Y.astype(np.float32)
+    m = make(10 * ROW_BYTES)
+    data = m.upload(X, y)
+    before = m.evaluate(data)
+    y[:] = 2e9
+    assert m.evaluate(data) == before
+    m.fit(data, epochs=1, verbose=0)
+
+
+def test_streamed_features_are_read_from_the_given_array_without_a_copy():
     # Streaming is for data too large to copy: the dataset keeps the (validated) array alive and
     # reads it in place, even after the caller drops it.
     x = X.copy()

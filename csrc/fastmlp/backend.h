@@ -37,6 +37,8 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill(T* dst, T value, int64_t n) = 0;
   virtual void synchronize() {}
+  // Waits for all work on the device, whoever queued it (before reading another library's arrays).
+  virtual void synchronize_device() {}
   // Host memory for staging copies to the backend (page-locked on a GPU, so copies run at bus
   // speed); throws OutOfMemory on failure.
   virtual void* allocate_host(size_t bytes);

@@ -214,16 +214,17 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
   }
   if (!resident) {
     d->streamed = true;
-    if (!keep) {  // no promise that the caller's arrays live on: stream from our own copy
+    if (!keep) {  // no promise that the caller's array lives on: stream from our own copy
       auto copy = std::make_shared<std::vector<T>>(x, x + rows * d->x_cols);
-      if (y) copy->insert(copy->end(), y, y + rows * d->y_cols);
       x = copy->data();
-      y = y ? copy->data() + rows * d->x_cols : nullptr;
       keep = std::move(copy);
     }
     d->host_x = x;
-    d->host_y = y;
     d->host_owner = std::move(keep);
+    if (y) {
+      d->host_y_copy.assign(y, y + rows * d->y_cols);
+      d->host_y = d->host_y_copy.data();
+    }
   }
   d->id = next_dataset_id++;
   return d;
@@ -238,9 +239,16 @@ std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_hos
   d->x_cols = spec_.input_dim;
   describe_targets(*d, spec_, y_host);
   d->x = x_backend;
+  // Another library may still be writing the array on its own stream.
+  backend_->synchronize_device();
   if (own_copy) {
     const size_t x_bytes = sizeof(T) * rows * d->x_cols;
-    d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
+    try {
+      d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
+    } catch (const OutOfMemory& e) {
+      throw OutOfMemory(std::string(e.what()) + " (copying a GPU array for upload; pass the array to fit directly to "
+                        "use it in place)");
+    }
     backend_->copy(d->x_storage.get(), x_backend, x_bytes);
     backend_->synchronize();  // other engines (other streams) may read it next
     d->x = d->x_storage.get();
@@ -480,6 +488,7 @@ EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   const int bs = epoch_.batch_size;
+  ensure_workspace(bs);  // a failed evaluate in a batch callback may have dropped it
   if (data.streamed && (epoch_.chunk_rows == 0 || !stream_.holds_epoch_chunk)) {
     // The epoch's first call, or evaluate / predict (from a batch callback) used the chunk
     // buffers since the last: start a new chunk here, at a batch boundary.

@@ -121,9 +121,10 @@ struct Dataset {
   const T* x = nullptr;
   const T* y = nullptr;
   bool streamed = false;
-  const T* host_x = nullptr;  // streamed data only: the rows in host memory, kept alive by
-  const T* host_y = nullptr;  // host_owner (the engine's own copy, or the caller's arrays)
-  std::shared_ptr<const void> host_owner;
+  const T* host_x = nullptr;  // streamed data only: the features in host memory, kept alive by
+  std::shared_ptr<const void> host_owner;  // host_owner (our copy, or the caller's array)
+  std::vector<T> host_y_copy;  // targets are always copied: checked ids must stay as checked
+  const T* host_y = nullptr;   // = host_y_copy.data() (null without targets)
   bool has_targets() const { return y != nullptr || host_y != nullptr; }
   int64_t rows = 0;
   int x_cols = 0, y_cols = 0;
@@ -170,8 +171,8 @@ class Engine {
 
   // Copies host arrays into backend memory (x: rows x input_dim, y: rows x target_columns), or,
   // when they exceed data_budget() (or the allocation fails), keeps them in host memory to be
-  // streamed: read in place when `keep` keeps x and y alive (and unchanged) as long as it lives,
-  // else from a copy.
+  // streamed: x read in place when `keep` keeps it alive as long as it lives, else from a copy;
+  // y always from a copy (class ids are checked once, here).
   std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows,
                                      std::shared_ptr<const void> keep = nullptr) const;
   // Bytes of backend memory a dataset may take before it is streamed: the backend's figure

@@ -92,10 +92,22 @@ class Sequential:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
         self.name = name or "sequential"
-        self.stop_training = False
+        self._stop_training = False
+        self._stop_requests = 0  # counts assignments of True: a batch hook's request is seen even if already set
         self.history: History | None = None
         self._fitting = False  # set while fit runs: nested fit/train_on_batch would disturb its epoch
         self._data_budget = None  # see data_budget
+
+    @property
+    def stop_training(self) -> bool:
+        """Set to True (e.g. by a callback) to end fit after the current epoch; from a batch hook,
+        after the current group of batches."""
+        return self._stop_training
+
+    @stop_training.setter
+    def stop_training(self, value):
+        self._stop_training = bool(value)
+        self._stop_requests += bool(value)
 
     # ------------------------------------------------------------------ structure
     def add(self, layer: Dense):
@@ -249,14 +261,22 @@ class Sequential:
         if cuda_array(x) is None:
             return self._upload_arrays(x, y, xname, yname)
         ptr, rows, cols = device_features(x, xname, self.input_dim)
-        self._ensure_built(cols)
-        if not self._engine.device.startswith("cuda"):
-            raise TypeError(f"{xname} lives on the GPU but the model runs on {self._engine.device}; "
+        device = self._engine.device if self._engine is not None else self._compile_args["device"]
+        if not device.startswith("cuda"):
+            raise TypeError(f"{xname} lives on the GPU but the model runs on {device}; "
                             "compile with device='cuda' or pass a host array")
-        ys = None
-        if y is not None:
-            y_host = device_to_host(y, self._engine, yname) if cuda_array(y) is not None else y
-            ys = self._y(y_host, rows, yname)
+        unbuilt, input_dim = self._engine is None, self.layers[0].input_dim
+        self._ensure_built(cols)  # GPU targets are read through the engine
+        try:
+            ys = None
+            if y is not None:
+                y_host = device_to_host(y, self._engine, yname) if cuda_array(y) is not None else y
+                ys = self._y(y_host, rows, yname)
+        except Exception:
+            if unbuilt:  # bad targets leave an unbuilt model unbuilt, as with host arrays
+                self._engine = None
+                self.layers[0].input_dim = input_dim
+            raise
         return self._engine.borrow(ptr, rows, ys, copy_device_arrays), rows
 
     def _upload_arrays(self, x, y, xname, yname):
@@ -401,20 +421,20 @@ class Sequential:
         while done < steps:
             # Only a batch hook that sets stop_training ends the epoch early (Keras); a flag set
             # elsewhere (before the epoch, another thread) acts at the epoch's end, as without hooks.
-            flag = self.stop_training
+            requests = self._stop_requests
             for cb in batch_cbs:
                 if done % cb.batch_interval == 0:
                     cb.on_train_batch_begin(done, {})
-            stopped_by_hook = self.stop_training and not flag
+            stopped_by_hook = self._stop_requests != requests
             stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
             result = engine.train_batches(data, stop - done)
             done = stop
             logs = self._metric_logs(result)
-            flag = self.stop_training
+            requests = self._stop_requests
             for cb in batch_cbs:
                 if done % cb.batch_interval == 0 or done == steps:
                     cb.on_train_batch_end(done - 1, dict(logs))
-            if stopped_by_hook or (self.stop_training and not flag):
+            if self.stop_training and (stopped_by_hook or self._stop_requests != requests):
                 break
         return result
 
@@ -444,7 +464,10 @@ class Sequential:
 
     # --------------------------------------------------------------- one batch
     def train_on_batch(self, x, y=None) -> float:
-        """One optimizer step on exactly this batch; returns its loss (before the step)."""
+        """One optimizer step on exactly this batch; returns its loss (before the step). A step whose
+        loss or update is NaN/Inf is undone whole (NonFiniteLossError); for that the first call
+        keeps a copy of the weights and optimizer state in backend memory ((1 + state slots) x
+        parameters, e.g. 3x for Adam) for the model's lifetime."""
         self._require_compiled("train_on_batch")
         if self._fitting:
             raise RuntimeError("train_on_batch cannot run while fit is training this model (called from a callback?)")
