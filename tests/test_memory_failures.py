@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import fastmlp
+
 resource = pytest.importorskip("resource")
 
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+# The child imports the same fastmlp as this process (installed, or the source tree in development).
+PACKAGE_PARENT = str(Path(fastmlp.__file__).resolve().parents[1])
 
 PRELUDE = """
 import resource
@@ -30,7 +33,7 @@ def uncap():
 
 def run(script):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHON_DIR, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
