@@ -130,3 +130,26 @@ def test_uploaded_gpu_arrays_are_copied_so_the_source_may_go():
     reference = make()
     assert m.fit(data, epochs=2, verbose=0).history == reference.fit(X, Y, epochs=2, verbose=0).history
     del junk
+
+
+def test_dlpack_only_gpu_arrays_are_used_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no GPU")
+
+    class DLPackOnly:  # hides __cuda_array_interface__: as JAX arrays present themselves
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+        def __dlpack__(self, stream=None):
+            return self.t.__dlpack__(stream=stream)
+
+    xs, ys = DLPackOnly(torch.from_numpy(X).cuda()), DLPackOnly(torch.from_numpy(Y).cuda())
+    a, b = make(), make()
+    ha = a.fit(xs, ys, epochs=2, batch_size=32, verbose=0, validation_data=(xs, ys))
+    hb = b.fit(X, Y, epochs=2, batch_size=32, verbose=0, validation_data=(X, Y))
+    assert ha.history == hb.history and same_weights(a, b)
+    np.testing.assert_array_equal(a.predict(xs), b.predict(X))

@@ -7,12 +7,19 @@ import numbers
 import numpy as np
 
 
+def _host_array(x) -> np.ndarray:
+    """np.asarray, and np.from_dlpack for host objects that offer only DLPack."""
+    if not isinstance(x, np.ndarray) and not hasattr(x, "__array__") and hasattr(x, "__dlpack__"):
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
 def as_features(x, name: str, input_dim: int | None, dtype) -> np.ndarray:
     """A C-contiguous (n, input_dim) array of dtype; rejects non-numeric, empty, NaN/Inf."""
     if x is None:
         raise ValueError(f"{name} is None")
     try:
-        arr = np.asarray(x)
+        arr = _host_array(x)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be converted to an array: {exc}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
@@ -41,7 +48,7 @@ def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype) -> np.n
     if y is None:
         raise ValueError(f"{name} is None")
     try:
-        arr = np.asarray(y)
+        arr = _host_array(y)
     except Exception as exc:
         raise ValueError(f"{name} could not be converted to an array: {exc}") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):

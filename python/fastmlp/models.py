@@ -247,7 +247,7 @@ class Sequential:
 
     def _data(self, x, y=None, xname="x", yname="y", copy_device_arrays=False):
         """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
-        A ResidentDataset is used as it is; GPU arrays (__cuda_array_interface__) are used in place
+        A ResidentDataset is used as it is; GPU arrays (__cuda_array_interface__ or DLPack) are used in place
         by a CUDA model (or copied on the GPU with copy_device_arrays); anything else is converted
         and uploaded (_upload_arrays)."""
         if isinstance(x, ResidentDataset):
@@ -258,7 +258,7 @@ class Sequential:
                 raise TypeError(f"{xname} holds {x.dtype.name} data but the model computes in {self._dtype.name}")
             self._ensure_built(x.features)
             return x._native, x.rows
-        if cuda_array(x) is None:
+        if not cuda_array(x):
             return self._upload_arrays(x, y, xname, yname)
         ptr, rows, cols = device_features(x, xname, self.input_dim)
         device = self._engine.device if self._engine is not None else self._compile_args["device"]
@@ -270,7 +270,7 @@ class Sequential:
         try:
             ys = None
             if y is not None:
-                y_host = device_to_host(y, self._engine, yname) if cuda_array(y) is not None else y
+                y_host = device_to_host(y, self._engine, yname) if cuda_array(y) else y
                 ys = self._y(y_host, rows, yname)
         except Exception:
             if unbuilt:  # bad targets leave an unbuilt model unbuilt, as with host arrays
@@ -346,7 +346,7 @@ class Sequential:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a tuple (x_val, y_val) or a ResidentDataset")
         if validation_split > 0.0:
-            if cuda_array(x) is not None or isinstance(x, ResidentDataset):
+            if cuda_array(x) or isinstance(x, ResidentDataset):
                 raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
                                  "resident data")
             x, y = self._xy(x, y)
