@@ -157,3 +157,22 @@ def test_update_interval_targets_update_seconds(seconds, interval):
     p.end(0, {"loss": 1.0}, seconds)
     p.close()
     assert p.batch_interval == interval
+
+
+def test_a_terminal_of_width_zero_gets_plain_lines():
+    import os
+    import struct
+
+    fcntl, pty, termios = (pytest.importorskip(m) for m in ("fcntl", "pty", "termios"))
+
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as stream:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+            assert EpochProgress(1, 2, 10, stream=stream).mode == "lines"
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            expected = "bar" if EpochProgress._tqdm() is not None else "lines"
+            assert EpochProgress(1, 2, 10, stream=stream).mode == expected
+    finally:
+        os.close(master)
+        os.close(slave)

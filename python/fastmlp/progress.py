@@ -18,6 +18,7 @@ Plain lines never contain carriage returns or ANSI control sequences, so logs st
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -26,9 +27,14 @@ from .callbacks import Callback
 
 def _is_tty(stream) -> bool:
     try:
-        return bool(stream.isatty())
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+    try:  # a terminal of width 0 (e.g. a pseudo-terminal nobody sized) would show an empty bar
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # no file descriptor (a test's fake terminal)
+        return True
 
 
 def _format_metric(v) -> str:
