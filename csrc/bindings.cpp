@@ -52,10 +52,7 @@ py::dict epoch_dict(const EpochResult& r) {
 }
 
 std::vector<int32_t> epoch_order(int64_t rows, std::optional<uint64_t> shuffle_seed) {
-  if (shuffle_seed) return shuffled_indices(rows, *shuffle_seed);
-  std::vector<int32_t> perm(rows);
-  for (int64_t i = 0; i < rows; ++i) perm[i] = int32_t(i);
-  return perm;
+  return shuffle_seed ? shuffled_indices(rows, *shuffle_seed) : identity_order(rows);
 }
 
 template <typename T>

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "fastmlp/math.h"
+#include "fastmlp/random.h"
 
 namespace fastmlp {
 namespace {
@@ -129,7 +130,7 @@ template <typename T>
 void Engine<T>::set_step(int64_t step) {
   TrainCounters c = read_counters(train_counters_);
   c.step = step;
-  backend_->to_backend(train_counters_.get(), &c, sizeof c);
+  write_counters(train_counters_, c);
 }
 
 template <typename T>
@@ -336,6 +337,11 @@ template <typename T>
 void Engine<T>::reset_counters(BackendBuffer<T>& counters, bool keep_step) {
   TrainCounters c;
   if (keep_step) c.step = read_counters(counters).step;
+  write_counters(counters, c);
+}
+
+template <typename T>
+void Engine<T>::write_counters(BackendBuffer<T>& counters, const TrainCounters& c) {
   backend_->to_backend(counters.get(), &c, sizeof c);
 }
 
@@ -373,7 +379,7 @@ template <typename T>
 void Engine<T>::set_batch_start(int64_t position) {
   TrainCounters c = read_counters(train_counters_);
   c.batch_start = position;
-  backend_->to_backend(train_counters_.get(), &c, sizeof c);
+  write_counters(train_counters_, c);
 }
 
 template <typename T>
@@ -433,9 +439,7 @@ void Engine<T>::upload_order(const int32_t* order, int64_t rows) {
 template <typename T>
 void Engine<T>::prepare_stream_epoch(const Dataset<T>& data, int bs) {
   const int64_t rows = prepare_stream(data, bs);
-  std::vector<int32_t> identity(rows);
-  for (int64_t i = 0; i < rows; ++i) identity[i] = int32_t(i);
-  upload_order(identity.data(), rows);
+  upload_order(identity_order(rows).data(), rows);
   epoch_.chunk_rows = rows;  // only once the order covers it
 }
 
@@ -681,7 +685,7 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
     if (s_bytes) be->copy(state_.get(), undo_.get() + num_params_, s_bytes);
     c.step = step_before;
     c.nonfinite = 0;
-    be->to_backend(train_counters_.get(), &c, sizeof c);
+    write_counters(train_counters_, c);
   }
   return r;
 }

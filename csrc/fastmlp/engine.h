@@ -34,13 +34,16 @@ void validate(const ModelSpec& spec);
 // Columns of a target row: 1 for losses that take a class id, else the output width.
 int target_columns(const ModelSpec& spec);
 
-// Memory owned by a backend, freed with it.
-template <typename T>
+enum class Memory { Backend, Host };
+
+// Memory owned by a backend and freed with it: its own memory (device memory for CUDA), or host
+// memory from allocate_host (page-locked on a GPU) for staging copies.
+template <typename T, Memory Kind = Memory::Backend>
 class BackendBuffer {
  public:
   BackendBuffer() = default;
   BackendBuffer(Backend<T>* backend, size_t bytes) : backend_(backend), bytes_(bytes) {
-    ptr_ = bytes ? backend->allocate(bytes) : nullptr;
+    if (bytes) ptr_ = Kind == Memory::Host ? backend->allocate_host(bytes) : backend->allocate(bytes);
   }
   ~BackendBuffer() { reset(); }
   BackendBuffer(BackendBuffer&& o) noexcept { *this = std::move(o); }
@@ -58,7 +61,10 @@ class BackendBuffer {
   BackendBuffer(const BackendBuffer&) = delete;
   BackendBuffer& operator=(const BackendBuffer&) = delete;
   void reset() {
-    if (ptr_ && backend_) backend_->release(ptr_);
+    if (ptr_ && backend_) {
+      if (Kind == Memory::Host) backend_->release_host(ptr_);
+      else backend_->release(ptr_);
+    }
     ptr_ = nullptr;
     bytes_ = 0;
   }
@@ -73,40 +79,8 @@ class BackendBuffer {
   size_t bytes_ = 0;
 };
 
-// Host memory from a backend's allocate_host (page-locked on a GPU), freed with it.
 template <typename T>
-class HostBuffer {
- public:
-  HostBuffer() = default;
-  HostBuffer(Backend<T>* backend, size_t bytes) : backend_(backend), bytes_(bytes) {
-    ptr_ = bytes ? backend->allocate_host(bytes) : nullptr;
-  }
-  ~HostBuffer() { reset(); }
-  HostBuffer(HostBuffer&& o) noexcept { *this = std::move(o); }
-  HostBuffer& operator=(HostBuffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      std::swap(backend_, o.backend_);
-      std::swap(ptr_, o.ptr_);
-      std::swap(bytes_, o.bytes_);
-    }
-    return *this;
-  }
-  HostBuffer(const HostBuffer&) = delete;
-  HostBuffer& operator=(const HostBuffer&) = delete;
-  void reset() {
-    if (ptr_ && backend_) backend_->release_host(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  T* get() const { return static_cast<T*>(ptr_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  Backend<T>* backend_ = nullptr;
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+using HostBuffer = BackendBuffer<T, Memory::Host>;
 
 // Inputs and targets resident in backend memory (uploaded once, or borrowed device memory).
 // Any engine on the same device whose input width and target layout match may use it, so one
@@ -223,6 +197,7 @@ class Engine {
   TrainCounters gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step);
   void reset_counters(BackendBuffer<T>& counters, bool keep_step);
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
+  void write_counters(BackendBuffer<T>& counters, const TrainCounters& c);
   double regularization_penalty() const;
   void upload_config();
   // Copies host rows into new backend memory of d (x_storage, y_storage), whatever the budget.

@@ -59,10 +59,15 @@ uint64_t Random::below(uint64_t n) {
   return x % n;
 }
 
-std::vector<int32_t> shuffled_indices(int64_t n, uint64_t seed) {
-  if (n < 0 || n > INT32_MAX) throw std::invalid_argument("dataset too large to shuffle");
+std::vector<int32_t> identity_order(int64_t n) {
+  if (n < 0 || n > INT32_MAX) throw std::invalid_argument("dataset too large to index with 32-bit rows");
   std::vector<int32_t> p(n);
   for (int64_t i = 0; i < n; ++i) p[i] = int32_t(i);
+  return p;
+}
+
+std::vector<int32_t> shuffled_indices(int64_t n, uint64_t seed) {
+  std::vector<int32_t> p = identity_order(n);
   Random rng(seed);
   for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[rng.below(uint64_t(i) + 1)]);
   return p;

@@ -20,6 +20,9 @@ class Random {
   double spare_ = 0.0;
 };
 
+// 0, 1, ..., n-1: the order of an unshuffled epoch.
+std::vector<int32_t> identity_order(int64_t n);
+
 // A Fisher-Yates permutation of 0..n-1 drawn from Random(seed).
 std::vector<int32_t> shuffled_indices(int64_t n, uint64_t seed);
 
