@@ -113,7 +113,6 @@ def test_streamed_training_on_the_gpu_equals_resident():
     hs = streamed.fit(data, batch_size=16, epochs=3, verbose=0, validation_data=(XV, YV))
     assert hs.history == hr.history and same_weights(resident, streamed)
     np.testing.assert_array_equal(streamed.predict(data), resident.predict(X))
-    assert resident._engine.data_budget > 0  # free GPU memory less the reserve
 
 
 def test_uploaded_gpu_arrays_are_copied_so_the_source_may_go():

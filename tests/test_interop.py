@@ -49,9 +49,9 @@ def test_dlpack_features_give_pointer_shape_and_dtype():
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
     wrapped = FakeCudaDLPack(x)
     assert cuda_array(wrapped) and not cuda_array(x) and not cuda_array(HostDLPackOnly(x))
-    assert device_features(wrapped, "x", 4) == (x.ctypes.data, 6, 4)
+    assert device_features(device_array(wrapped), "x", 4) == (x.ctypes.data, 6, 4)
     rows = x[2:]  # a view starting inside the buffer
-    assert device_features(FakeCudaDLPack(rows), "x", None) == (rows.ctypes.data, 4, 4)
+    assert device_features(device_array(FakeCudaDLPack(rows)), "x", None) == (rows.ctypes.data, 4, 4)
     arr = device_array(wrapped)
     assert arr.dtype == np.float32 and arr.shape == (6, 4)
 
@@ -66,22 +66,22 @@ def test_dlpack_features_give_pointer_shape_and_dtype():
 ])
 def test_dlpack_features_reject_what_the_backend_cannot_use(arr, exc, word):
     with pytest.raises(exc, match=word):
-        device_features(FakeCudaDLPack(arr), "x", 4)
+        device_features(device_array(FakeCudaDLPack(arr)), "x", 4)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.float32, np.float64, np.bool_])
 def test_dlpack_targets_are_copied_to_the_host_exactly(dtype):
     y = (np.arange(10) % 3).astype(dtype)
-    got = device_to_host(FakeCudaDLPack(y), HostMemoryEngine(), "y")
+    got = device_to_host(device_array(FakeCudaDLPack(y)), HostMemoryEngine(), "y")
     assert got.dtype == y.dtype
     np.testing.assert_array_equal(got, y)
     col = y.reshape(10, 1)
-    np.testing.assert_array_equal(device_to_host(FakeCudaDLPack(col), HostMemoryEngine(), "y"), col)
+    np.testing.assert_array_equal(device_to_host(device_array(FakeCudaDLPack(col)), HostMemoryEngine(), "y"), col)
 
 
 def test_non_contiguous_dlpack_targets_and_odd_capsules_are_refused():
     with pytest.raises(TypeError, match="contiguous"):
-        device_to_host(FakeCudaDLPack(np.zeros((4, 6))[:, ::2]), HostMemoryEngine(), "y")
+        device_to_host(device_array(FakeCudaDLPack(np.zeros((4, 6))[:, ::2])), HostMemoryEngine(), "y")
 
     class Consumed(FakeCudaDLPack):
         def __dlpack__(self, stream=None):
@@ -91,7 +91,7 @@ def test_non_contiguous_dlpack_targets_and_odd_capsules_are_refused():
             return cap
 
     with pytest.raises(TypeError, match="dltensor"):
-        device_features(Consumed(np.zeros((2, 4), np.float32)), "x", 4)
+        device_array(Consumed(np.zeros((2, 4), np.float32)))
 
 
 def test_a_cpu_model_given_a_gpu_array_says_so_and_stays_unbuilt():

@@ -43,6 +43,7 @@ def test_streamed_fit_equals_resident_fit(batch, budget_rows, shuffle):
 @pytest.mark.parametrize("batch_size", [None, 8, 33])
 def test_streamed_evaluate_and_predict_equal_resident(batch_size):
     resident, streamed = make(), make(20 * ROW_BYTES)
+    assert streamed.upload(X).streamed
     resident.fit(X, Y, epochs=2, verbose=0)
     streamed.set_weights(resident.get_weights())
     assert streamed.evaluate(X, Y, batch_size=batch_size) == resident.evaluate(X, Y, batch_size=batch_size)
@@ -52,6 +53,7 @@ def test_streamed_evaluate_and_predict_equal_resident(batch_size):
 
 def test_arrays_passed_to_fit_are_streamed_when_over_budget():
     resident, streamed = make(), make(10 * ROW_BYTES)
+    assert streamed.upload(X, Y).streamed  # what fit does with the arrays
     hr = resident.fit(X, Y, batch_size=10, epochs=2, verbose=0)
     hs = streamed.fit(X, Y, batch_size=10, epochs=2, verbose=0)
     assert hs.history == hr.history and same_weights(resident, streamed)
@@ -92,11 +94,13 @@ def test_evaluate_and_predict_from_a_batch_hook_do_not_disturb_the_streamed_epoc
 def test_streamed_data_shared_by_models_and_float64():
     owner = make(25 * ROW_BYTES)
     data = owner.upload(X, Y)
+    assert data.streamed
     del owner
     other, reference = make(), make()
     assert other.fit(data, batch_size=10, epochs=2, verbose=0).history == \
         reference.fit(X, Y, batch_size=10, epochs=2, verbose=0).history
     r64, s64 = make(dtype="float64"), make(20 * 8 * 7, dtype="float64")
+    assert s64.upload(X, Y).streamed
     assert s64.fit(X, Y, batch_size=9, epochs=2, verbose=0).history == \
         r64.fit(X, Y, batch_size=9, epochs=2, verbose=0).history
     assert same_weights(r64, s64)

@@ -120,9 +120,8 @@ def _contiguous(shape, strides, itemsize) -> bool:
     return all(s == e or d == 1 for s, e, d in zip(strides, reversed(expected), shape))
 
 
-def device_features(obj, name: str, input_dim: int | None):
+def device_features(arr: DeviceArray, name: str, input_dim: int | None):
     """(pointer, rows, cols) of a float32 C-contiguous device matrix; TypeError/ValueError otherwise."""
-    arr = device_array(obj)
     shape = arr.shape
     if arr.dtype != np.float32:
         raise TypeError(f"{name} on the GPU must be float32 (got {arr.dtype_name}); convert it on the device first")
@@ -137,9 +136,8 @@ def device_features(obj, name: str, input_dim: int | None):
     return arr.ptr, shape[0], shape[1]
 
 
-def device_to_host(obj, engine, name: str) -> np.ndarray:
+def device_to_host(arr: DeviceArray, engine, name: str) -> np.ndarray:
     """Copies a (small) device array to a NumPy array through the engine's backend."""
-    arr = device_array(obj)
     if arr.dtype is None:
         raise TypeError(f"{name} on the GPU has unsupported dtype {arr.dtype_name}")
     if not _contiguous(arr.shape, arr.strides, arr.dtype.itemsize):

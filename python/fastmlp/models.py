@@ -17,7 +17,7 @@ from . import _core
 from . import losses as _losses
 from . import optimizers as _optimizers
 from ._enums import ACTIVATION_IDS, LOSS_IDS, METRIC_IDS
-from ._interop import cuda_array, device_features, device_to_host
+from ._interop import cuda_array, device_array, device_features, device_to_host
 from ._validation import as_features, as_targets, non_negative_int, positive_int
 from .callbacks import CallbackList, History
 from .layers import Dense
@@ -258,9 +258,10 @@ class Sequential:
                 raise TypeError(f"{xname} holds {x.dtype.name} data but the model computes in {self._dtype.name}")
             self._ensure_built(x.features)
             return x._native, x.rows
-        if not cuda_array(x):
+        x_gpu = device_array(x)  # read once: a DLPack export makes a capsule per call
+        if x_gpu is None:
             return self._upload_arrays(x, y, xname, yname)
-        ptr, rows, cols = device_features(x, xname, self.input_dim)
+        ptr, rows, cols = device_features(x_gpu, xname, self.input_dim)
         device = self._engine.device if self._engine is not None else self._compile_args["device"]
         if not device.startswith("cuda"):
             raise TypeError(f"{xname} lives on the GPU but the model runs on {device}; "
@@ -270,7 +271,8 @@ class Sequential:
         try:
             ys = None
             if y is not None:
-                y_host = device_to_host(y, self._engine, yname) if cuda_array(y) else y
+                y_gpu = device_array(y)
+                y_host = y if y_gpu is None else device_to_host(y_gpu, self._engine, yname)
                 ys = self._y(y_host, rows, yname)
         except Exception:
             if unbuilt:  # bad targets leave an unbuilt model unbuilt, as with host arrays
