@@ -37,6 +37,12 @@ del m, s; import gc; gc.collect()  # free device memory before exit so the leak 
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config wide4096,mlp512 --precision tf32,bf16 --epochs 5 \
     --data "$FASTMLP_DATA" > "$OUT/bench_lowp.json" 2> "$OUT/bench_lowp.err"
   tail -3 "$OUT/bench_lowp.err"
+  # A/B of the ReLU-mask epilogues (DRELU_BGRAD in the backward GEMM): the ReLU configs again
+  # with our own ReLU-backward kernel, to compare with bench_fp32.json.
+  FASTMLP_CUDA_RELU_MASK=0 python3 "$REPO/bench/bench_mnist.py" --device cuda --config mlp512,small_b1024,wide4096 \
+    --precision float32 --epochs 5 --no-torch --data "$FASTMLP_DATA" > "$OUT/bench_no_relu_mask.json" \
+    2> "$OUT/bench_no_relu_mask.err"
+  tail -3 "$OUT/bench_no_relu_mask.err"
   # The training set streamed from host memory in 64 MiB chunks (issue 3, item 3) vs resident.
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config mlp512 --epochs 5 --no-torch --data-budget 67108864 \
     --data "$FASTMLP_DATA" > "$OUT/bench_streamed.json" 2> "$OUT/bench_streamed.err"

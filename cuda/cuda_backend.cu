@@ -2,6 +2,7 @@
 // kernels.h, and CUDA-graph capture of whole training steps. Everything runs on one
 // non-blocking stream, so the order of the calls is the order of the work.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "check.h"
@@ -11,7 +12,8 @@
 
 namespace fastmlp::cuda {
 
-CudaBackend::CudaBackend(int device, const std::string& precision) : device_(device) {
+CudaBackend::CudaBackend(int device, const std::string& precision)
+    : device_(device), relu_masks_(relu_masks_enabled()) {
   bind();
   FASTMLP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   try {
@@ -28,6 +30,13 @@ CudaBackend::~CudaBackend() {
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
   cudaGetLastError();
+}
+
+// FASTMLP_CUDA_RELU_MASK=0 keeps ReLU's backward in our own kernel (the derivative from the
+// activation's output, the bias gradient in the weight-gradient GEMM): an A/B switch for benchmarks.
+bool CudaBackend::relu_masks_enabled() {
+  const char* v = std::getenv("FASTMLP_CUDA_RELU_MASK");
+  return !(v && std::string(v) == "0");
 }
 
 void CudaBackend::bind() const { FASTMLP_CUDA_CHECK(cudaSetDevice(device_)); }
@@ -127,34 +136,51 @@ void CudaBackend::gather_batch(int rows, int x_cols, int y_cols, const float* x,
   launch_gather_batch(rows, x_cols, y_cols, x, y, perm, counters, x_dst, y_dst, stream_);
 }
 
-void CudaBackend::dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b,
-                                ActivationSpec act, float* Y) {
+size_t CudaBackend::activation_record_bytes(int rows, int cols, ActivationSpec act) const {
+  return act.kind == Activation::Relu && relu_masks_ ? relu_mask_bytes(rows, cols) : 0;
+}
+
+bool CudaBackend::dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b,
+                                ActivationSpec act, float* Y, void* record) {
   bind();
   // ReLU and identity fold into the GEMM's epilogue with the bias; the other activations take
-  // the bias there and one more element-wise pass.
+  // the bias there and one more element-wise pass. Before a backward pass, ReLU also keeps its
+  // mask, so that the backward GEMM applies the derivative and sums the bias gradient itself.
+  if (act.kind == Activation::Relu && record &&
+      gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::ReluMaskBias, b, nullptr, record))
+    return true;
   if (act.kind == Activation::Relu &&
       gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::ReluBias, b))
-    return;
+    return false;
   if (gemm_->matmul(false, false, rows, out, in, X, W, Y, Epilogue::Bias, b)) {
     if (act.kind != Activation::Linear) launch_bias_activation(rows, out, nullptr, act, Y, stream_);
-    return;
+    return false;
   }
   gemm_->matmul(false, false, rows, out, in, X, W, Y);  // no bias epilogue: our kernel adds it
   launch_bias_activation(rows, out, b, act, Y, stream_);
+  return false;
 }
 
-void CudaBackend::dense_backward(int rows, int in, int out, const float* X, const float* W, const float* dZ,
-                                 float* dW, float* db, float* dX, ActivationSpec x_act) {
+bool CudaBackend::dense_backward(int rows, int in, int out, const float* X, const void* x_record, const float* W,
+                                 const float* dZ, float* dW, float* db, float* dX, ActivationSpec x_act,
+                                 float* dX_bias_grad) {
   bind();
   // dW (in x out) = X^T dZ; db = column sums of dZ = of op(B), from the same GEMM when offered.
-  if (!gemm_->matmul(true, false, in, out, rows, X, dZ, dW, Epilogue::BiasGradB, nullptr, db)) {
+  if (!db) {
+    gemm_->matmul(true, false, in, out, rows, X, dZ, dW);
+  } else if (!gemm_->matmul(true, false, in, out, rows, X, dZ, dW, Epilogue::BiasGradB, nullptr, db)) {
     gemm_->matmul(true, false, in, out, rows, X, dZ, dW);
     launch_column_sums(rows, out, dZ, db, stream_);
   }
-  if (!dX) return;
-  // dX (rows x in) = dZ W^T, then times the previous activation's derivative.
+  if (!dX) return false;
+  // dX (rows x in) = dZ W^T, then times the previous activation's derivative: for ReLU with its
+  // mask, in the GEMM's epilogue together with dX's column sums (the previous layer's db).
+  if (x_act.kind == Activation::Relu && x_record && dX_bias_grad &&
+      gemm_->matmul(false, true, rows, in, out, dZ, W, dX, Epilogue::DReluBiasGrad, nullptr, dX_bias_grad, x_record))
+    return true;
   gemm_->matmul(false, true, rows, in, out, dZ, W, dX);
   if (x_act.kind != Activation::Linear) launch_activation_backward(int64_t(rows) * in, x_act, X, dX, stream_);
+  return false;
 }
 
 void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,

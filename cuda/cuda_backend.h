@@ -33,10 +33,12 @@ class CudaBackend final : public Backend<float> {
 
   void gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
                     const TrainCounters* counters, float* x_dst, float* y_dst) override;
-  void dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b, ActivationSpec act,
-                     float* Y) override;
-  void dense_backward(int rows, int in, int out, const float* X, const float* W, const float* dZ, float* dW,
-                      float* db, float* dX, ActivationSpec x_act) override;
+  size_t activation_record_bytes(int rows, int cols, ActivationSpec act) const override;
+  bool dense_forward(int rows, int in, int out, const float* X, const float* W, const float* b, ActivationSpec act,
+                     float* Y, void* record) override;
+  bool dense_backward(int rows, int in, int out, const float* X, const void* x_record, const float* W,
+                      const float* dZ, float* dW, float* db, float* dX, ActivationSpec x_act,
+                      float* dX_bias_grad) override;
   void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
             ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
@@ -47,9 +49,11 @@ class CudaBackend final : public Backend<float> {
 
  private:
   void bind() const;  // makes device_ current: calls may come from any thread, after other devices
+  static bool relu_masks_enabled();
   cudaGraphExec_t capture(const std::function<void()>& ops);
 
   int device_;
+  bool relu_masks_;  // ReLU keeps cuBLASLt's mask for the fused backward epilogue
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> gemm_;
   std::map<int, cudaGraphExec_t> graphs_;  // captured train step per batch size

@@ -24,11 +24,20 @@ cublasLtEpilogue_t lt_epilogue(Epilogue ep) {
     case Epilogue::ReluBias: return CUBLASLT_EPILOGUE_RELU_BIAS;
     case Epilogue::BiasGradA: return CUBLASLT_EPILOGUE_BGRADB;  // row-major A is cuBLASLt's B
     case Epilogue::BiasGradB: return CUBLASLT_EPILOGUE_BGRADA;  // row-major B is cuBLASLt's A
+    case Epilogue::ReluMaskBias: return CUBLASLT_EPILOGUE_RELU_AUX_BIAS;
+    case Epilogue::DReluBiasGrad: return CUBLASLT_EPILOGUE_DRELU_BGRAD;
     default: return CUBLASLT_EPILOGUE_DEFAULT;
   }
 }
 
+bool uses_mask(Epilogue ep) { return ep == Epilogue::ReluMaskBias || ep == Epilogue::DReluBiasGrad; }
+
+// The mask's leading dimension in bits: cuBLASLt's rows (our columns), padded to 128 as it asks.
+int64_t relu_mask_ld(int cols) { return (int64_t(cols) + 127) / 128 * 128; }
+
 }  // namespace
+
+size_t relu_mask_bytes(int rows, int cols) { return size_t(relu_mask_ld(cols) / 8) * size_t(rows); }
 
 LtGemm::LtGemm(cudaStream_t stream, const std::string& precision) : stream_(stream) {
   if (precision == "float32")
@@ -73,6 +82,10 @@ LtGemm::Plan& LtGemm::plan(const Key& key) {
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_lt_a, sizeof op_lt_a));
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_lt_b, sizeof op_lt_b));
   FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+  if (uses_mask(ep)) {  // the heuristic checks the mask's leading dimension, so it is set first
+    const int64_t ld = relu_mask_ld(n);
+    FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+  }
   // Column-major shapes of the stored buffers (a row-major r x c buffer is column-major c x r).
   const int lt_a_rows = tb ? k : n, lt_a_cols = tb ? n : k;
   const int lt_b_rows = ta ? m : k, lt_b_cols = ta ? k : m;
@@ -107,12 +120,14 @@ LtGemm::Plan& LtGemm::plan(const Key& key) {
 }
 
 bool LtGemm::matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C, Epilogue ep,
-                    const float* bias_in, float* bias_grad_out) {
-  const void* bias = (ep == Epilogue::BiasGradA || ep == Epilogue::BiasGradB) ? static_cast<const void*>(bias_grad_out)
-                                                                               : static_cast<const void*>(bias_in);
+                    const float* bias_in, float* bias_grad_out, const void* mask) {
+  const bool bias_out = ep == Epilogue::BiasGradA || ep == Epilogue::BiasGradB || ep == Epilogue::DReluBiasGrad;
+  const void* bias = bias_out ? static_cast<const void*>(bias_grad_out) : static_cast<const void*>(bias_in);
   // The bias vector has no alignment preference to tell the heuristic, so a bias that is not
-  // 16-byte aligned (odd layer widths packed into one parameter buffer) takes the fallback.
+  // 16-byte aligned (odd layer widths packed into one parameter buffer) takes the fallback; the
+  // mask is the engine's own allocation, but is held to the same rule.
   if (ep != Epilogue::Default && (bias == nullptr || alignment_of(bias) < 16)) return false;
+  if (uses_mask(ep) && (mask == nullptr || alignment_of(mask) < 16)) return false;
   Plan& p = plan(Key{ta, tb, m, n, k, ep, alignment_of(A), alignment_of(B), alignment_of(C)});
   if (!p.ok && ep == Epilogue::Default)
     throw std::runtime_error("cuBLASLt found no algorithm for a row-major " + std::to_string(m) + "x" +
@@ -121,6 +136,9 @@ bool LtGemm::matmul(bool ta, bool tb, int m, int n, int k, const float* A, const
   if (!p.ok) return false;
   if (ep != Epilogue::Default)
     FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (uses_mask(ep))
+    FASTMLP_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mask, sizeof mask));
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo,
                                            workspace_, workspace_bytes_, stream_);

@@ -1,4 +1,5 @@
-// Row-major fp32 GEMMs through cuBLASLt, with the bias / ReLU / bias-gradient epilogues folded in.
+// Row-major fp32 GEMMs through cuBLASLt, with the bias / ReLU / ReLU-gradient / bias-gradient
+// epilogues folded in.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -17,7 +18,16 @@ enum class Epilogue {
   ReluBias,   // C = max(C + bias[j], 0)
   BiasGradA,  // also bias_grad[i] = sum_k op(A)[i][k] (m entries): cuBLASLt's BGRADB after the swap
   BiasGradB,  // also bias_grad[j] = sum_k op(B)[k][j] (n entries): cuBLASLt's BGRADA after the swap
+  // ReluBias that also writes the ReLU mask (1 bit per element of C) to aux, for DReluBiasGrad.
+  ReluMaskBias,
+  // C = (op(A) op(B)) * relu'(z), the mask of z read from aux (written by a ReluMaskBias GEMM with
+  // this C's shape), and bias_grad[j] = sum_i C[i][j] (n entries).
+  DReluBiasGrad,
 };
+
+// Bytes of the ReLU mask of a rows x cols row-major matrix: cuBLASLt stores it column-major over
+// the transposed matrix, one bit per element, each of the `rows` columns padded to 128 bits.
+size_t relu_mask_bytes(int rows, int cols);
 
 class LtGemm {
  public:
@@ -28,11 +38,13 @@ class LtGemm {
   LtGemm& operator=(const LtGemm&) = delete;
 
   // C = op(A) op(B) plus the epilogue; all matrices row-major and densely packed. bias_in is read
-  // by Bias/ReluBias, bias_grad_out written by BiasGradA/B. Returns false, having done nothing,
+  // by Bias/ReluBias/ReluMaskBias, bias_grad_out written by BiasGradA/B and DReluBiasGrad; the
+  // mask (relu_mask_bytes(m, n)) written by ReluMaskBias, read by DReluBiasGrad. Returns false, having done nothing,
   // when cuBLASLt offers no algorithm for this epilogue and shape (the answer is remembered), so
   // the caller runs Default plus its own kernels. Throws when even Default has no algorithm.
   bool matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C,
-              Epilogue ep = Epilogue::Default, const float* bias_in = nullptr, float* bias_grad_out = nullptr);
+              Epilogue ep = Epilogue::Default, const float* bias_in = nullptr, float* bias_grad_out = nullptr,
+              const void* mask = nullptr);
 
  private:
   struct Plan {

@@ -124,6 +124,36 @@ def test_gpu_gradients_match_cpu_and_finite_differences():
     assert fm.gradcheck(gpu_model, x, y, dtype="float32") < 2e-2
 
 
+def test_cpu_keeps_no_activation_records():
+    m = fm.Sequential([fm.Dense(8, activation="relu", input_dim=3), fm.Dense(2, activation="softmax")], seed=0)
+    m.compile(loss="sparse_categorical_crossentropy", device="cpu")
+    m.train_on_batch(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]))
+    assert m._engine.activation_records_kept == 0
+
+
+@gpu
+@pytest.mark.parametrize("relu_mask", ["1", "0"])
+def test_gpu_deep_relu_backward_matches_cpu(relu_mask, monkeypatch):
+    """Hidden ReLU layers keep cuBLASLt's mask, and the backward GEMM applies the derivative and
+    sums the previous layer's bias gradient (DRELU_BGRAD); FASTMLP_CUDA_RELU_MASK=0 keeps our own
+    kernels. Both must agree with the CPU, on odd widths (misaligned biases fall back) too."""
+    monkeypatch.setenv("FASTMLP_CUDA_RELU_MASK", relu_mask)
+    rng = np.random.default_rng(7)
+    x, y = data_for("sparse_categorical_crossentropy", 96, 10, 5, rng)
+    layers = [dict(units=64, activation="relu", input_dim=10), dict(units=37, activation="relu"),
+              dict(units=130, activation="relu"), dict(units=5, activation="softmax")]
+    cpu, gpu_model = make_pair(layers, "sparse_categorical_crossentropy", OPTIMIZERS["adam"])
+    assert rel(gpu_model.compute_gradients(x, y), cpu.compute_gradients(x, y)) <= 1e-5
+    # The H100 offers RELU_AUX_BIAS (../shared/GPU-MACHINE.md); the third layer's bias starts at
+    # parameter 7919, not 16-byte aligned, so that layer takes our own kernels.
+    assert gpu_model._engine.activation_records_kept == (2 if relu_mask == "1" else 0)
+    check_steps(cpu, gpu_model, x, y)
+    h_cpu = cpu.fit(x, y, epochs=2, batch_size=7, verbose=0)
+    h_gpu = gpu_model.fit(x, y, epochs=2, batch_size=7, verbose=0)
+    np.testing.assert_allclose(h_gpu.history["loss"], h_cpu.history["loss"], rtol=1e-4)
+    assert rel(gpu_model.get_weights(), cpu.get_weights()) <= 1e-4
+
+
 @gpu
 @pytest.mark.parametrize("batch,width", [(1, 8), (7, 8), (16, 1), (32, 4097)])
 def test_gpu_fit_odd_sizes_matches_cpu(batch, width):

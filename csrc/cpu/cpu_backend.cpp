@@ -85,8 +85,9 @@ class CpuBackend final : public Backend<T> {
     }
   }
 
-  void dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act,
-                     T* Y) override {
+  // Keeps no activation record: the derivative is taken from the activation's output.
+  bool dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act, T* Y,
+                     void* /*record*/) override {
     cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
@@ -97,21 +98,23 @@ class CpuBackend final : public Backend<T> {
         for (int j = 0; j < out; ++j) y[j] = math::activate(kind.value, p, y[j] + b[j]);
       }
     });
+    return false;
   }
 
-  void dense_backward(int rows, int in, int out, const T* X, const T* W, const T* dZ, T* dW, T* db, T* dX,
-                      ActivationSpec x_act) override {
+  bool dense_backward(int rows, int in, int out, const T* X, const void* /*x_record*/, const T* W, const T* dZ,
+                      T* dW, T* db, T* dX, ActivationSpec x_act, T* /*dX_bias_grad*/) override {
     cpu::gemm(true, false, in, out, rows, T(1), X, in, dZ, out, T(0), dW, out);
-    column_sums(rows, out, dZ, db);
-    if (!dX) return;
+    if (db) column_sums(rows, out, dZ, db);
+    if (!dX) return false;
     cpu::gemm(false, true, rows, in, out, T(1), dZ, out, W, out, T(0), dX, in);
-    if (x_act.kind == Activation::Linear) return;
+    if (x_act.kind == Activation::Linear) return false;
     const T p = T(x_act.param);
     const int64_t n = int64_t(rows) * in;
     with_activation(x_act.kind, [&](auto kind) {
 #pragma omp parallel for simd if (n > kParallelThreshold)
       for (int64_t i = 0; i < n; ++i) dX[i] *= math::activation_grad_from_output(kind.value, p, X[i]);
     });
+    return false;
   }
 
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,

@@ -53,15 +53,24 @@ class Backend {
   virtual void gather_batch(int rows, int x_cols, int y_cols, const T* x, const T* y, const int32_t* perm,
                             const TrainCounters* counters, T* x_dst, T* y_dst) = 0;
 
-  // Y = act(X W + b) with X rows x in, W in x out, Y rows x out. act is never softmax here:
-  // the output layer is called with Linear and keeps its logits.
-  virtual void dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act,
-                             T* Y) = 0;
+  // Bytes of the record dense_forward may keep of an activation for dense_backward (cuBLASLt's
+  // ReLU bit mask); 0 when the backend takes the derivative from the activation's output alone.
+  virtual size_t activation_record_bytes(int /*rows*/, int /*cols*/, ActivationSpec /*act*/) const { return 0; }
 
-  // Given dZ (rows x out) of this layer: dW = X^T dZ, db = column sums of dZ and, when dX is not
-  // null, dX = (dZ W^T) * x_act'(X), i.e. the previous layer's dZ (X is that layer's output).
-  virtual void dense_backward(int rows, int in, int out, const T* X, const T* W, const T* dZ, T* dW, T* db, T* dX,
-                              ActivationSpec x_act) = 0;
+  // Y = act(X W + b) with X rows x in, W in x out, Y rows x out. act is never softmax here:
+  // the output layer is called with Linear and keeps its logits. When record is not null
+  // (activation_record_bytes of backend memory) the backend may keep there what dense_backward
+  // needs; returns true when it did.
+  virtual bool dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act, T* Y,
+                             void* record) = 0;
+
+  // Given dZ (rows x out) of this layer: dW = X^T dZ, db = column sums of dZ unless db is null
+  // (the call that made dZ summed it already) and, when dX is not null, dX = (dZ W^T) * x_act'(X),
+  // i.e. the previous layer's dZ (X is that layer's output; x_record its record from dense_forward,
+  // or null). Returns true when it also wrote the column sums of that dX into dX_bias_grad (the
+  // previous layer's db, in the same GEMM), so that layer's call gets a null db.
+  virtual bool dense_backward(int rows, int in, int out, const T* X, const void* x_record, const T* W, const T* dZ,
+                              T* dW, T* db, T* dX, ActivationSpec x_act, T* dX_bias_grad) = 0;
 
   // Loss of each row of logits Z against targets Y (rows x y_cols), summed into counters->loss_sum
   // and counters->metric_sum; sets counters->nonfinite on NaN/Inf. When dZ is not null it receives

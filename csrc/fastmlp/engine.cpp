@@ -96,6 +96,7 @@ Engine<T>::~Engine() {
   // Buffers must go before the backend that owns their memory.
   acts_.clear();
   dz_.clear();
+  records_.clear();
   x_batch_.reset(); y_batch_.reset(); perm_.reset();
   params_.reset(); grads_.reset(); state_.reset(); undo_.reset();
   segments_dev_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
@@ -274,24 +275,31 @@ void Engine<T>::ensure_workspace(int rows) {
   capacity_ = 0;
   acts_.clear();
   dz_.clear();
+  records_.clear();
   x_batch_.reset();
   y_batch_.reset();
-  std::vector<BackendBuffer<T>> acts, dz;
-  for (const LayerSpec& l : spec_.layers) {
+  std::vector<BackendBuffer<T>> acts, dz, records;
+  for (size_t i = 0; i < spec_.layers.size(); ++i) {
+    const LayerSpec& l = spec_.layers[i];
     acts.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
     dz.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
+    // The output layer keeps its logits (no activation in the GEMM), so it has no record.
+    const bool hidden = i + 1 < spec_.layers.size();
+    records.emplace_back(be, hidden ? be->activation_record_bytes(rows, l.units, l.activation) : 0);
   }
   BackendBuffer<T> x_batch(be, sizeof(T) * size_t(rows) * spec_.input_dim);
   BackendBuffer<T> y_batch(be, sizeof(T) * size_t(rows) * spec_.layers.back().units);
   acts_ = std::move(acts);
   dz_ = std::move(dz);
+  records_ = std::move(records);
+  record_kept_.assign(spec_.layers.size(), false);
   x_batch_ = std::move(x_batch);
   y_batch_ = std::move(y_batch);
   capacity_ = rows;
 }
 
 template <typename T>
-void Engine<T>::forward(int rows, const T* X) {
+void Engine<T>::forward(int rows, const T* X, bool for_backward) {
   const T* in = X;
   int fan_in = spec_.input_dim;
   const size_t last = spec_.layers.size() - 1;
@@ -299,8 +307,11 @@ void Engine<T>::forward(int rows, const T* X) {
     const LayerSpec& l = spec_.layers[i];
     // The output layer keeps its logits: the loss applies the output activation itself.
     const ActivationSpec act = i == last ? ActivationSpec{} : l.activation;
-    backend_->dense_forward(rows, fan_in, l.units, in, params_.get() + w_offset_[i], params_.get() + b_offset_[i],
-                            act, acts_[i].get());
+    const bool kept = backend_->dense_forward(rows, fan_in, l.units, in, params_.get() + w_offset_[i],
+                                              params_.get() + b_offset_[i], act, acts_[i].get(),
+                                              for_backward ? records_[i].get() : nullptr);
+    // Inside a captured step this runs once, at capture, so record_kept_ describes the graph.
+    if (for_backward) record_kept_[i] = kept;
     in = acts_[i].get();
     fan_in = l.units;
   }
@@ -308,13 +319,17 @@ void Engine<T>::forward(int rows, const T* X) {
 
 template <typename T>
 void Engine<T>::backward(int rows, const T* X) {
+  bool bias_grad_done = false;  // set when the call that made dz_[i] also summed it into db
   for (size_t i = spec_.layers.size(); i-- > 0;) {
-    const int fan_in = i == 0 ? spec_.input_dim : spec_.layers[i - 1].units;
-    const T* in = i == 0 ? X : acts_[i - 1].get();
-    const ActivationSpec in_act = i == 0 ? ActivationSpec{} : spec_.layers[i - 1].activation;
-    backend_->dense_backward(rows, fan_in, spec_.layers[i].units, in, params_.get() + w_offset_[i], dz_[i].get(),
-                             grads_.get() + w_offset_[i], grads_.get() + b_offset_[i],
-                             i == 0 ? nullptr : dz_[i - 1].get(), in_act);
+    const bool first = i == 0;
+    const int fan_in = first ? spec_.input_dim : spec_.layers[i - 1].units;
+    const T* in = first ? X : acts_[i - 1].get();
+    const void* in_record = !first && record_kept_[i - 1] ? records_[i - 1].get() : nullptr;
+    const ActivationSpec in_act = first ? ActivationSpec{} : spec_.layers[i - 1].activation;
+    bias_grad_done = backend_->dense_backward(
+        rows, fan_in, spec_.layers[i].units, in, in_record, params_.get() + w_offset_[i], dz_[i].get(),
+        grads_.get() + w_offset_[i], bias_grad_done ? nullptr : grads_.get() + b_offset_[i],
+        first ? nullptr : dz_[i - 1].get(), in_act, first ? nullptr : grads_.get() + b_offset_[i - 1]);
   }
 }
 
@@ -325,7 +340,7 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   const int n_out = spec_.layers.back().units;
   be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
                    x_batch_.get(), y_batch_.get());
-  forward(rows, x_batch_.get());
+  forward(rows, x_batch_.get(), true);
   be->loss(rows, n_out, acts_.back().get(), y_batch_.get(), data.y_cols, spec_.loss, spec_.metric,
            spec_.layers.back().activation, dz_.back().get(), counters);
   backward(rows, x_batch_.get());
@@ -579,7 +594,7 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   auto* counters = eval_counters_.template as<TrainCounters>();
   const int n_out = spec_.layers.back().units;
   for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
-    forward(rows, x);
+    forward(rows, x, false);
     backend_->loss(rows, n_out, acts_.back().get(), y, data.y_cols, spec_.loss, spec_.metric,
                    spec_.layers.back().activation, nullptr, counters);
   });
@@ -601,7 +616,7 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
   const ActivationSpec act = spec_.layers.back().activation;
   int64_t start = 0;
   for_each_batch(data, bs, [&](int rows, const T* x, const T*) {
-    forward(rows, x);
+    forward(rows, x, false);
     T* out = out_host + start * n;
     start += rows;
     backend_->to_host(out, acts_.back().get(), sizeof(T) * rows * n);
@@ -636,7 +651,7 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
   const int rows = int(data.rows);
   ensure_workspace(rows);
   reset_counters(counters, keep_step);
-  forward(rows, data.x);
+  forward(rows, data.x, true);
   backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
                  spec_.layers.back().activation, dz_.back().get(), counters.template as<TrainCounters>());
   backward(rows, data.x);

@@ -5,6 +5,7 @@
 // (activations, gradients, counters) and sequences backend calls; it never touches element
 // data itself except on the host side of get/set calls.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -188,9 +189,14 @@ class Engine {
   // targets where they are needed.
   void check_dataset(const Dataset<T>& data, const char* what, bool needs_targets) const;
 
+  // Layers whose last forward pass before a backward one kept an activation record (cuBLASLt's
+  // ReLU mask, for the fused backward epilogue): a diagnostic, 0 on the CPU.
+  int activation_records_kept() const { return int(std::count(record_kept_.begin(), record_kept_.end(), true)); }
+
  private:
   void ensure_workspace(int rows);
-  void forward(int rows, const T* X);
+  // for_backward: a backward pass follows, so the backend may keep activation records.
+  void forward(int rows, const T* X, bool for_backward);
   void backward(int rows, const T* X);
   void train_step(int rows, const Dataset<T>& data);
   // Forward, loss and backward over all rows of data as one batch (gradients land in grads_).
@@ -235,6 +241,10 @@ class Engine {
   BackendBuffer<T> x_batch_, y_batch_, perm_;
   int64_t perm_capacity_ = 0;
   std::vector<BackendBuffer<T>> acts_, dz_;
+  // Per layer: what the backend keeps of its activation for the backward pass (cuBLASLt's ReLU
+  // mask; empty on the CPU), and whether the last forward pass for a backward one wrote it.
+  std::vector<BackendBuffer<T>> records_;
+  std::vector<bool> record_kept_;
   uint64_t captured_dataset_ = 0;
   struct EpochProgress {  // the epoch begun by begin_epoch
     bool open = false;
