@@ -169,6 +169,7 @@ void bind_engine(py::module_& m, const char* name) {
            })
       .def_property_readonly("epoch_in_progress", &E::epoch_in_progress)
       .def_property_readonly("activation_records_kept", &E::activation_records_kept)
+      .def_property_readonly("fused_backward_layers", &E::fused_backward_layers)
       .def_property("data_budget", &E::data_budget, &E::set_data_budget)
       .def("end_epoch", &E::end_epoch)
       .def("evaluate",

@@ -35,6 +35,16 @@ bool uses_mask(Epilogue ep) { return ep == Epilogue::ReluMaskBias || ep == Epilo
 // The mask's leading dimension in bits: cuBLASLt's rows (our columns), padded to 128 as it asks.
 int64_t relu_mask_ld(int cols) { return (int64_t(cols) + 127) / 128 * 128; }
 
+// Points the epilogue at this call's bias (or bias gradient) and mask. Also done before the
+// heuristic query, which infers their alignment from the pointers.
+void set_epilogue_pointers(cublasLtMatmulDesc_t desc, Epilogue ep, const void* bias, const void* mask) {
+  if (ep != Epilogue::Default)
+    FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (uses_mask(ep))
+    FASTMLP_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mask, sizeof mask));
+}
+
 }  // namespace
 
 size_t relu_mask_bytes(int rows, int cols) { return size_t(relu_mask_ld(cols) / 8) * size_t(rows); }
@@ -68,10 +78,10 @@ LtGemm::~LtGemm() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-LtGemm::Plan& LtGemm::plan(const Key& key) {
+LtGemm::Plan& LtGemm::plan(const Key& key, const void* bias, const void* mask) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [ta, tb, m, n, k, ep, align_a, align_b, align_c] = key;
+  const auto [ta, tb, m, n, k, ep, align_a, align_b, align_c, align_bias, align_mask] = key;
   // Stored in the map at once so the destructor frees whatever was created if a call below throws.
   Plan& p = plans_.emplace(key, Plan{}).first->second;
   // cuBLASLt's A is the row-major B buffer, its B the row-major A buffer.
@@ -86,6 +96,7 @@ LtGemm::Plan& LtGemm::plan(const Key& key) {
     const int64_t ld = relu_mask_ld(n);
     FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
   }
+  set_epilogue_pointers(p.desc, ep, bias, mask);
   // Column-major shapes of the stored buffers (a row-major r x c buffer is column-major c x r).
   const int lt_a_rows = tb ? k : n, lt_a_cols = tb ? n : k;
   const int lt_b_rows = ta ? m : k, lt_b_cols = ta ? k : m;
@@ -123,22 +134,21 @@ bool LtGemm::matmul(bool ta, bool tb, int m, int n, int k, const float* A, const
                     const float* bias_in, float* bias_grad_out, const void* mask) {
   const bool bias_out = ep == Epilogue::BiasGradA || ep == Epilogue::BiasGradB || ep == Epilogue::DReluBiasGrad;
   const void* bias = bias_out ? static_cast<const void*>(bias_grad_out) : static_cast<const void*>(bias_in);
-  // The bias vector has no alignment preference to tell the heuristic, so a bias that is not
-  // 16-byte aligned (odd layer widths packed into one parameter buffer) takes the fallback; the
-  // mask is the engine's own allocation, but is held to the same rule.
+  // A bias that is not 16-byte aligned (odd layer widths packed into one parameter buffer) takes
+  // the fallback rather than an algorithm that may not take it; the mask (the engine's own
+  // allocation) is held to the same rule.
   if (ep != Epilogue::Default && (bias == nullptr || alignment_of(bias) < 16)) return false;
   if (uses_mask(ep) && (mask == nullptr || alignment_of(mask) < 16)) return false;
-  Plan& p = plan(Key{ta, tb, m, n, k, ep, alignment_of(A), alignment_of(B), alignment_of(C)});
+  const uint32_t align_bias = ep == Epilogue::Default ? 0 : alignment_of(bias);
+  const uint32_t align_mask = uses_mask(ep) ? alignment_of(mask) : 0;
+  Plan& p = plan(Key{ta, tb, m, n, k, ep, alignment_of(A), alignment_of(B), alignment_of(C), align_bias, align_mask},
+                 bias, mask);
   if (!p.ok && ep == Epilogue::Default)
     throw std::runtime_error("cuBLASLt found no algorithm for a row-major " + std::to_string(m) + "x" +
                              std::to_string(n) + "x" + std::to_string(k) + " GEMM (transposes " + std::to_string(ta) +
                              std::to_string(tb) + ")");
   if (!p.ok) return false;
-  if (ep != Epilogue::Default)
-    FASTMLP_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-  if (uses_mask(ep))
-    FASTMLP_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mask, sizeof mask));
+  set_epilogue_pointers(p.desc, ep, bias, mask);
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t st = cublasLtMatmul(handle_, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo,
                                            workspace_, workspace_bytes_, stream_);

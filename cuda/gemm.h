@@ -53,10 +53,12 @@ class LtGemm {
     cublasLtMatmulAlgo_t algo{};
     bool ok = false;  // false: no algorithm for this epilogue, use the fallback
   };
-  // transposes, m, n, k, epilogue and the alignments of A, B and C: an algorithm picked for
-  // 256-byte aligned buffers may not run on a weight matrix that starts mid-allocation.
-  using Key = std::tuple<bool, bool, int, int, int, Epilogue, uint32_t, uint32_t, uint32_t>;
-  Plan& plan(const Key& key);
+  // transposes, m, n, k, epilogue and the alignments of A, B, C, the bias and the mask (0 when
+  // unused): an algorithm picked for 256-byte aligned buffers may not run on a weight matrix or
+  // bias that starts mid-allocation.
+  using Key = std::tuple<bool, bool, int, int, int, Epilogue, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>;
+  // bias and mask are this call's: the heuristic reads their alignment from the pointers.
+  Plan& plan(const Key& key, const void* bias, const void* mask);
 
   cudaStream_t stream_;
   cublasLtHandle_t handle_ = nullptr;

@@ -129,6 +129,7 @@ def test_cpu_keeps_no_activation_records():
     m.compile(loss="sparse_categorical_crossentropy", device="cpu")
     m.train_on_batch(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]))
     assert m._engine.activation_records_kept == 0
+    assert m._engine.fused_backward_layers == 0
 
 
 @gpu
@@ -140,15 +141,18 @@ def test_gpu_deep_relu_backward_matches_cpu(relu_mask, monkeypatch):
     monkeypatch.setenv("FASTMLP_CUDA_RELU_MASK", relu_mask)
     rng = np.random.default_rng(7)
     x, y = data_for("sparse_categorical_crossentropy", 96, 10, 5, rng)
-    layers = [dict(units=64, activation="relu", input_dim=10), dict(units=37, activation="relu"),
-              dict(units=130, activation="relu"), dict(units=5, activation="softmax")]
+    layers = [dict(units=132, activation="relu", input_dim=10), dict(units=37, activation="relu"),
+              dict(units=64, activation="relu"), dict(units=5, activation="softmax")]
     # SGD: its steps follow the gradients linearly, so 50 of them test the backward pass, not
     # Adam's amplification of float32 noise in near-zero gradients of a deep net.
     cpu, gpu_model = make_pair(layers, "sparse_categorical_crossentropy", OPTIMIZERS["sgd_momentum_damp"])
     assert rel(gpu_model.compute_gradients(x, y), cpu.compute_gradients(x, y)) <= 1e-5
-    # The H100 offers RELU_AUX_BIAS (../shared/GPU-MACHINE.md); the third layer's bias starts at
-    # parameter 7919, not 16-byte aligned, so that layer takes our own kernels.
-    assert gpu_model._engine.activation_records_kept == (2 if relu_mask == "1" else 0)
+    # The H100 offers RELU_AUX_BIAS and DRELU_BGRAD (../shared/GPU-MACHINE.md). The biases start at
+    # parameters 1320, 6336 and 8741: the third is not 16-byte aligned, so that layer takes our
+    # own kernels, while the first two (one with a 256-bit mask column) take the epilogues.
+    fused = 2 if relu_mask == "1" else 0
+    assert gpu_model._engine.activation_records_kept == fused
+    assert gpu_model._engine.fused_backward_layers == fused
     check_steps(cpu, gpu_model, x, y)
     h_cpu = cpu.fit(x, y, epochs=2, batch_size=7, verbose=0)
     h_gpu = gpu_model.fit(x, y, epochs=2, batch_size=7, verbose=0)

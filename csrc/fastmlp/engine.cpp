@@ -310,7 +310,7 @@ void Engine<T>::forward(int rows, const T* X, bool for_backward) {
     const bool kept = backend_->dense_forward(rows, fan_in, l.units, in, params_.get() + w_offset_[i],
                                               params_.get() + b_offset_[i], act, acts_[i].get(),
                                               for_backward ? records_[i].get() : nullptr);
-    // Inside a captured step this runs once, at capture, so record_kept_ describes the graph.
+    // Read by the backward pass that follows (inside a captured step both run once, at capture).
     if (for_backward) record_kept_[i] = kept;
     in = acts_[i].get();
     fan_in = l.units;
@@ -320,6 +320,7 @@ void Engine<T>::forward(int rows, const T* X, bool for_backward) {
 template <typename T>
 void Engine<T>::backward(int rows, const T* X) {
   bool bias_grad_done = false;  // set when the call that made dz_[i] also summed it into db
+  fused_backward_layers_ = 0;
   for (size_t i = spec_.layers.size(); i-- > 0;) {
     const bool first = i == 0;
     const int fan_in = first ? spec_.input_dim : spec_.layers[i - 1].units;
@@ -330,6 +331,7 @@ void Engine<T>::backward(int rows, const T* X) {
         rows, fan_in, spec_.layers[i].units, in, in_record, params_.get() + w_offset_[i], dz_[i].get(),
         grads_.get() + w_offset_[i], bias_grad_done ? nullptr : grads_.get() + b_offset_[i],
         first ? nullptr : dz_[i - 1].get(), in_act, first ? nullptr : grads_.get() + b_offset_[i - 1]);
+    fused_backward_layers_ += bias_grad_done;
   }
 }
 

@@ -189,9 +189,11 @@ class Engine {
   // targets where they are needed.
   void check_dataset(const Dataset<T>& data, const char* what, bool needs_targets) const;
 
-  // Layers whose last forward pass before a backward one kept an activation record (cuBLASLt's
-  // ReLU mask, for the fused backward epilogue): a diagnostic, 0 on the CPU.
+  // Diagnostics of the last forward-backward pass, both 0 on the CPU: layers that kept an
+  // activation record (cuBLASLt's ReLU mask), and layers whose activation derivative and bias
+  // gradient came from the epilogue of the next layer's backward GEMM (DRELU_BGRAD).
   int activation_records_kept() const { return int(std::count(record_kept_.begin(), record_kept_.end(), true)); }
+  int fused_backward_layers() const { return fused_backward_layers_; }
 
  private:
   void ensure_workspace(int rows);
@@ -245,6 +247,7 @@ class Engine {
   // mask; empty on the CPU), and whether the last forward pass for a backward one wrote it.
   std::vector<BackendBuffer<T>> records_;
   std::vector<bool> record_kept_;
+  int fused_backward_layers_ = 0;
   uint64_t captured_dataset_ = 0;
   struct EpochProgress {  // the epoch begun by begin_epoch
     bool open = false;
