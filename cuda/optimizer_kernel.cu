@@ -13,10 +13,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// kSlots: the state slots this optimizer owns. Only those are read and written, from registers,
+// so no pointer aliases another (the unused ones would alias slot 0 or the parameters) and the
+// compiler may overlap one element's loads with the previous element's stores.
+template <int kSlots>
 __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, const float* __restrict__ grads,
-                                 float* st0, float* st1, float* st2, const ParamSegment* __restrict__ segments,
-                                 int n_segments, bool any_regularizer, const OptimizerConfig* config,
-                                 TrainCounters* counters, int rows) {
+                                 float* __restrict__ st0, float* __restrict__ st1, float* __restrict__ st2,
+                                 const ParamSegment* __restrict__ segments, int n_segments, bool any_regularizer,
+                                 const OptimizerConfig* config, TrainCounters* counters, int rows) {
   const bool skip = counters->nonfinite != 0;  // keep the last good weights
   // Raw shared storage: __shared__ variables cannot have constructors.
   __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
@@ -29,19 +33,26 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   }
   __syncthreads();
   double penalty = 0.0;
+  bool overflowed = false;
   int seg = 0;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; !skip && k < n_params;
        k += int64_t(gridDim.x) * blockDim.x) {
     while (seg + 1 < n_segments && k >= segments[seg + 1].offset) ++seg;  // k only grows
     const float l1 = float(segments[seg].l1), l2 = float(segments[seg].l2);
-    float& p = params[k];
+    float p = params[k];
     float g = grads[k];
+    float s0 = kSlots > 0 ? st0[k] : 0.0f, s1 = kSlots > 1 ? st1[k] : 0.0f, s2 = kSlots > 2 ? st2[k] : 0.0f;
     if (l1 != 0.0f || l2 != 0.0f) {
       penalty += double(math::regularization_penalty(p, l1, l2));
       g += math::regularization_grad(p, l1, l2);
     }
-    if (!math::guarded_update(c, s, p, g, st0[k], st1[k], st2[k])) counters->nonfinite = 1;  // same value from all
+    overflowed |= !math::guarded_update(c, s, p, g, s0, s1, s2);
+    params[k] = p;
+    if (kSlots > 0) st0[k] = s0;
+    if (kSlots > 1) st1[k] = s1;
+    if (kSlots > 2) st2[k] = s2;
   }
+  if (overflowed) counters->nonfinite = 1;  // same value from every thread that saw one
   if (any_regularizer && !skip) {
     penalty = block_sum(penalty);
     if (threadIdx.x == 0) atomicAdd(&counters->reg_sum, penalty * rows);
@@ -65,10 +76,10 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, TrainCounters* counters, int rows, cudaStream_t s) {
-  // Slots the optimizer does not own alias slot 0 (or the parameters); they are never touched.
-  float* st0 = slots > 0 ? state : params;
-  float* st1 = slots > 1 ? state + n_params : st0;
-  float* st2 = slots > 2 ? state + 2 * n_params : st0;
+  // Slots the optimizer does not own are null: the kernel for `slots` never touches them.
+  float* st0 = slots > 0 ? state : nullptr;
+  float* st1 = slots > 1 ? state + n_params : nullptr;
+  float* st2 = slots > 2 ? state + 2 * n_params : nullptr;
   // A grid-stride loop over a few blocks per SM: each block pays once for the schedule's
   // pow/cos and one ticket atomic, so thousands of blocks cost more than they hide (measured on
   // an H100: 34 us per Adam step over 670k parameters with one block per 256 of them).
@@ -80,8 +91,12 @@ void launch_optimizer(int64_t n_params, float* params, const float* grads, float
   }();
   int64_t blocks = (n_params + kThreads - 1) / kThreads;
   if (blocks > max_blocks) blocks = max_blocks;
-  optimizer_kernel<<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, st2, segments, n_segments,
-                                                    any_regularizer, config, counters, rows);
+  const auto kernel = slots == 0 ? optimizer_kernel<0>
+                      : slots == 1 ? optimizer_kernel<1>
+                      : slots == 2 ? optimizer_kernel<2>
+                                   : optimizer_kernel<3>;
+  kernel<<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, st2, segments, n_segments,
+                                          any_regularizer, config, counters, rows);
   FASTMLP_LAUNCH_CHECK("optimizer_kernel");
 }
 
