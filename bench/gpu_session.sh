@@ -43,6 +43,29 @@ del m, s; import gc; gc.collect()  # free device memory before exit so the leak 
     --precision float32 --epochs 5 --no-torch --data "$FASTMLP_DATA" > "$OUT/bench_no_relu_mask.json" \
     2> "$OUT/bench_no_relu_mask.err"
   tail -3 "$OUT/bench_no_relu_mask.err"
+  # Where one steady-state 784-512-512-10 b128 step spends its time: the kernels of one step
+  # (graph nodes profiled one by one, after about 80 warm-up steps) and their durations.
+  timeout 300 ncu --graph-profiling node --launch-skip 1200 --launch-count 40 --csv --print-units base \
+    --metrics gpu__time_duration.sum python3 -c "
+import numpy as np, fastmlp as fm
+rng = np.random.default_rng(0); x = rng.normal(size=(128 * 60, 784)).astype(np.float32); y = rng.integers(0, 10, 128 * 60)
+m = fm.Sequential([fm.Dense(512, activation='relu', input_dim=784), fm.Dense(512, activation='relu'),
+                   fm.Dense(10, activation='softmax')], seed=0)
+m.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'], device='cuda')
+m.fit(x, y, epochs=2, batch_size=128, verbose=0)
+" > "$OUT/ncu_step.csv" 2> "$OUT/ncu_step.err"
+  python3 - "$OUT/ncu_step.csv" <<'PY' || tail -5 "$OUT/ncu_step.err"
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head, body = rows[0], rows[1:]
+name, value = head.index("Kernel Name"), head.index("Metric Value")
+starts = [i for i, r in enumerate(body) if "gather_batch_kernel" in r[name]]  # each step begins with it
+step = body[starts[0]:starts[1]] if len(starts) > 1 else body
+us = [float(r[value].replace(",", "")) / 1000 for r in step]  # ns, maybe with thousands separators
+for t, r in zip(us, step):
+    print(f"{t:8.1f} us  {r[name][:100]}")
+print(f"{sum(us):8.1f} us: one step's kernels ({len(step)}), back to back")
+PY
   # The training set streamed from host memory in 64 MiB chunks (issue 3, item 3) vs resident.
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config mlp512 --epochs 5 --no-torch --data-budget 67108864 \
     --data "$FASTMLP_DATA" > "$OUT/bench_streamed.json" 2> "$OUT/bench_streamed.err"
