@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine session: build with CUDA, run the GPU tests, a compute-sanitizer check and
 # the benchmarks, writing logs under $OUT. Usage (on the GPU machine, from the repo root):
-#   FASTMLP_DATA=.devdata/mnist bash bench/gpu_session.sh [quick|compile]
-# quick: build and tests only; compile: also PyTorch's torch.compile timings.
+#   FASTMLP_DATA=.devdata/mnist bash bench/gpu_session.sh [quick|benches|compile]
+# quick: build and tests only; benches: build, sanitizer and benchmarks without the tests (the
+# two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -16,7 +17,9 @@ export FASTMLP_DATA="$PWD/${FASTMLP_DATA:-.devdata/mnist}"
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import fastmlp, json; print(json.dumps(fastmlp.build_info(), indent=1))"
 REPO=$OLDPWD
-python3 -m pytest -q -ra "$REPO/tests" 2>&1 | tee "$OUT/tests.log" | tail -30
+if [ "${1:-}" != "benches" ]; then
+  python3 -m pytest -q -ra "$REPO/tests" 2>&1 | tee "$OUT/tests.log" | tail -30
+fi
 if [ "${1:-}" != "quick" ]; then
   compute-sanitizer --tool memcheck --leak-check full python3 -c "
 import numpy as np, fastmlp as fm
