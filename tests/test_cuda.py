@@ -161,6 +161,32 @@ def test_gpu_deep_relu_backward_matches_cpu(relu_mask, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("precision,tol", [("tf32", 5e-3), ("bf16", 3e-2)])
+def test_gpu_reduced_precision_changes_only_the_gemms(precision, tol):
+    """tf32/bf16 round the GEMM operands (10 and 7 mantissa bits): gradients stay within a few
+    roundings of float32's but are not bit-equal to them, so the precision was not silently
+    dropped; weights and optimizer state stay float32 and training still learns."""
+    rng = np.random.default_rng(8)
+    x, y = data_for("sparse_categorical_crossentropy", 256, 32, 4, rng)
+    y = (x[:, :4] @ rng.normal(size=4)).argsort().argsort() * 4 // 256  # learnable labels
+    models = {}
+    for p in ("float32", precision):
+        m = fm.Sequential([fm.Dense(64, activation="relu", input_dim=32), fm.Dense(64, activation="tanh"),
+                           fm.Dense(4, activation="softmax")], seed=0)
+        m.compile(optimizer=fm.optimizers.SGD(lr=0.1, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], device="cuda", precision=p)
+        models[p] = m
+    g32, glow = models["float32"].compute_gradients(x, y), models[precision].compute_gradients(x, y)
+    assert 0 < rel(glow, g32) <= tol
+    h32 = models["float32"].fit(x, y, epochs=20, batch_size=32, verbose=0)
+    hlow = models[precision].fit(x, y, epochs=20, batch_size=32, verbose=0)
+    assert hlow.history["loss"][-1] < 0.5 * hlow.history["loss"][0]
+    assert abs(hlow.history["loss"][-1] - h32.history["loss"][-1]) <= 0.1 * h32.history["loss"][0]
+    assert all(w.dtype == np.float32 for w in models[precision].get_weights())
+    assert models[precision]._engine.get_state().dtype == np.float32
+
+
+@gpu
 @pytest.mark.parametrize("batch,width", [(1, 8), (7, 8), (16, 1), (32, 4097)])
 def test_gpu_fit_odd_sizes_matches_cpu(batch, width):
     rng = np.random.default_rng(4)
