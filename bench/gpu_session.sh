@@ -2,6 +2,8 @@
 # One device-machine session: build with CUDA, run the GPU tests, a compute-sanitizer check and
 # the benchmarks, writing logs under $OUT. Usage (on the GPU machine, from the repo root):
 #   FASTMLP_DATA=.devdata/mnist bash bench/gpu_session.sh [quick|benches|compile]
+# MNIST does not travel with the checkout: first `mkdir -p .devdata && cp -r ../shared/data/mnist
+# .devdata/` here (git-ignored) and pass `carry: [".devdata"]` to the device tool.
 # quick: build and tests only; benches: build, sanitizer and benchmarks without the tests (the
 # two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings.
 set -uo pipefail
