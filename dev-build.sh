@@ -6,5 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 cmake -S . -B build/dev -DCMAKE_BUILD_TYPE=Release -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" "$@" >/dev/null
 cmake --build build/dev -j"$(nproc)"
-cp build/dev/_core*.so build/dev/_build_config.py python/fastmlp/
-if ls build/dev/libfastmlp_cuda.so >/dev/null 2>&1; then cp build/dev/libfastmlp_cuda.so python/fastmlp/; fi
+# Copy, then rename over the old file: a test process that has the old library mapped keeps
+# reading intact pages (cp would rewrite them under it and crash it).
+for f in build/dev/_core*.so build/dev/_build_config.py build/dev/libfastmlp_cuda.so; do
+  [ -e "$f" ] || continue
+  cp "$f" "python/fastmlp/.$(basename "$f").new" && mv -f "python/fastmlp/.$(basename "$f").new" "python/fastmlp/$(basename "$f")"
+done
