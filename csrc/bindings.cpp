@@ -5,8 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
+#include <vector>
 
 #include "fastmlp/backend.h"
 #include "fastmlp/engine.h"
@@ -22,21 +24,70 @@ namespace {
 template <typename T>
 using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-ModelSpec make_spec(int input_dim, const std::vector<py::tuple>& layers, int loss, int metric) {
+// Every engine call runs with the GIL released. An engine may be busy in another thread (it
+// holds its lock for a whole epoch and hands it over only between steps); a thread waiting for
+// it while holding the GIL would stall every Python thread, and deadlock with a trainer whose
+// Ctrl-C poll takes the GIL.
+template <typename F>
+auto without_gil(F&& f) -> decltype(f()) {
+  py::gil_scoped_release release;
+  return f();
+}
+
+// An integer argument as int64 in [lo, hi]: a ValueError naming it instead of pybind11's
+// "incompatible function arguments" or a silent wrap-around.
+int64_t checked_int(const py::handle& h, const char* name, int64_t lo, int64_t hi) {
+  if (PyBool_Check(h.ptr())) throw std::invalid_argument(std::string(name) + " must be an integer, got a bool");
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!index) {
+    PyErr_Clear();
+    throw std::invalid_argument(std::string(name) + " must be an integer");
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow || v < lo || v > hi)
+    throw std::invalid_argument(std::string(name) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                "], got " + py::str(index).cast<std::string>());
+  return v;
+}
+
+uint64_t checked_seed(const py::handle& h, const char* name) {
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!index || PyBool_Check(h.ptr())) {
+    PyErr_Clear();
+    throw std::invalid_argument(std::string(name) + " must be an integer");
+  }
+  const unsigned long long v = PyLong_AsUnsignedLongLong(index.ptr());
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument(std::string(name) + " must be in [0, 2**64), got " + py::str(index).cast<std::string>());
+  }
+  return v;
+}
+
+template <typename E>
+E checked_enum(const py::handle& h, const char* name, E last) {
+  return static_cast<E>(checked_int(h, name, 0, int64_t(last)));
+}
+
+constexpr int64_t kIntMax = INT32_MAX;
+
+ModelSpec make_spec(const py::handle& input_dim, const std::vector<py::tuple>& layers, const py::handle& loss,
+                    const py::handle& metric) {
   ModelSpec s;
-  s.input_dim = input_dim;
+  s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& t : layers) {
     if (t.size() != 5) throw std::invalid_argument("layer tuple must be (units, activation, param, l1, l2)");
     LayerSpec l;
-    l.units = t[0].cast<int>();
-    l.activation.kind = static_cast<Activation>(t[1].cast<int>());
+    l.units = int(checked_int(t[0], "units", 1, kIntMax));
+    l.activation.kind = checked_enum(t[1], "activation id", Activation::Softmax);
     l.activation.param = t[2].cast<double>();
     l.l1 = t[3].cast<double>();
     l.l2 = t[4].cast<double>();
     s.layers.push_back(l);
   }
-  s.loss = static_cast<Loss>(loss);
-  s.metric = static_cast<Metric>(metric);
+  s.loss = checked_enum(loss, "loss id", Loss::MulticlassHinge);
+  s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
   return s;
 }
 
@@ -51,14 +102,38 @@ py::dict epoch_dict(const EpochResult& r) {
   return d;
 }
 
+std::optional<uint64_t> shuffle_seed_of(const py::object& seed) {
+  if (seed.is_none()) return std::nullopt;
+  return checked_seed(seed, "shuffle seed");
+}
+
 std::vector<int32_t> epoch_order(int64_t rows, std::optional<uint64_t> shuffle_seed) {
   return shuffle_seed ? shuffled_indices(rows, *shuffle_seed) : identity_order(rows);
+}
+
+// Targets must hold rows x target_columns values (class ids: one per row).
+template <typename T>
+void check_targets_buffer(const Array<T>& y, int64_t rows, int cols) {
+  if (y.ndim() < 1 || y.ndim() > 2 || y.shape(0) != rows || y.size() != rows * int64_t(cols))
+    throw std::invalid_argument("targets must have " + std::to_string(rows) + " rows of " + std::to_string(cols) +
+                                " values");
+}
+
+// Ctrl-C: Python runs signal handlers in the main thread only, so only a call made there polls;
+// a KeyboardInterrupt raised by a handler ends the native call at a step boundary.
+unsigned long g_main_thread = 0;
+
+void poll_python_signals() {
+  if (PyThread_get_thread_ident() != g_main_thread) return;
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() != 0) throw py::error_already_set();
 }
 
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
   using E = Engine<T>;
   using D = Dataset<T>;
+  // Datasets are immutable once made: reading them needs no lock.
   py::class_<D, std::shared_ptr<D>>(m, (std::string(name) + "Dataset").c_str())
       .def_property_readonly("rows", [](const D& d) { return d.rows; })
       .def_property_readonly("features", [](const D& d) { return d.x_cols; })
@@ -69,52 +144,86 @@ void bind_engine(py::module_& m, const char* name) {
       .def_property_readonly("device", [](const D& d) { return d.device; })
       .def_property_readonly("streamed", [](const D& d) { return d.streamed; });
 
+  auto batch = [](const py::handle& bs) { return int(checked_int(bs, "batch_size", 1, kIntMax)); };
+
   py::class_<E>(m, name)
-      .def(py::init([](int input_dim, const std::vector<py::tuple>& layers, int loss, int metric,
-                       const std::string& device, const std::string& precision) {
-             return std::make_unique<E>(make_spec(input_dim, layers, loss, metric), device, precision);
+      .def(py::init([](const py::object& input_dim, const std::vector<py::tuple>& layers, const py::object& loss,
+                       const py::object& metric, const std::string& device, const std::string& precision) {
+             ModelSpec spec = make_spec(input_dim, layers, loss, metric);
+             auto e = without_gil([&] { return std::make_unique<E>(std::move(spec), device, precision); });
+             e->set_interrupt_poll(poll_python_signals);
+             return e;
            }),
            py::arg("input_dim"), py::arg("layers"), py::arg("loss"), py::arg("metric"), py::arg("device"),
            py::arg("precision"))
+      // Fixed at construction: read without the lock.
       .def_property_readonly("num_params", &E::num_params)
       .def_property_readonly("device", &E::device)
-      .def_property_readonly("state_slots", &E::state_slots)
-      .def_property("step", &E::step, &E::set_step)
+      .def_property_readonly("state_slots", [](const E& e) { return without_gil([&] { return e.state_slots(); }); })
+      .def_property(
+          "step", [](const E& e) { return without_gil([&] { return e.step(); }); },
+          [](E& e, const py::object& step) {
+            const int64_t s = checked_int(step, "step", 0, INT64_MAX);
+            without_gil([&] { e.set_step(s); });
+          })
       .def("get_params",
            [](const E& e) {
              Array<T> out(e.num_params());
-             e.get_params(out.mutable_data());
+             T* p = out.mutable_data();
+             without_gil([&] { e.get_params(p); });
              return out;
            })
       .def("set_params",
            [](E& e, Array<T> p) {
              if (p.size() != e.num_params()) throw std::invalid_argument("parameter vector has the wrong length");
-             e.set_params(p.data());
+             without_gil([&] { e.set_params(p.data()); });
            })
       .def("get_state",
            [](const E& e) {
-             Array<T> out(int64_t(e.state_slots()) * e.num_params());
-             e.get_state(out.mutable_data());
+             std::vector<T> state = without_gil([&] { return e.get_state(); });
+             Array<T> out(int64_t(state.size()));
+             std::copy(state.begin(), state.end(), out.mutable_data());
              return out;
            })
       .def("set_state",
            [](E& e, Array<T> s) {
-             if (s.size() != int64_t(e.state_slots()) * e.num_params())
-               throw std::invalid_argument("optimizer state has the wrong length");
-             e.set_state(s.data());
+             const T* p = s.data();
+             const int64_t n = s.size();
+             without_gil([&] { e.set_state(p, n); });
            })
-      .def("set_optimizer", &E::set_optimizer, py::arg("config"), py::arg("reset") = true)
-      .def("set_learning_rate", &E::set_learning_rate)
+      .def("get_snapshot",
+           [](const E& e) {
+             auto snap = without_gil([&] { return e.snapshot(); });
+             Array<T> params(int64_t(snap.params.size())), state(int64_t(snap.state.size()));
+             std::copy(snap.params.begin(), snap.params.end(), params.mutable_data());
+             std::copy(snap.state.begin(), snap.state.end(), state.mutable_data());
+             return py::make_tuple(params, state, snap.step);
+           },
+           "(parameters, optimizer state, step) read together, consistent while another thread trains")
+      .def("set_optimizer",
+           [](E& e, const OptimizerConfig& config, bool reset) {
+             const OptimizerConfig c = config;
+             without_gil([&] { e.set_optimizer(c, reset); });
+           },
+           py::arg("config"), py::arg("reset") = true)
+      .def("set_learning_rate", [](E& e, double lr) { without_gil([&] { e.set_learning_rate(lr); }); })
       .def("initialize",
-           [](E& e, const std::vector<std::tuple<std::string, double, double>>& inits, uint64_t seed) {
+           [](E& e, const std::vector<std::tuple<std::string, double, double>>& inits, const py::object& seed) {
              std::vector<InitSpec> specs;
              for (const auto& [k, a, b] : inits) specs.push_back({k, a, b});
-             const auto p = initial_parameters<T>(e.spec(), specs, seed);
-             e.set_params(p.data());
+             const uint64_t s = checked_seed(seed, "seed");
+             without_gil([&] {
+               const auto p = initial_parameters<T>(e.spec(), specs, s);
+               e.set_params(p.data());
+             });
            })
       .def("upload",
            [](const E& e, Array<T> x, std::optional<Array<T>> y) {
-             const int64_t rows = x.ndim() ? x.shape(0) : 0;
+             if (x.ndim() != 2 || x.shape(1) != e.spec().input_dim)
+               throw std::invalid_argument("features must be a 2-D array of " + std::to_string(e.spec().input_dim) +
+                                           " columns");
+             const int64_t rows = x.shape(0);
+             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()));
              const T* yp = y ? y->data() : nullptr;
              // Streamed features are read from this array in place: the dataset keeps it alive.
              auto* array = new py::object(x);
@@ -123,99 +232,81 @@ void bind_engine(py::module_& m, const char* name) {
                py::gil_scoped_acquire gil;
                delete static_cast<const py::object*>(p);
              });
-             std::shared_ptr<D> d;
-             {
-               py::gil_scoped_release release;
-               d = e.upload(x.data(), yp, rows, std::move(keep));
-             }
-             return d;
+             return without_gil([&] { return e.upload(x.data(), yp, rows, std::move(keep)); });
            },
            py::arg("x"), py::arg("y") = py::none())
       .def("borrow",
            [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y, bool copy) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot use device memory");
-             return e.borrow(reinterpret_cast<const T*>(x), y ? y->data() : nullptr, rows, copy);
+             if (rows < 0) throw std::invalid_argument("rows must be >= 0");
+             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()));
+             const T* yp = y ? y->data() : nullptr;
+             return without_gil([&] { return e.borrow(reinterpret_cast<const T*>(x), yp, rows, copy); });
            },
            py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none(), py::arg("copy") = false)
       .def("read_device_memory",
            [](const E& e, uintptr_t src, size_t bytes) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot read device memory");
              std::string out(bytes, '\0');
-             e.read_backend_memory(reinterpret_cast<const void*>(src), bytes, out.data());
+             without_gil([&] { e.read_backend_memory(reinterpret_cast<const void*>(src), bytes, out.data()); });
              return py::bytes(out);
            })
       .def("train_epoch",
-           [](E& e, const D& d, std::optional<uint64_t> shuffle_seed, int batch_size) {
-             EpochResult r;
-             {
-               py::gil_scoped_release release;
-               r = e.train_epoch(d, epoch_order(d.rows, shuffle_seed), batch_size);
-             }
-             return epoch_dict(r);
+           [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size) {
+             const auto seed = shuffle_seed_of(shuffle_seed);
+             const int bs = batch(batch_size);
+             return epoch_dict(without_gil([&] { return e.train_epoch(d, epoch_order(d.rows, seed), bs); }));
            })
       .def("begin_epoch",
-           [](E& e, const D& d, std::optional<uint64_t> shuffle_seed, int batch_size) {
-             py::gil_scoped_release release;
-             e.begin_epoch(d, epoch_order(d.rows, shuffle_seed), batch_size);
+           [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size) {
+             const auto seed = shuffle_seed_of(shuffle_seed);
+             const int bs = batch(batch_size);
+             without_gil([&] { e.begin_epoch(d, epoch_order(d.rows, seed), bs); });
            })
       .def("train_batches",
-           [](E& e, const D& d, int64_t max_batches) {
-             EpochResult r;
-             {
-               py::gil_scoped_release release;
-               r = e.train_batches(d, max_batches);
-             }
-             return epoch_dict(r);
+           [](E& e, const D& d, const py::object& max_batches) {
+             const int64_t n = checked_int(max_batches, "max_batches", 0, INT64_MAX);
+             return epoch_dict(without_gil([&] { return e.train_batches(d, n); }));
            })
-      .def_property_readonly("epoch_in_progress", &E::epoch_in_progress)
-      .def_property_readonly("activation_records_kept", &E::activation_records_kept)
-      .def_property_readonly("fused_backward_layers", &E::fused_backward_layers)
-      .def_property("data_budget", &E::data_budget, &E::set_data_budget)
-      .def("end_epoch", &E::end_epoch)
+      .def_property_readonly("epoch_in_progress",
+                             [](const E& e) { return without_gil([&] { return e.epoch_in_progress(); }); })
+      .def_property_readonly("activation_records_kept",
+                             [](const E& e) { return without_gil([&] { return e.activation_records_kept(); }); })
+      .def_property_readonly("fused_backward_layers",
+                             [](const E& e) { return without_gil([&] { return e.fused_backward_layers(); }); })
+      .def_property(
+          "data_budget", [](const E& e) { return without_gil([&] { return e.data_budget(); }); },
+          [](E& e, std::optional<size_t> bytes) { without_gil([&] { e.set_data_budget(bytes); }); })
+      .def("end_epoch", [](E& e) { without_gil([&] { e.end_epoch(); }); })
       .def("evaluate",
-           [](E& e, const D& d, int batch_size) {
-             EpochResult r;
-             {
-               py::gil_scoped_release release;
-               r = e.evaluate(d, batch_size);
-             }
-             return epoch_dict(r);
+           [batch](E& e, const D& d, const py::object& batch_size) {
+             const int bs = batch(batch_size);
+             return epoch_dict(without_gil([&] { return e.evaluate(d, bs); }));
            })
       .def("predict",
-           [](E& e, const D& d, int batch_size) {
+           [batch](E& e, const D& d, const py::object& batch_size) {
+             const int bs = batch(batch_size);
              Array<T> out({d.rows, int64_t(e.spec().layers.back().units)});
              T* p = out.mutable_data();
-             {
-               py::gil_scoped_release release;
-               e.predict(d, batch_size, p);
-             }
+             without_gil([&] { e.predict(d, bs, p); });
              return out;
            })
       .def("compute_gradients",
            [](E& e, const D& d) {
              Array<T> g(e.num_params());
              T* p = g.mutable_data();
-             double loss;
-             {
-               py::gil_scoped_release release;
-               loss = e.compute_gradients(d, p);
-             }
+             const double loss = without_gil([&] { return e.compute_gradients(d, p); });
              return py::make_tuple(loss, g);
            })
-      .def("train_on_batch", [](E& e, const D& d) {
-        EpochResult r;
-        {
-          py::gil_scoped_release release;
-          r = e.train_on_batch(d);
-        }
-        return epoch_dict(r);
-      });
+      .def("train_on_batch",
+           [](E& e, const D& d) { return epoch_dict(without_gil([&] { return e.train_on_batch(d); })); });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastmlp native core: dense networks trained in C++ on CPU or CUDA backends";
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -228,7 +319,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const Schedule& s) { return int(s.kind); },
-          [](Schedule& s, int k) { s.kind = static_cast<ScheduleKind>(k); })
+          [](Schedule& s, const py::object& k) { s.kind = checked_enum(k, "schedule kind", ScheduleKind::Cosine); })
       .def_readwrite("decay_steps", &Schedule::decay_steps)
       .def_readwrite("rate", &Schedule::rate)
       .def_readwrite("min_lr", &Schedule::min_lr)
@@ -239,7 +330,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const OptimizerConfig& c) { return int(c.kind); },
-          [](OptimizerConfig& c, int k) { c.kind = static_cast<OptimizerKind>(k); })
+          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind::AdamW); })
       .def_readwrite("lr", &OptimizerConfig::lr)
       .def_readwrite("momentum", &OptimizerConfig::momentum)
       .def_readwrite("dampening", &OptimizerConfig::dampening)
@@ -272,7 +363,11 @@ PYBIND11_MODULE(_core, m) {
     d["build"] = c.build;
     return d;
   });
-  m.def("shuffled_indices", [](int64_t n, uint64_t seed) { return shuffled_indices(n, seed); });
-  m.def("derive_seed", &derive_seed);
+  m.def("shuffled_indices", [](const py::object& n, const py::object& seed) {
+    return shuffled_indices(checked_int(n, "n", 0, kIntMax), checked_seed(seed, "seed"));
+  });
+  m.def("derive_seed", [](const py::object& seed, const py::object& stream) {
+    return derive_seed(checked_seed(seed, "seed"), checked_seed(stream, "stream"));
+  });
   m.def("scheduled_lr", [](const Schedule& s, double lr, int64_t t) { return math::scheduled_lr(s, lr, t); });
 }

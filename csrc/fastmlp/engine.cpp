@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 #include "fastmlp/math.h"
 #include "fastmlp/random.h"
@@ -61,11 +62,37 @@ void validate(const ModelSpec& spec) {
   }
 }
 
+void validate(const OptimizerConfig& c) {
+  auto need = [](bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(std::string("optimizer: ") + what);
+  };
+  auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0.0; };
+  auto in_unit = [](double v) { return v >= 0.0 && v <= 1.0; };
+  need(int(c.kind) >= 0 && c.kind <= OptimizerKind::AdamW, "unknown optimizer kind");
+  need(finite_nonneg(c.lr), "lr must be a finite number >= 0");
+  need(finite_nonneg(c.weight_decay), "weight_decay must be a finite number >= 0");
+  need(finite_nonneg(c.momentum), "momentum must be a finite number >= 0");
+  need(finite_nonneg(c.dampening), "dampening must be a finite number >= 0");
+  need(c.beta1 >= 0.0 && c.beta1 < 1.0 && c.beta2 >= 0.0 && c.beta2 < 1.0, "betas must be in [0, 1)");
+  need(finite_nonneg(c.eps), "eps must be a finite number >= 0");
+  need(in_unit(c.alpha), "alpha must be in [0, 1]");
+  need(in_unit(c.rho), "rho must be in [0, 1]");
+  need(finite_nonneg(c.lr_decay), "lr_decay must be a finite number >= 0");
+  need(finite_nonneg(c.initial_accumulator_value), "initial_accumulator_value must be a finite number >= 0");
+  const Schedule& s = c.schedule;
+  need(int(s.kind) >= 0 && s.kind <= ScheduleKind::Cosine, "unknown schedule kind");
+  need(std::isfinite(s.decay_steps) && s.decay_steps > 0.0, "schedule decay_steps must be a finite number > 0");
+  need(finite_nonneg(s.rate), "schedule rate must be a finite number >= 0");
+  need(finite_nonneg(s.min_lr), "schedule min_lr must be a finite number >= 0");
+  need(s.warmup_steps >= 0, "schedule warmup_steps must be >= 0");
+}
+
 template <typename T>
 Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& precision)
     : spec_(std::move(spec)) {
   validate(spec_);
   backend_ = make_backend<T>(device, precision);
+  device_ = backend_->name();
   int fan_in = spec_.input_dim;
   for (const LayerSpec& l : spec_.layers) {
     const int64_t w = int64_t(fan_in) * l.units;
@@ -103,35 +130,141 @@ Engine<T>::~Engine() {
 }
 
 template <typename T>
-void Engine<T>::get_params(T* host) const {
+void Engine<T>::set_interrupt_poll(std::function<void()> poll, std::chrono::milliseconds interval) {
+  auto held = lock();
+  interrupt_poll_ = std::move(poll);
+  poll_interval_ = interval;
+}
+
+template <typename T>
+void Engine<T>::poll_interrupt() {
+  if (!interrupt_poll_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_poll_ < poll_interval_) return;
+  last_poll_ = now;
+  interrupt_poll_();
+}
+
+template <typename T>
+void Engine<T>::between_steps(Lock& held) {
+  if (mutex_.contended()) {  // the waiting threads go first, in the order they came
+    held.unlock();
+    held.lock();
+  }
+  poll_interrupt();
+}
+
+template <typename T>
+void Engine<T>::download_params(T* host) const {
   backend_->to_host(host, params_.get(), sizeof(T) * num_params_);
 }
 
 template <typename T>
+void Engine<T>::get_params(T* host) const {
+  auto held = lock();
+  download_params(host);
+}
+
+template <typename T>
 void Engine<T>::set_params(const T* host) {
+  auto held = lock();
   backend_->to_backend(params_.get(), host, sizeof(T) * num_params_);
 }
 
 template <typename T>
-void Engine<T>::get_state(T* host) const {
-  if (slots_) backend_->to_host(host, state_.get(), sizeof(T) * num_params_ * slots_);
+int Engine<T>::state_slots() const {
+  auto held = lock();
+  return slots_;
 }
 
 template <typename T>
-void Engine<T>::set_state(const T* host) {
+std::vector<T> Engine<T>::get_state() const {
+  auto held = lock();
+  std::vector<T> host(size_t(num_params_) * slots_);
+  if (slots_) backend_->to_host(host.data(), state_.get(), sizeof(T) * host.size());
+  return host;
+}
+
+template <typename T>
+void Engine<T>::set_state(const T* host, int64_t count) {
+  auto held = lock();
+  if (count != num_params_ * slots_)
+    throw std::invalid_argument("optimizer state has " + std::to_string(count) + " values, the optimizer keeps " +
+                                std::to_string(num_params_ * slots_));
   if (slots_) backend_->to_backend(state_.get(), host, sizeof(T) * num_params_ * slots_);
 }
 
 template <typename T>
+typename Engine<T>::Snapshot Engine<T>::snapshot() const {
+  auto held = lock();
+  Snapshot s;
+  s.params.resize(num_params_);
+  download_params(s.params.data());
+  s.state.resize(size_t(num_params_) * slots_);
+  if (slots_) backend_->to_host(s.state.data(), state_.get(), sizeof(T) * s.state.size());
+  s.step = read_counters(train_counters_).step;
+  return s;
+}
+
+template <typename T>
 int64_t Engine<T>::step() const {
+  auto held = lock();
   return read_counters(train_counters_).step;
 }
 
 template <typename T>
 void Engine<T>::set_step(int64_t step) {
+  auto held = lock();
+  store_step(step);
+}
+
+template <typename T>
+void Engine<T>::store_step(int64_t step) {
   TrainCounters c = read_counters(train_counters_);
   c.step = step;
   write_counters(train_counters_, c);
+}
+
+template <typename T>
+size_t Engine<T>::data_budget() const {
+  auto held = lock();
+  return budget();
+}
+
+template <typename T>
+void Engine<T>::set_data_budget(std::optional<size_t> bytes) {
+  auto held = lock();
+  data_budget_ = bytes;
+}
+
+template <typename T>
+void Engine<T>::read_backend_memory(const void* src, size_t bytes, void* host) const {
+  auto held = lock();
+  backend_->to_host(host, src, bytes);
+}
+
+template <typename T>
+bool Engine<T>::epoch_in_progress() const {
+  auto held = lock();
+  return epoch_.open;
+}
+
+template <typename T>
+void Engine<T>::end_epoch() {
+  auto held = lock();
+  epoch_.open = false;
+}
+
+template <typename T>
+int Engine<T>::activation_records_kept() const {
+  auto held = lock();
+  return int(std::count(record_kept_.begin(), record_kept_.end(), true));
+}
+
+template <typename T>
+int Engine<T>::fused_backward_layers() const {
+  auto held = lock();
+  return fused_backward_layers_;
 }
 
 template <typename T>
@@ -141,6 +274,8 @@ void Engine<T>::upload_config() {
 
 template <typename T>
 void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
+  validate(config);
+  auto held = lock();
   const int slots = optimizer_state_slots(config);
   const bool layout_changed = slots != slots_ || config.kind != config_.kind;
   config_ = config;
@@ -155,12 +290,14 @@ void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
     if (slots_) backend_->fill(state_.get(), T(0), num_params_ * slots_);
     if (config_.kind == OptimizerKind::Adagrad)
       backend_->fill(state_.get(), T(config_.initial_accumulator_value), num_params_);
-    set_step(0);
+    store_step(0);
   }
 }
 
 template <typename T>
 void Engine<T>::set_learning_rate(double lr) {
+  if (!(std::isfinite(lr) && lr >= 0.0)) throw std::invalid_argument("lr must be a finite number >= 0");
+  auto held = lock();
   config_.lr = lr;
   upload_config();
 }
@@ -199,6 +336,7 @@ void Engine<T>::make_resident(Dataset<T>& d, const T* x, const T* y) const {
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
                                               std::shared_ptr<const void> keep) const {
+  auto held = lock();
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
   d->device = backend_->name();
@@ -206,7 +344,7 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
   d->x_cols = spec_.input_dim;
   describe_targets(*d, spec_, y);
   const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
-  bool resident = bytes <= data_budget();
+  bool resident = bytes <= budget();
   if (resident) {
     try {
       make_resident(*d, x, y);
@@ -234,6 +372,7 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
 
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy) const {
+  auto held = lock();
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend_;
   d->device = backend_->name();
@@ -406,7 +545,7 @@ int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
   const size_t row_bytes = sizeof(T) * size_t(data.x_cols + data.y_cols);
   const int64_t all_rows = (data.rows + bs - 1) / bs * bs;
   auto wanted = [&] {
-    const int64_t fit = int64_t(std::min(data_budget(), kMaxChunkBytes) / row_bytes) / bs * bs;
+    const int64_t fit = int64_t(std::min(budget(), kMaxChunkBytes) / row_bytes) / bs * bs;
     return std::min(std::max<int64_t>(fit, bs), all_rows);  // at least one batch, even over budget
   };
   auto holds = [&](int64_t rows) {
@@ -482,6 +621,12 @@ void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t
 
 template <typename T>
 void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+  auto held = lock();
+  begin_epoch_locked(data, perm, batch_size);
+}
+
+template <typename T>
+void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
   check_dataset(data, "training data", true);
@@ -505,23 +650,37 @@ void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& 
 
 template <typename T>
 EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches) {
+  auto held = lock();
+  return train_batches_locked(data, max_batches, held);
+}
+
+template <typename T>
+EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_batches, Lock& held) {
   if (!epoch_.open) throw std::logic_error("train_batches needs begin_epoch first");
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   const int bs = epoch_.batch_size;
-  ensure_workspace(bs);  // a failed evaluate in a batch callback may have dropped it
-  if (data.streamed && (epoch_.chunk_rows == 0 || !stream_.holds_epoch_chunk)) {
-    // The epoch's first call, or evaluate / predict (from a batch callback) used the chunk
-    // buffers since the last: start a new chunk here, at a batch boundary.
-    prepare_stream_epoch(data, bs);
-    epoch_.loaded_to = epoch_.rows_done;
-  }
-  const Dataset<T>& source = data.streamed ? stream_.view : data;  // what the steps read
-  if (captured_dataset_ != source.id) {  // captured steps point at the old data
-    backend_->reset_captures();
-    captured_dataset_ = source.id;
-  }
   for (int64_t b = 0; b < max_batches && epoch_.rows_done < data.rows; ++b) {
+    if (b > 0) {
+      between_steps(held);
+      // Whoever held the lock meanwhile may have ended the epoch, or begun another.
+      if (!epoch_.open || epoch_.dataset != data.id)
+        throw std::logic_error("the epoch was ended by another call while it was training");
+    }
+    // Checked before every step: a call from another thread (or a batch callback) between two
+    // steps may have grown the workspace or used the chunk buffers for its own rows.
+    ensure_workspace(bs);
+    if (data.streamed && (epoch_.chunk_rows == 0 || !stream_.holds_epoch_chunk)) {
+      // The epoch's first step, or evaluate / predict used the chunk buffers since the last
+      // one: start a new chunk here, at a batch boundary.
+      prepare_stream_epoch(data, bs);
+      epoch_.loaded_to = epoch_.rows_done;
+    }
+    const Dataset<T>& source = data.streamed ? stream_.view : data;  // what the steps read
+    if (captured_dataset_ != source.id) {  // captured steps point at the old data
+      backend_->reset_captures();
+      captured_dataset_ = source.id;
+    }
     if (data.streamed && epoch_.rows_done == epoch_.loaded_to) {  // next chunk (a multiple of bs)
       const int64_t n = std::min(epoch_.chunk_rows, data.rows - epoch_.loaded_to);
       load_chunk(data, epoch_.order.data(), epoch_.loaded_to, n);
@@ -549,8 +708,9 @@ EpochResult Engine<T>::train_batches(const Dataset<T>& data, int64_t max_batches
 
 template <typename T>
 EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
-  begin_epoch(data, perm, batch_size);
-  return train_batches(data, INT64_MAX);
+  auto held = lock();
+  begin_epoch_locked(data, perm, batch_size);
+  return train_batches_locked(data, INT64_MAX, held);
 }
 
 template <typename T>
@@ -566,6 +726,7 @@ void Engine<T>::for_each_batch(const Dataset<T>& data, int bs, F&& f) {
     const T* x = data.streamed ? stream_.view.x : data.x + first * data.x_cols;
     const T* y = data.streamed ? stream_.view.y : (data.y ? data.y + first * data.y_cols : nullptr);
     for (int64_t s = 0; s < n; s += bs) {
+      poll_interrupt();
       const int rows = int(std::min<int64_t>(bs, n - s));
       f(rows, x + s * data.x_cols, y ? y + s * data.y_cols : nullptr);
     }
@@ -576,7 +737,7 @@ template <typename T>
 double Engine<T>::regularization_penalty() const {
   if (!any_regularizer_) return 0.0;
   std::vector<T> p(num_params_);
-  get_params(p.data());
+  download_params(p.data());
   double total = 0.0;
   for (const ParamSegment& s : segments_)
     for (int64_t k = s.offset; k < s.offset + s.size; ++k)
@@ -586,6 +747,7 @@ double Engine<T>::regularization_penalty() const {
 
 template <typename T>
 EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
+  auto held = lock();
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   check_dataset(data, "evaluation data", true);
   EpochResult result;
@@ -609,6 +771,7 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
 
 template <typename T>
 void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
+  auto held = lock();
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   check_dataset(data, "prediction data", false);
   if (data.rows == 0) return;
@@ -662,11 +825,12 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
 
 template <typename T>
 double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
+  auto held = lock();
   const TrainCounters c = gradients_of_whole(data, eval_counters_, false);
   backend_->to_host(grads_host, grads_.get(), sizeof(T) * num_params_);
   if (any_regularizer_) {  // add the regularization gradient on the host: not a training path
     std::vector<T> p(num_params_);
-    get_params(p.data());
+    download_params(p.data());
     for (const ParamSegment& s : segments_)
       for (int64_t k = s.offset; k < s.offset + s.size; ++k)
         grads_host[k] += math::regularization_grad(p[k], T(s.l1), T(s.l2));
@@ -676,6 +840,7 @@ double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
 
 template <typename T>
 EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
+  auto held = lock();
   // It would reset the counters that carry the open epoch's position and sums.
   if (epoch_.open) throw std::logic_error("train_on_batch cannot run while an epoch is in progress");
   const int64_t step_before = gradients_of_whole(data, train_counters_, true).step;

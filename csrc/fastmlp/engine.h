@@ -4,15 +4,24 @@
 // (in x out, Keras layout) is followed by its bias b_i. The engine owns the workspace
 // (activations, gradients, counters) and sequences backend calls; it never touches element
 // data itself except on the host side of get/set calls.
+//
+// Threads: every public method may be called from any thread. One engine has one workspace, so
+// calls take turns on a first-come, first-served lock; a training call hands the lock over
+// between steps when another thread waits, so a predict() during a long epoch waits one step,
+// not the epoch, and sees the weights of a step boundary.
 #pragma once
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "fastmlp/backend.h"
+#include "fastmlp/fair_mutex.h"
 #include "fastmlp/types.h"
 
 namespace fastmlp {
@@ -32,6 +41,8 @@ struct ModelSpec {
 
 // Checks a spec and throws std::invalid_argument naming the problem.
 void validate(const ModelSpec& spec);
+// The same for optimizer settings (the bindings and embedders may pass anything).
+void validate(const OptimizerConfig& config);
 // Columns of a target row: 1 for losses that take a class id, else the output width.
 int target_columns(const ModelSpec& spec);
 
@@ -124,19 +135,34 @@ class Engine {
   Engine(ModelSpec spec, const std::string& device, const std::string& precision = "float32");
   ~Engine();
 
+  // Fixed at construction: no lock needed.
   const ModelSpec& spec() const { return spec_; }
-  std::string device() const { return backend_->name(); }
+  std::string device() const { return device_; }
   int64_t num_params() const { return num_params_; }
   const std::vector<ParamSegment>& segments() const { return segments_; }
+
+  // Called between steps and batches of long calls, at most every `interval`, with the engine
+  // locked (so it must not call the engine); it ends the call by throwing (Python's Ctrl-C: the
+  // bindings poll the interpreter's signal handlers). The engine is left at a step boundary.
+  void set_interrupt_poll(std::function<void()> poll,
+                          std::chrono::milliseconds interval = std::chrono::milliseconds(50));
 
   // Host copies of the flat buffers (num_params() values; state: slots * num_params()).
   void get_params(T* host) const;
   void set_params(const T* host);
-  int state_slots() const { return slots_; }
-  void get_state(T* host) const;
-  void set_state(const T* host);
+  int state_slots() const;
+  std::vector<T> get_state() const;
+  // Throws std::invalid_argument unless count == state_slots() * num_params().
+  void set_state(const T* host, int64_t count);
   int64_t step() const;
   void set_step(int64_t step);
+  // Parameters, optimizer state and step read under one lock: a consistent checkpoint even
+  // while another thread trains.
+  struct Snapshot {
+    std::vector<T> params, state;
+    int64_t step = 0;
+  };
+  Snapshot snapshot() const;
 
   // Replaces the optimizer; state is zeroed (Adagrad's initial accumulator applied) when the
   // kind or the slot layout changes or when reset is true.
@@ -153,10 +179,10 @@ class Engine {
   // Bytes of backend memory a dataset may take before it is streamed: the backend's figure
   // (free GPU memory less a reserve; unlimited on the CPU) unless set here (tests, or to leave
   // GPU memory to others). nullopt restores the backend's figure.
-  size_t data_budget() const { return data_budget_ ? *data_budget_ : backend_->memory_for_data(); }
-  void set_data_budget(std::optional<size_t> bytes) { data_budget_ = bytes; }
+  size_t data_budget() const;
+  void set_data_budget(std::optional<size_t> bytes);
   // Copies `bytes` of backend memory at `src` (e.g. a device array of another library) to host.
-  void read_backend_memory(const void* src, size_t bytes, void* host) const { backend_->to_host(host, src, bytes); }
+  void read_backend_memory(const void* src, size_t bytes, void* host) const;
   // Uses features already in backend memory (device pointers for CUDA) without a copy, the
   // caller keeping them alive and unchanged; or, with own_copy, copies them into new backend
   // memory. Targets, if any, are host memory and are copied.
@@ -171,8 +197,8 @@ class Engine {
   // bit-identical to train_epoch's however the batches are split.
   void begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
   EpochResult train_batches(const Dataset<T>& data, int64_t max_batches);
-  bool epoch_in_progress() const { return epoch_.open; }
-  void end_epoch() { epoch_.open = false; }  // abandons an unfinished epoch (e.g. stopped early)
+  bool epoch_in_progress() const;
+  void end_epoch();  // abandons an unfinished epoch (e.g. stopped early)
   // Mean loss (with the regularization penalty) and metric, no update.
   EpochResult evaluate(const Dataset<T>& data, int batch_size);
   // Output of the last layer's activation for each row of data, into host memory.
@@ -192,10 +218,22 @@ class Engine {
   // Diagnostics of the last forward-backward pass, both 0 on the CPU: layers that kept an
   // activation record (cuBLASLt's ReLU mask), and layers whose activation derivative and bias
   // gradient came from the epilogue of the next layer's backward GEMM (DRELU_BGRAD).
-  int activation_records_kept() const { return int(std::count(record_kept_.begin(), record_kept_.end(), true)); }
-  int fused_backward_layers() const { return fused_backward_layers_; }
+  int activation_records_kept() const;
+  int fused_backward_layers() const;
 
  private:
+  using Lock = std::unique_lock<FairMutex>;
+  Lock lock() const { return Lock(mutex_); }
+  // Between two steps of a training call: lets a waiting thread in (the lock is handed over
+  // first-come, first-served) and polls for an interrupt.
+  void between_steps(Lock& held);
+  void poll_interrupt();
+  // The unlocked bodies of the public methods of the same names, for calls from inside.
+  void download_params(T* host) const;
+  void store_step(int64_t step);
+  size_t budget() const { return data_budget_ ? *data_budget_ : backend_->memory_for_data(); }
+  void begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  EpochResult train_batches_locked(const Dataset<T>& data, int64_t max_batches, Lock& held);
   void ensure_workspace(int rows);
   // for_backward: a backward pass follows, so the backend may keep activation records.
   void forward(int rows, const T* X, bool for_backward);
@@ -228,6 +266,11 @@ class Engine {
 
   ModelSpec spec_;
   std::shared_ptr<Backend<T>> backend_;  // shared with the datasets it holds
+  std::string device_;
+  mutable FairMutex mutex_;  // guards everything below
+  std::function<void()> interrupt_poll_;
+  std::chrono::milliseconds poll_interval_{50};
+  std::chrono::steady_clock::time_point last_poll_{};
   int64_t num_params_ = 0;
   std::vector<int64_t> w_offset_, b_offset_;
   std::vector<ParamSegment> segments_;
