@@ -141,11 +141,11 @@ class CpuBackend final : public Backend<T> {
       return;
     }
     const math::StepScalars s = math::step_scalars(*config, counters->step);
-    // Slots the optimizer does not own point at slot 0 (or the parameters when it owns none);
-    // optimizer_update never touches them.
-    T* st0 = slots > 0 ? state : params;
-    T* st1 = slots > 1 ? state + n_params : st0;
-    T* st2 = slots > 2 ? state + 2 * n_params : st0;
+    // Slots the optimizer does not own are null: update_range never touches them, so no two
+    // pointers alias (they are __restrict there).
+    T* st0 = slots > 0 ? state : nullptr;
+    T* st1 = slots > 1 ? state + n_params : nullptr;
+    T* st2 = slots > 2 ? state + 2 * n_params : nullptr;
     double penalty = 0.0;
     int overflowed = 0;
     const OptimizerConfig& cfg = *config;
@@ -153,7 +153,11 @@ class CpuBackend final : public Backend<T> {
       with_bool(cfg.amsgrad, [&](auto amsgrad) {
         with_bool(cfg.weight_decay != 0.0, [&](auto decay) {
           with_bool(cfg.momentum != 0.0, [&](auto momentum) {
-            using Flags = UpdateFlags<kind.value, amsgrad.value, decay.value, momentum.value>;
+           with_bool(cfg.kind == OptimizerKind::RMSprop && cfg.centered, [&](auto centered) {
+            using Flags = UpdateFlags<kind.value, amsgrad.value, decay.value, momentum.value, centered.value>;
+            if (Flags::slots != slots)  // the engine sized the state with optimizer_state_slots
+              throw std::logic_error("optimizer state has " + std::to_string(slots) + " slots, the update uses " +
+                                     std::to_string(Flags::slots));
             for (int sgi = 0; sgi < n_segments; ++sgi) {
               const ParamSegment seg = segments[sgi];
               const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
@@ -170,6 +174,7 @@ class CpuBackend final : public Backend<T> {
                                                             overflowed);
               }
             }
+           });
           });
         });
       });
@@ -182,22 +187,31 @@ class CpuBackend final : public Backend<T> {
 
  private:
   // Compile-time choices of one optimizer variant (see update_range).
-  template <OptimizerKind K, bool kAmsgrad, bool kDecay, bool kMomentum>
+  template <OptimizerKind K, bool kAmsgrad, bool kDecay, bool kMomentum, bool kCentered>
   struct UpdateFlags {
     static constexpr OptimizerKind kind = K;
-    static constexpr bool amsgrad = kAmsgrad, decay = kDecay, momentum = kMomentum;
+    static constexpr bool amsgrad = kAmsgrad, decay = kDecay, momentum = kMomentum, centered = kCentered;
+    // The state slots such a config owns: optimizer_state_slots, as a constant.
+    static constexpr int slots = K == OptimizerKind::SGD        ? (kMomentum ? 1 : 0)
+                                 : K == OptimizerKind::Adagrad  ? 1
+                                 : K == OptimizerKind::RMSprop  ? 1 + kCentered + kMomentum
+                                 : K == OptimizerKind::Adadelta ? 2
+                                                                : (kAmsgrad ? 3 : 2);
   };
 
   // Updates params[lo, hi) and returns the regularization penalty of the pre-update values.
   // The config is copied with its kind and branch-selecting flags fixed as constants, so the
-  // shared update in math.h inlines to branch-free code the compiler vectorizes.
+  // shared update in math.h inlines to branch-free code the compiler vectorizes. The owned
+  // state slots go through locals, so the unowned ones (null) are never read or written.
   template <typename Flags, bool kRegularized>
   static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
-                             const T* __restrict g, T* st0, T* st1, T* st2, int64_t lo, int64_t hi, T l1, T l2,
-                             int& overflowed) {
+                             const T* __restrict g, T* __restrict st0, T* __restrict st1, T* __restrict st2,
+                             int64_t lo, int64_t hi, T l1, T l2, int& overflowed) {
+    constexpr int kSlots = Flags::slots;
     OptimizerConfig c = cfg;
     c.kind = Flags::kind;
     c.amsgrad = Flags::amsgrad;
+    c.centered = Flags::centered;
     if constexpr (!Flags::decay) c.weight_decay = 0.0;
     if constexpr (!Flags::momentum) c.momentum = 0.0;
     double penalty = 0.0;
@@ -209,8 +223,14 @@ class CpuBackend final : public Backend<T> {
 #pragma omp simd reduction(| : bad)
     for (int64_t k = lo; k < hi; ++k) {
       T gk = g[k];
-      if constexpr (kRegularized) gk += math::regularization_grad(p[k], l1, l2);
-      bad |= math::guarded_update(c, s, p[k], gk, st0[k], st1[k], st2[k]) ? 0 : 1;
+      T pk = p[k];
+      if constexpr (kRegularized) gk += math::regularization_grad(pk, l1, l2);
+      T s0 = kSlots > 0 ? st0[k] : T(0), s1 = kSlots > 1 ? st1[k] : T(0), s2 = kSlots > 2 ? st2[k] : T(0);
+      bad |= math::guarded_update(c, s, pk, gk, s0, s1, s2) ? 0 : 1;
+      p[k] = pk;
+      if constexpr (kSlots > 0) st0[k] = s0;
+      if constexpr (kSlots > 1) st1[k] = s1;
+      if constexpr (kSlots > 2) st2[k] = s2;
     }
     overflowed |= bad;
     return penalty;

@@ -339,8 +339,7 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
 
 // optimizer_update, except that a parameter the update would make NaN or Inf (a learning rate
 // far too large) keeps its value and state; returns false then, so training can stop with
-// finite weights. Writes back the unused state slots first: they may alias a used slot or,
-// for plain SGD, the parameter itself.
+// finite weights. Callers pass locals for the slots the optimizer does not own.
 template <typename T>
 FASTMLP_HD bool guarded_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1, T& st2) {
   T np = p, n0 = st0, n1 = st1, n2 = st2;
