@@ -21,17 +21,21 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
                                  float* __restrict__ st0, float* __restrict__ st1, float* __restrict__ st2,
                                  const ParamSegment* __restrict__ segments, int n_segments, bool any_regularizer,
                                  const OptimizerConfig* config, TrainCounters* counters, int rows) {
-  const bool skip = counters->nonfinite != 0;  // keep the last good weights
   // Raw shared storage: __shared__ variables cannot have constructors.
   __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
   __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
+  __shared__ bool skip_shared;
   OptimizerConfig& c = *reinterpret_cast<OptimizerConfig*>(c_raw);
   math::StepScalars& s = *reinterpret_cast<math::StepScalars*>(s_raw);
   if (threadIdx.x == 0) {  // once per block, not per element: pow/cos of the schedule
     c = *config;
     s = math::step_scalars(c, counters->step);
+    // Read once for the block: another block may set the flag meanwhile, and threads that read
+    // it at different times would disagree about the block_sum barrier below.
+    skip_shared = counters->nonfinite != 0;  // keep the last good weights
   }
   __syncthreads();
+  const bool skip = skip_shared;
   double penalty = 0.0;
   bool overflowed = false;
   int seg = 0;
