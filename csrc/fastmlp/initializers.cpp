@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 #include "fastmlp/random.h"
 
@@ -71,6 +72,12 @@ std::vector<T> initial_parameters(const ModelSpec& spec, const std::vector<InitS
     } else if (k != "zeros") {
       throw std::invalid_argument("unknown initializer '" + k + "'");
     }
+    // Parameters too large for T (RandomNormal(1e39) in float32, an infinite stddev) would
+    // start training from Inf/NaN weights.
+    for (int64_t j = 0; j < n; ++j)
+      if (!std::isfinite(params[off + j]))
+        throw std::invalid_argument("layer " + std::to_string(i) + ": the " + k +
+                                    " initializer drew a weight that is not finite in this dtype");
     off += n + fan_out;  // bias stays zero
     fan_in = fan_out;
   }
