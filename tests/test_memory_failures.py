@@ -1,20 +1,11 @@
 """Allocation failures leave a usable engine. Each scenario runs in a child process whose address
 space is capped (RLIMIT_AS) around the call that must fail, so a crash or a corrupted result shows
 as a failed test rather than taking pytest down."""
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
-import fastmlp
+from child_process import run_child
 
 resource = pytest.importorskip("resource")
-
-# The child imports the same fastmlp as this process (installed, or the source tree in development).
-PACKAGE_PARENT = str(Path(fastmlp.__file__).resolve().parents[1])
 
 PRELUDE = """
 import resource
@@ -32,12 +23,7 @@ def uncap():
 
 
 def run(script):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return run_child(script, PRELUDE)
 
 
 def test_failed_workspace_growth_leaves_the_model_intact():

@@ -7,8 +7,10 @@ callbacks that set batch_interval).
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -88,15 +90,35 @@ class Sequential:
             self.add(layer)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:  # uint64
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.seed = int(seed)
         self.name = name or "sequential"
         self._stop_training = False
         self._stop_requests = 0  # counts assignments of True: a batch hook's request is seen even if already set
         self.history: History | None = None
-        self._fitting = False  # set while fit runs: nested fit/train_on_batch would disturb its epoch
+        # Threads: the native engine serializes calls on one model (a training call hands over
+        # between steps). This lock orders the Python-side changes (compile, set_weights,
+        # train_on_batch, the start and end of fit); _fit_thread marks the thread that is fitting.
+        self._lock = threading.RLock()
+        self._fit_thread: int | None = None
         self._data_budget = None  # see data_budget
+
+    @property
+    def _fitting(self) -> bool:
+        return self._fit_thread is not None
+
+    def _check_not_fitting(self, what: str, from_callback_ok: bool = False):
+        """RuntimeError when fit is training this model and `what` would change it: always from
+        another thread; from fit's own thread (a callback) unless from_callback_ok."""
+        owner = self._fit_thread
+        if owner is None:
+            return
+        if owner != threading.get_ident():
+            raise RuntimeError(f"{what} cannot run while another thread is training this model with fit; "
+                               "wait for fit to return (predict, evaluate and get_weights may run meanwhile)")
+        if not from_callback_ok:
+            raise RuntimeError(f"{what} cannot run while fit is training this model (called from a callback?)")
 
     @property
     def stop_training(self) -> bool:
@@ -128,8 +150,8 @@ class Sequential:
     def built(self) -> bool:
         return self._engine is not None
 
-    def _layer_shapes(self):
-        shapes, fan_in = [], self.input_dim
+    def _layer_shapes(self, input_dim=None):
+        shapes, fan_in = [], self.input_dim if input_dim is None else input_dim
         for layer in self.layers:
             shapes += [(fan_in, layer.units), (layer.units,)]
             fan_in = layer.units
@@ -171,14 +193,23 @@ class Sequential:
         for i, layer in enumerate(self.layers[:-1]):
             if layer.activation.name == "softmax":
                 raise ValueError(f"layer {i}: softmax is only supported on the output layer")
-        weights = self.get_weights() if self.built else None
-        self._compile_args = dict(optimizer=opt, loss=loss_obj, metric=metric_native, metric_key=metric_key,
-                                  device=device, precision=precision, dtype=dtype)
-        self._engine = None
-        if self.input_dim is not None:
-            self._build(self.input_dim)
-            if weights is not None:
-                self.set_weights(weights)
+        for layer in self.layers:
+            check_dtype = getattr(layer.kernel_initializer, "check_dtype", None)
+            if check_dtype is not None:  # e.g. RandomNormal(1e39) cannot be drawn in float32
+                check_dtype(dtype)
+        # The optimizer is copied: one instance given to two models must not tie their learning rates.
+        args = dict(optimizer=copy.deepcopy(opt), loss=loss_obj, metric=metric_native, metric_key=metric_key,
+                    device=device, precision=precision, dtype=dtype)
+        with self._lock:
+            self._check_not_fitting("compile")
+            # Everything that can fail (the device, memory, converting the trained weights) happens
+            # on a new engine; the model changes only once it succeeded.
+            engine = None
+            if self.input_dim is not None:
+                engine = self._make_engine(args, self.input_dim)
+                if self._engine is not None:  # recompiling keeps the trained weights
+                    engine.set_params(self._flat_weights(self.get_weights(), self._layer_shapes(), dtype))
+            self._compile_args, self._engine = args, engine
 
     @property
     def optimizer(self):
@@ -196,32 +227,43 @@ class Sequential:
         if self._compile_args is None:
             raise RuntimeError(f"call model.compile(...) before {what}")
 
-    def _new_engine(self, dtype, device: str, precision: str):
+    def _new_engine(self, dtype, device: str, precision: str, input_dim=None, args=None):
         """A native engine for these layers, loss and metric (weights uninitialized)."""
-        args = self._compile_args
+        args = self._compile_args if args is None else args
         layers = []
         for layer in self.layers:
             reg = layer.kernel_regularizer
             layers.append((layer.units, ACTIVATION_IDS[layer.activation.name], float(layer.activation.param),
                            0.0 if reg is None else reg.l1, 0.0 if reg is None else reg.l2))
         cls = _core.Engine64 if np.dtype(dtype) == np.float64 else _core.Engine32
-        return cls(self.input_dim, layers, LOSS_IDS[args["loss"].name], METRIC_IDS[args["metric"]], device, precision)
+        return cls(self.input_dim if input_dim is None else input_dim, layers, LOSS_IDS[args["loss"].name],
+                   METRIC_IDS[args["metric"]], device, precision)
 
-    def _build(self, input_dim: int):
-        """Creates the native engine for this input width and initializes the weights from the seed."""
-        if self.layers[0].input_dim is None:
-            self.layers[0].input_dim = int(input_dim)
-        args = self._compile_args
-        engine = self._new_engine(args["dtype"], args["device"], args["precision"])
+    def _make_engine(self, args, input_dim: int):
+        """A new engine for compile config `args` and this input width, its weights initialized from
+        the seed and its optimizer set. Changes nothing in the model."""
+        engine = self._new_engine(args["dtype"], args["device"], args["precision"], int(input_dim), args)
         engine.initialize([layer.kernel_initializer.spec() for layer in self.layers],
                           _core.derive_seed(self.seed, 0))
         engine.set_optimizer(args["optimizer"].native(), True)
         engine.data_budget = self._data_budget
+        return engine
+
+    def _adopt_engine(self, engine, input_dim: int):
+        if self.layers[0].input_dim is None:
+            self.layers[0].input_dim = int(input_dim)
         self._engine = engine
+
+    def _build(self, input_dim: int):
+        """Creates the native engine for this input width and initializes the weights from the seed."""
+        with self._lock:
+            self._adopt_engine(self._make_engine(self._compile_args, input_dim), input_dim)
 
     def _ensure_built(self, x_cols: int):
         if self._engine is None:
-            self._build(x_cols)
+            with self._lock:
+                if self._engine is None:  # another thread may have built it meanwhile
+                    self._build(x_cols)
 
     # ------------------------------------------------------------------ data prep
     @property
@@ -330,15 +372,29 @@ class Sequential:
         x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
         validation_data: a tuple (x_val, y_val) or a ResidentDataset with targets."""
         self._require_compiled("fit")
-        if self._fitting:
-            raise RuntimeError("fit is already running on this model (called from a callback?)")
+        with self._lock:
+            if self._fit_thread is not None:
+                where = "in another thread" if self._fit_thread != threading.get_ident() else "(called from a callback?)"
+                raise RuntimeError(f"fit is already running on this model {where}")
+            self._check_not_fitting("fit")
+            self._fit_thread = threading.get_ident()
+        try:
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+                             initial_epoch)
+        finally:
+            self._fit_thread = None
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+             initial_epoch):
         batch_size = positive_int(batch_size, "batch_size")
         epochs = non_negative_int(epochs, "epochs")
         initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
         if verbose not in (0, 1, 2, "auto", True, False):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         verbose = 1 if verbose in ("auto", True) else int(verbose)
-        if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+        if isinstance(validation_split, bool) \
+                or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if y is None and not isinstance(x, ResidentDataset):
             raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y)")
@@ -379,7 +435,6 @@ class Sequential:
         cbs = CallbackList([history] + list(callbacks or []) + bar_hook, self, params)
         self.history = history
         self.stop_training = False
-        self._fitting = True
         try:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
@@ -403,8 +458,7 @@ class Sequential:
                 if self.stop_training:
                     break
         finally:
-            self._fitting = False
-            engine.end_epoch()  # an epoch left unfinished by an exception is abandoned
+            engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
             progress.close()
         cbs.on_train_end()
         return history
@@ -471,12 +525,13 @@ class Sequential:
         keeps a copy of the weights and optimizer state in backend memory ((1 + state slots) x
         parameters, e.g. 3x for Adam) for the model's lifetime."""
         self._require_compiled("train_on_batch")
-        if self._fitting:
-            raise RuntimeError("train_on_batch cannot run while fit is training this model (called from a callback?)")
+        self._check_not_fitting("train_on_batch")
         if y is None and not isinstance(x, ResidentDataset):
             raise ValueError("train_on_batch got no targets (y is None): call train_on_batch(x, y)")
-        data, _ = self._data(x, y)
-        result = self._engine.train_on_batch(data)  # a non-finite step is undone natively, whole
+        with self._lock:  # concurrent calls take turns; a fit in another thread makes them raise
+            self._check_not_fitting("train_on_batch")
+            data, _ = self._data(x, y)
+            result = self._engine.train_on_batch(data)  # a non-finite step is undone natively, whole
         if result["nonfinite"]:
             raise NonFiniteLossError("the loss of this batch, or its update, is NaN or Inf (learning rate too large?); "
                                      "the weights were not updated")
@@ -507,14 +562,30 @@ class Sequential:
         return self._unflatten(self._engine.get_params())
 
     def set_weights(self, weights):
+        """Sets [W1, b1, W2, b2, ...] (get_weights() order and shapes). On a model that is not built
+        yet, W1's first dimension gives the input width. Raises without changing the model when any
+        array is wrong."""
         if self._compile_args is None:
             raise RuntimeError("call model.compile(...) before set_weights")
         weights = list(weights)
-        if self._engine is None:
-            if not weights or np.ndim(weights[0]) != 2:
+        with self._lock:
+            # A callback of fit may set weights (between epochs or batch groups); another thread may not.
+            self._check_not_fitting("set_weights", from_callback_ok=True)
+            if self._engine is not None:
+                self._engine.set_params(self._flat_weights(weights, self._layer_shapes()))
+                return
+            if not weights or np.ndim(weights[0]) != 2 or np.shape(weights[0])[0] < 1:
                 raise ValueError("set_weights needs [W1, b1, ...] with W1 of shape (input_dim, units)")
-            self._build(int(np.shape(weights[0])[0]))
-        shapes = self._layer_shapes()
+            input_dim = int(np.shape(weights[0])[0])
+            flat = self._flat_weights(weights, self._layer_shapes(input_dim))
+            engine = self._make_engine(self._compile_args, input_dim)
+            engine.set_params(flat)
+            self._adopt_engine(engine, input_dim)
+
+    def _flat_weights(self, weights, shapes, dtype=None):
+        """The weights checked against shapes and concatenated into one flat array of dtype."""
+        dtype = self._dtype if dtype is None else np.dtype(dtype)
+        weights = list(weights)
         if len(weights) != len(shapes):
             raise ValueError(f"set_weights expects {len(shapes)} arrays, got {len(weights)}")
         parts = []
@@ -525,11 +596,11 @@ class Sequential:
             if arr.shape != shape:
                 raise ValueError(f"weight {i} has shape {arr.shape}, expected {shape}")
             with np.errstate(over="ignore"):  # overflow is reported below, by name
-                arr = arr.astype(self._dtype, copy=False)
+                arr = arr.astype(dtype, copy=False)
             if not np.isfinite(arr).all():
-                raise ValueError(f"weight {i} contains NaN or Inf (or values too large for {self._dtype.name})")
+                raise ValueError(f"weight {i} contains NaN or Inf (or values too large for {dtype.name})")
             parts.append(arr.ravel())
-        self._engine.set_params(np.concatenate(parts))
+        return np.concatenate(parts)
 
     def save(self, path):
         """Writes the model (architecture, compile config, weights, optimizer state) to one file;
