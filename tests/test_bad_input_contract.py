@@ -202,7 +202,7 @@ def test_bad_evaluate_predict_batch_size():
     (lambda: fm.Dense(0), ValueError, "units"),
     (lambda: fm.Dense(-2), ValueError, "units"),
     (lambda: fm.Dense(3, input_dim=0), ValueError, "input_dim"),
-    (lambda: fm.optimizers.SGD(lr=0.0), ValueError, "lr"),
+    (lambda: fm.optimizers.SGD(lr=-0.1), ValueError, "lr"),
     (lambda: fm.optimizers.SGD(lr=float("nan")), ValueError, "lr"),
     (lambda: fm.optimizers.SGD(momentum=-0.5), ValueError, "momentum"),
     (lambda: fm.optimizers.Adagrad(eps=-1.0), ValueError, "eps"),

@@ -114,7 +114,7 @@ def test_learning_rate_scheduler_sets_rate_before_each_epoch():
     m2 = make(lr=0.1)
     m2.fit(X, Y, epochs=2, verbose=0, callbacks=[C.LearningRateScheduler(lambda epoch: 0.01 * (epoch + 1))])
     assert m2.get_learning_rate() == pytest.approx(0.02)
-    with pytest.raises(ValueError, match="finite number > 0"):
+    with pytest.raises(ValueError, match="finite number >= 0"):
         make().fit(X, Y, epochs=1, verbose=0, callbacks=[C.LearningRateScheduler(lambda e, lr: -1.0)])
 
 

@@ -2,6 +2,7 @@
 any native call, so bad input never reaches the engine or changes a model."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -43,8 +44,12 @@ def as_features(x, name: str, input_dim: int | None, dtype) -> np.ndarray:
     return out
 
 
-def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype) -> np.ndarray:
-    """Targets as a C-contiguous (n, 1) class-id array or (n, n_out) array of dtype."""
+def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype, loss=None) -> np.ndarray:
+    """Targets as a C-contiguous (n, 1) class-id array or (n, n_out) array of dtype.
+
+    loss (an fm.losses.Loss, optional): its target_range, when set, bounds the target values:
+    cross-entropies need probabilities in [0, 1] (soft labels are fine; rows need not sum to 1,
+    as in Keras), else they report negative or meaningless losses."""
     if y is None:
         raise ValueError(f"{name} is None")
     try:
@@ -85,16 +90,61 @@ def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype) -> np.n
         out = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or Inf values (or values too large for {np.dtype(dtype).name})")
+    bounds = getattr(loss, "target_range", None)
+    if bounds is not None:
+        lo, hi = float(out.min()), float(out.max())
+        if lo < bounds[0] or hi > bounds[1]:
+            raise ValueError(f"{name} has values in [{lo:g}, {hi:g}] but {loss.name} targets must be in "
+                             f"[{bounds[0]:g}, {bounds[1]:g}]")
     return out
 
 
-def positive_int(value, name: str) -> int:
+# Upper bounds of the native integer types the values end in: a larger Python int would make
+# pybind11 raise its own TypeError ("incompatible function arguments") instead of ours.
+INT32_MAX = 2 ** 31 - 1  # batch sizes, units, rows (C int)
+INT64_MAX = 2 ** 63 - 1  # step counts (int64_t), byte counts (size_t)
+UINT64_MAX = 2 ** 64 - 1  # seeds (uint64_t)
+
+
+def positive_int(value, name: str, high: int = INT32_MAX) -> int:
+    """An integer in [1, high]; NumPy integers are accepted, bool is not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value!r}")
     return int(value)
 
 
-def non_negative_int(value, name: str) -> int:
+def non_negative_int(value, name: str, high: int = INT64_MAX) -> int:
+    """An integer in [0, high] (the default bound is int64's: epochs and byte counts never reach a C int)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value!r}")
     return int(value)
+
+
+def real_number(value, name: str, low=None, low_inclusive=True, high=None, high_inclusive=False) -> float:
+    """A finite real (Python or NumPy number, not bool) as float, optionally within bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    try:
+        v = float(value)  # float(10**400) raises OverflowError
+    except (OverflowError, ValueError, TypeError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and ((v < low) if low_inclusive else (v <= low)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {v}")
+    if high is not None and ((v > high) if high_inclusive else (v >= high)):
+        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {v}")
+    return v
+
+
+def boolean(value, name: str) -> bool:
+    """True/False (or NumPy bool, or the integers 0/1): bool("no") would silently be True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")

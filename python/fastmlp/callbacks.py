@@ -51,6 +51,8 @@ import warnings
 
 import numpy as np
 
+from ._validation import real_number
+
 
 class Callback:
     """Base class: override any of the on_* hooks (see the module docstring)."""
@@ -137,11 +139,15 @@ def _resolve_mode(mode: str, monitor: str) -> str:
     return mode
 
 
+def _finite(name, v) -> float:
+    return real_number(v, name)  # Python or NumPy numbers; 10**400 is a ValueError
+
+
 def _non_negative(name, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v) \
-            or v < 0:
+    v = _finite(name, v)
+    if v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    return float(v)
+    return v
 
 
 def _count(name, v) -> int:
@@ -207,15 +213,10 @@ class EarlyStopping(Callback):
         self._mon = _Monitor("EarlyStopping", monitor, mode)
         self.monitor = monitor
         self.mode = self._mon.mode
-        if isinstance(min_delta, (int, float)) and not isinstance(min_delta, bool):
-            min_delta = abs(min_delta)  # Keras uses |min_delta|
-        self.min_delta = _non_negative("min_delta", min_delta)
+        self.min_delta = abs(_finite("min_delta", min_delta))  # Keras uses |min_delta|
         self.patience = _count("patience", patience)
         self.start_from_epoch = _count("start_from_epoch", start_from_epoch)
-        if baseline is not None and (isinstance(baseline, bool) or not isinstance(baseline, (int, float))
-                                     or not math.isfinite(baseline)):
-            raise ValueError(f"baseline must be a finite number or None, got {baseline!r}")
-        self.baseline = None if baseline is None else float(baseline)
+        self.baseline = None if baseline is None else _finite("baseline", baseline)
         self.restore_best_weights = bool(restore_best_weights)
         self.verbose = int(verbose)
         self._reset()
@@ -324,13 +325,16 @@ class ModelCheckpoint(Callback):
             if self.verbose > 0:
                 _print(f"{where}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
                        f"saving model to {path}")
-            self.best = current
         elif self.verbose > 0:
             _print(f"{where}: saving model to {path}")
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        # model.save writes atomically under a fresh temporary name (fastmlp.saving): a crash or
+        # a planted symlink can neither damage the previous checkpoint nor redirect the write
         self.model.save(path)
+        if self.save_best_only:  # only now: a failed save must not raise the bar for the next one
+            self.best = current
         self.last_saved = path
 
 
@@ -355,11 +359,14 @@ class LearningRateScheduler(Callback):
             new_lr = self.schedule(epoch, lr)
         except TypeError:  # Keras also accepts schedule(epoch)
             new_lr = self.schedule(epoch)
-        if isinstance(new_lr, bool) or not isinstance(new_lr, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(new_lr) or new_lr <= 0:
+
+        # lr = 0 is valid (Keras and PyTorch accept it, e.g. a warm-up from 0); 10**400 is not finite
+        try:
+            new_lr = real_number(new_lr, "lr", low=0.0)
+        except ValueError:
             raise ValueError(f"the learning-rate schedule returned {new_lr!r} for epoch {epoch}; it must return a "
-                             "finite number > 0")
-        self.model.set_learning_rate(float(new_lr))
+                             "finite number >= 0") from None
+        self.model.set_learning_rate(new_lr)
         if self.verbose > 0:
             _print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(new_lr):.6g}.")
 
@@ -374,7 +381,8 @@ class ReduceLROnPlateau(Callback):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0):
         super().__init__()
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 < factor < 1.0:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float, np.integer, np.floating)) \
+                or not 0.0 < factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau factor must be in (0, 1), got {factor!r}")
         self._mon = _Monitor("ReduceLROnPlateau", monitor, mode)
         self.monitor = monitor
@@ -382,8 +390,10 @@ class ReduceLROnPlateau(Callback):
         self.factor = float(factor)
         self.patience = _count("patience", patience)
         self.cooldown = _count("cooldown", cooldown)
-        self.min_delta = _non_negative("min_delta", min_delta)
-        self.min_lr = _non_negative("min_lr", min_lr)
+
+        # real_number: NumPy scalars accepted, and 10**400 is a ValueError rather than an OverflowError
+        self.min_delta = real_number(min_delta, "min_delta", low=0.0)
+        self.min_lr = real_number(min_lr, "min_lr", low=0.0)  # 0 (the default) lets the rate reach 0
         self.verbose = int(verbose)
         self._reset()
 
@@ -410,11 +420,10 @@ class ReduceLROnPlateau(Callback):
             if self.wait >= self.patience:
                 old = self.model.get_learning_rate()
                 if old > self.min_lr:
-                    new = max(old * self.factor, self.min_lr)
-                    if new > 0:
-                        self.model.set_learning_rate(new)
-                        if self.verbose > 0:
-                            _print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:.6g}.")
+                    new = max(old * self.factor, self.min_lr)  # may be 0 with min_lr = 0: a valid rate
+                    self.model.set_learning_rate(new)
+                    if self.verbose > 0:
+                        _print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:.6g}.")
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
 

@@ -6,13 +6,15 @@ import numbers
 from . import activations as _activations
 from . import initializers as _initializers
 from . import regularizers as _regularizers
+from ._validation import INT32_MAX
 
 
 class Dense:
     def __init__(self, units, activation=None, *, input_dim=None, input_shape=None,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, name=None):
-        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
-            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        # widths are C ints natively: 2**31 would surface as a pybind11 TypeError at compile
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or not 0 < units <= INT32_MAX:
+            raise ValueError(f"Dense units must be a positive integer <= {INT32_MAX}, got {units!r}")
         if input_shape is not None:
             if input_dim is not None:
                 raise ValueError("give input_dim or input_shape, not both")
@@ -20,8 +22,8 @@ class Dense:
                 raise ValueError(f"Dense takes 1-D inputs: input_shape must be (features,), got {input_shape!r}")
             input_dim = tuple(input_shape)[0]
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
-                                      or input_dim <= 0):
-            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+                                      or not 0 < input_dim <= INT32_MAX):
+            raise ValueError(f"input_dim must be a positive integer <= {INT32_MAX}, got {input_dim!r}")
         self.units = int(units)
         self.input_dim = None if input_dim is None else int(input_dim)
         self.activation = _activations.get(activation)

@@ -14,6 +14,7 @@ of any magnitude.
 from __future__ import annotations
 
 from ._enums import LOSS_IDS
+from ._validation import boolean
 
 _ALIASES = {
     "sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
@@ -33,11 +34,19 @@ class Loss:
     name = "mse"
 
     def __init__(self, from_logits: bool = False):
-        self.from_logits = bool(from_logits)
+        self.from_logits = boolean(from_logits, "from_logits")
 
     @property
     def takes_class_ids(self) -> bool:
         return self.name in ("sparse_categorical_crossentropy", "multiclass_hinge")
+
+    @property
+    def target_range(self) -> tuple | None:
+        """(low, high) that every target value must lie in, or None. Cross-entropies take
+        probabilities (one-hot or soft labels); labels 0..9 with BCE would train to a negative loss."""
+        if self.name in ("binary_crossentropy", "categorical_crossentropy"):
+            return (0.0, 1.0)
+        return None
 
     def get_config(self) -> dict:
         return {"name": self.name, "from_logits": self.from_logits}
@@ -71,7 +80,17 @@ def get(identifier) -> Loss:
 
 
 def from_config(config: dict) -> Loss:
-    return _BY_NAME[config["name"]](from_logits=config.get("from_logits", False))
+    """The Loss that get_config described; a bad config raises ValueError naming the field."""
+    if not isinstance(config, dict):
+        raise ValueError(f"loss config must be a dict, got {type(config).__name__}")
+    unknown = sorted(set(config) - {"name", "from_logits"})
+    if unknown:
+        raise ValueError(f"loss config has unknown field(s) {', '.join(map(repr, unknown))}")
+    name = config.get("name")
+    if not isinstance(name, str) or name not in _BY_NAME:
+        raise ValueError(f"loss config field 'name': unknown loss {name!r}; "
+                         f"choose one of: {', '.join(sorted(_BY_NAME))}")
+    return _BY_NAME[name](from_logits=config.get("from_logits", False))
 
 
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",

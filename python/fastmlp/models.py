@@ -7,7 +7,6 @@ callbacks that set batch_interval).
 """
 from __future__ import annotations
 
-import copy
 import os
 import re
 import threading
@@ -198,7 +197,7 @@ class Sequential:
             if check_dtype is not None:  # e.g. RandomNormal(1e39) cannot be drawn in float32
                 check_dtype(dtype)
         # The optimizer is copied: one instance given to two models must not tie their learning rates.
-        args = dict(optimizer=copy.deepcopy(opt), loss=loss_obj, metric=metric_native, metric_key=metric_key,
+        args = dict(optimizer=opt.copy(), loss=loss_obj, metric=metric_native, metric_key=metric_key,
                     device=device, precision=precision, dtype=dtype)
         with self._lock:
             self._check_not_fitting("compile")
@@ -277,7 +276,7 @@ class Sequential:
 
     def _y(self, y, n, name="y"):
         loss = self._compile_args["loss"]
-        return as_targets(y, name, n, self.layers[-1].units, loss.takes_class_ids, self._dtype)
+        return as_targets(y, name, n, self.layers[-1].units, loss.takes_class_ids, self._dtype, loss=loss)
 
     def _xy(self, x, y, xname="x", yname="y"):
         # Both are checked before the model is built from x's width: bad targets leave an unbuilt

@@ -8,22 +8,17 @@ kernels only. `lr` may be a number or an fm.schedules schedule; `learning_rate` 
 """
 from __future__ import annotations
 
-import math
+import copy
 
 from . import _core
 from ._enums import OPTIMIZER_IDS
+from ._validation import boolean, real_number
 from .schedules import Constant, Schedule
 
 
 def _number(name, v, low=0.0, low_inclusive=True, high=None, high_inclusive=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    v = float(v)
-    if (v < low) if low_inclusive else (v <= low):
-        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {v}")
-    if high is not None and ((v > high) if high_inclusive else (v >= high)):
-        raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {v}")
-    return v
+    # Python and NumPy numbers alike (np.float32(1e-3) is a valid lr); 10**400 is not finite.
+    return real_number(v, name, low, low_inclusive, high, high_inclusive)
 
 
 class Optimizer:
@@ -33,10 +28,11 @@ class Optimizer:
     def __init__(self, lr, learning_rate=None, weight_decay=0.0):
         if learning_rate is not None:
             lr = learning_rate
+        # lr >= 0: PyTorch and Keras accept 0 (warm-up schedules start there); negative is an error
         if isinstance(lr, Schedule):
             self.schedule = lr
         else:
-            self.schedule = Constant(_number("lr", lr, 0.0, False))
+            self.schedule = Constant(_number("lr", lr))
         self.weight_decay = _number("weight_decay", weight_decay)
 
     @property
@@ -45,7 +41,12 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self.schedule.initial_lr = _number("lr", value, 0.0, False)
+        self.schedule.initial_lr = _number("lr", value)
+
+    def copy(self) -> "Optimizer":
+        """An independent deep copy (schedule included): a model compiled with it shares no state
+        with others, so set_learning_rate on one model leaves the others' rates alone."""
+        return copy.deepcopy(self)
 
     def native(self):
         c = _core.OptimizerConfig()
@@ -58,6 +59,11 @@ class Optimizer:
 
     def _fill(self, c):
         pass
+
+    def nonnegative_state_slots(self) -> dict:
+        """{slot: name} of the state slots that accumulate squared gradients and so can never be
+        negative (a model file claiming otherwise is corrupt)."""
+        return {}
 
     def get_config(self) -> dict:
         cfg = {"kind": self.kind, "schedule": self.schedule.get_config(), "weight_decay": self.weight_decay}
@@ -78,7 +84,7 @@ class SGD(Optimizer):
         super().__init__(lr, learning_rate, weight_decay)
         self.momentum = _number("momentum", momentum)
         self.dampening = _number("dampening", dampening)
-        self.nesterov = bool(nesterov)
+        self.nesterov = boolean(nesterov, "nesterov")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
@@ -102,6 +108,9 @@ class Adagrad(Optimizer):
     def _fill(self, c):
         c.lr_decay, c.initial_accumulator_value, c.eps = self.lr_decay, self.initial_accumulator_value, self.eps
 
+    def nonnegative_state_slots(self) -> dict:
+        return {0: "Adagrad sum"}
+
 
 class RMSprop(Optimizer):
     """v = alpha*v + (1-alpha)*g^2; p -= lr * g / (sqrt(v [- mean(g)^2 if centered]) + eps), with momentum."""
@@ -115,10 +124,13 @@ class RMSprop(Optimizer):
         self.alpha = _number("alpha", alpha, high=1.0, high_inclusive=True)
         self.eps = _number("eps", eps)
         self.momentum = _number("momentum", momentum)
-        self.centered = bool(centered)
+        self.centered = boolean(centered, "centered")
 
     def _fill(self, c):
         c.alpha, c.eps, c.momentum, c.centered = self.alpha, self.eps, self.momentum, self.centered
+
+    def nonnegative_state_slots(self) -> dict:
+        return {0: "square average"}
 
 
 class Adadelta(Optimizer):
@@ -135,6 +147,9 @@ class Adadelta(Optimizer):
     def _fill(self, c):
         c.rho, c.eps = self.rho, self.eps
 
+    def nonnegative_state_slots(self) -> dict:
+        return {0: "square average", 1: "accumulated update"}
+
 
 class Adam(Optimizer):
     """m, v moving averages; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps); optional AMSGrad."""
@@ -145,16 +160,21 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  learning_rate=None, beta_1=None, beta_2=None):
         super().__init__(lr, learning_rate, weight_decay)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
         b1 = b1 if beta_1 is None else beta_1
         b2 = b2 if beta_2 is None else beta_2
         self.betas = (_number("beta1", b1, high=1.0), _number("beta2", b2, high=1.0))
         self.eps = _number("eps", eps)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = boolean(amsgrad, "amsgrad")
 
     def _fill(self, c):
         c.beta1, c.beta2 = self.betas
         c.eps, c.amsgrad = self.eps, self.amsgrad
+
+    def nonnegative_state_slots(self) -> dict:
+        return {1: "second moment v", 2: "AMSGrad max of v"} if self.amsgrad else {1: "second moment v"}
 
     def get_config(self) -> dict:
         cfg = super().get_config()
@@ -188,14 +208,36 @@ def get(identifier) -> Optimizer:
 
 
 def from_config(config: dict) -> Optimizer:
+    """The optimizer that get_config described, built through its constructor so every field is
+    checked as the constructor checks it; unknown kinds or fields, wrong types and out-of-range
+    values (here or in the schedule) raise ValueError naming the field. Missing hyper-parameters
+    take the constructor's defaults; kind and schedule are required."""
     from .schedules import from_config as schedule_from_config
 
-    cfg = dict(config)
-    cls = _BY_NAME[cfg.pop("kind")]
-    schedule = schedule_from_config(cfg.pop("schedule"))
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
-    return cls(lr=schedule, **cfg)
+    if not isinstance(config, dict):
+        raise ValueError(f"optimizer config must be a dict, got {type(config).__name__}")
+    kind = config.get("kind")
+    cls = _BY_NAME.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"optimizer config field 'kind': unknown optimizer {kind!r}; choose one of: "
+                         f"{', '.join(sorted(_BY_NAME))}")
+    allowed = {"kind", "schedule", "weight_decay", *cls._fields}
+    unknown = sorted(repr(k) for k in config if k not in allowed)
+    if unknown:
+        raise ValueError(f"optimizer config has unknown field(s) {', '.join(unknown)} for {kind!r}")
+    if "schedule" not in config:
+        raise ValueError("optimizer config is missing the field 'schedule'")
+    try:
+        schedule = schedule_from_config(config["schedule"])
+    except ValueError as exc:
+        raise ValueError(f"optimizer config field 'schedule': {exc}") from None
+    kwargs = {k: v for k, v in config.items() if k not in ("kind", "schedule")}
+    if "betas" in kwargs and isinstance(kwargs["betas"], list):  # JSON writes the tuple as a list
+        kwargs["betas"] = tuple(kwargs["betas"])
+    try:
+        return cls(lr=schedule, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"optimizer config ({kind!r}): {exc}") from None
 
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get"]

@@ -5,14 +5,17 @@ l * sign(W)); L1L2(l1, l2) adds both. The penalty is part of the reported loss, 
 """
 from __future__ import annotations
 
-import math
+from ._validation import real_number
 
 
 class Regularizer:
     def __init__(self, l1: float = 0.0, l2: float = 0.0):
+        # Python or NumPy numbers; 10**400 is reported, not an OverflowError
         for name, v in (("l1", l1), ("l2", l2)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"regularization factor {name} must be a finite number >= 0, got {v!r}")
+            try:
+                real_number(v, name, low=0.0)
+            except ValueError:
+                raise ValueError(f"regularization factor {name} must be a finite number >= 0, got {v!r}") from None
         self.l1 = float(l1)
         self.l2 = float(l2)
 

@@ -10,27 +10,28 @@ Pass a schedule as an optimizer's lr: fm.optimizers.SGD(lr=fm.schedules.InverseT
 """
 from __future__ import annotations
 
-import math
+import inspect
 
 from . import _core
 from ._enums import SCHEDULE_IDS
+from ._validation import boolean, non_negative_int, real_number
 
 
 def _positive(name, v):
-    v = float(v)
-    if not (math.isfinite(v) and v > 0):
+    v = real_number(v, name)  # rejects strings, bool, NaN/Inf and ints too large for a float
+    if not v > 0:
         raise ValueError(f"{name} must be a positive number, got {v}")
     return v
 
 
 class Schedule:
     kind = "constant"
+    _config_args: dict = {}  # constructor argument -> get_config field, besides initial_lr and warmup_steps
 
     def __init__(self, initial_lr: float, warmup_steps: int = 0):
-        self.initial_lr = _positive("initial_lr", initial_lr)
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
+        # lr = 0 is allowed, as in PyTorch and Keras (e.g. a warm-up that starts from 0); negative is not
+        self.initial_lr = real_number(initial_lr, "initial_lr", low=0.0)
+        self.warmup_steps = non_negative_int(warmup_steps, "warmup_steps")  # int64_t natively
         self.decay_steps, self.rate, self.min_lr, self.staircase = 1.0, 1.0, 0.0, False
 
     def native(self):
@@ -42,7 +43,7 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         """Learning rate of update `step` (0-based), computed by the same native code as training."""
-        return _core.scheduled_lr(self.native(), self.initial_lr, int(step))
+        return _core.scheduled_lr(self.native(), self.initial_lr, non_negative_int(step, "step"))
 
     def get_config(self) -> dict:
         return {"kind": self.kind, "initial_lr": self.initial_lr, "warmup_steps": self.warmup_steps,
@@ -59,6 +60,7 @@ class Constant(Schedule):
 
 class StepDecay(Schedule):
     kind = "step"
+    _config_args = {"step_size": "decay_steps", "gamma": "rate"}
 
     def __init__(self, initial_lr, step_size, gamma=0.1, warmup_steps=0):
         super().__init__(initial_lr, warmup_steps)
@@ -68,43 +70,83 @@ class StepDecay(Schedule):
 
 class ExponentialDecay(Schedule):
     kind = "exponential"
+    _config_args = {"decay_steps": "decay_steps", "decay_rate": "rate", "staircase": "staircase"}
 
     def __init__(self, initial_lr, decay_steps, decay_rate, staircase=False, warmup_steps=0):
         super().__init__(initial_lr, warmup_steps)
         self.decay_steps = _positive("decay_steps", decay_steps)
         self.rate = _positive("decay_rate", decay_rate)
-        self.staircase = bool(staircase)
+        self.staircase = boolean(staircase, "staircase")
 
 
 class InverseTimeDecay(Schedule):
     kind = "inverse_time"
+    _config_args = {"decay_rate": "rate", "decay_steps": "decay_steps"}
 
     def __init__(self, initial_lr, decay_rate, decay_steps=1, warmup_steps=0):
         super().__init__(initial_lr, warmup_steps)
         self.decay_steps = _positive("decay_steps", decay_steps)
-        self.rate = float(decay_rate)
-        if not (math.isfinite(self.rate) and self.rate >= 0):
-            raise ValueError(f"decay_rate must be >= 0, got {decay_rate}")
+        self.rate = real_number(decay_rate, "decay_rate", low=0.0)
 
 
 class CosineDecay(Schedule):
     kind = "cosine"
+    _config_args = {"decay_steps": "decay_steps", "min_lr": "min_lr"}
 
     def __init__(self, initial_lr, decay_steps, min_lr=0.0, warmup_steps=0):
         super().__init__(initial_lr, warmup_steps)
         self.decay_steps = _positive("decay_steps", decay_steps)
-        self.min_lr = float(min_lr)
+        self.min_lr = real_number(min_lr, "min_lr")
         if not (0 <= self.min_lr <= self.initial_lr):
             raise ValueError(f"min_lr must be in [0, initial_lr], got {min_lr}")
 
 
+_BY_KIND = {c.kind: c for c in (Constant, StepDecay, ExponentialDecay, InverseTimeDecay, CosineDecay)}
+# Fields get_config writes for every kind, with the value they hold for kinds that do not use them.
+_UNUSED_DEFAULTS = {"decay_steps": 1.0, "rate": 1.0, "min_lr": 0.0, "staircase": False}
+
+
 def from_config(config: dict) -> Schedule:
-    cls = {c.kind: c for c in (Constant, StepDecay, ExponentialDecay, InverseTimeDecay, CosineDecay)}[config["kind"]]
-    s = cls.__new__(cls)
-    Schedule.__init__(s, config["initial_lr"], config["warmup_steps"])
-    s.decay_steps, s.rate = config["decay_steps"], config["rate"]
-    s.min_lr, s.staircase = config["min_lr"], config["staircase"]
-    return s
+    """The schedule that get_config described, built through its constructor so every field is
+    checked as the constructor checks it. Unknown kinds or fields, missing ones, wrong types and
+    out-of-range values raise ValueError naming the field (a saved file must not train with,
+    say, min_lr = -0.1)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"schedule config must be a dict, got {type(config).__name__}")
+    kind = config.get("kind")
+    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"schedule config field 'kind': unknown schedule {kind!r}; choose one of: "
+                         f"{', '.join(sorted(_BY_KIND))}")
+    unknown = sorted(repr(k) for k in config if k not in {"kind", "initial_lr", "warmup_steps", *_UNUSED_DEFAULTS})
+    if unknown:
+        raise ValueError(f"schedule config has unknown field(s) {', '.join(unknown)}")
+    args = {"initial_lr": "initial_lr", "warmup_steps": "warmup_steps", **cls._config_args}
+    for field, default in _UNUSED_DEFAULTS.items():
+        if field in config and field not in args.values():
+            value = config[field]
+            try:
+                ok = (boolean(value, field) if isinstance(default, bool) else real_number(value, field)) == default
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"schedule config field {field!r} must be {default!r} for a {kind!r} schedule "
+                                 f"(which does not use it), got {value!r}")
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    for arg, field in args.items():
+        if field in config:
+            kwargs[arg] = config[field]
+        elif params[arg].default is inspect.Parameter.empty:
+            raise ValueError(f"schedule config is missing the field {field!r}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # the constructor names its argument; name the config field too
+        msg = str(exc)
+        for arg, field in args.items():
+            if arg != field and msg.startswith(arg + " "):
+                msg += f" (schedule config field {field!r})"
+        raise ValueError(msg) from None
 
 
 __all__ = ["Schedule", "Constant", "StepDecay", "ExponentialDecay", "InverseTimeDecay", "CosineDecay"]
