@@ -366,6 +366,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("shuffled_indices", [](const py::object& n, const py::object& seed) {
     return shuffled_indices(checked_int(n, "n", 0, kIntMax), checked_seed(seed, "seed"));
   });
+  m.def("optimizer_state_slots", &optimizer_state_slots,
+        "per-parameter state slots the engine keeps for this optimizer config");
   m.def("derive_seed", [](const py::object& seed, const py::object& stream) {
     return derive_seed(checked_seed(seed, "seed"), checked_seed(stream, "stream"));
   });

@@ -1,6 +1,7 @@
 """fastmlp.datasets: IDX parsing, MNIST lookup/download (network mocked), digits, helpers."""
 import gzip
 import hashlib
+import os
 import struct
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_import_fastmlp_stays_light():
     code = ("import sys, fastmlp; bad = [m for m in ('matplotlib', 'sklearn', 'tqdm', 'safetensors') "
             "if m in sys.modules]; print(bad); assert not bad")
     env = {"PYTHONPATH": str(Path(fm.__file__).parents[1]), "PATH": "/usr/bin:/bin"}
+    # a sanitizer build (.ci/sanitize) needs its runtime preloaded in the child too
+    env.update({k: v for k, v in os.environ.items() if k == "LD_PRELOAD" or k.endswith("SAN_OPTIONS")})
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
 

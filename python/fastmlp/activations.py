@@ -4,6 +4,8 @@ The math itself lives in the native core (csrc/fastmlp/math.h); these objects on
 """
 from __future__ import annotations
 
+import math
+
 from ._enums import ACTIVATION_IDS
 
 
@@ -12,12 +14,13 @@ class Activation:
 
     name = "linear"
     param = 0.0
+    takes_param = False  # LeakyReLU and ELU: their param is meaningful even when it is 0
 
     def get_config(self) -> dict:
         return {"name": self.name, "param": self.param}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.param})" if self.param else f"{type(self).__name__}()"
+        return f"{type(self).__name__}({self.param})" if self.takes_param else f"{type(self).__name__}()"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Activation) and (self.name, self.param) == (other.name, other.param)
@@ -46,11 +49,12 @@ class LeakyReLU(Activation):
     """max(z, slope*z); slope must be >= 0 (default 0.01)."""
 
     name = "leaky_relu"
+    takes_param = True
 
     def __init__(self, negative_slope: float = 0.01):
         negative_slope = float(negative_slope)
-        if not negative_slope >= 0.0:
-            raise ValueError(f"LeakyReLU negative_slope must be >= 0, got {negative_slope}")
+        if not 0.0 <= negative_slope < math.inf:
+            raise ValueError(f"LeakyReLU negative_slope must be a finite number >= 0, got {negative_slope}")
         self.param = negative_slope
 
 
@@ -58,11 +62,12 @@ class ELU(Activation):
     """z for z > 0, alpha*(exp(z)-1) otherwise; alpha must be > 0 (default 1.0)."""
 
     name = "elu"
+    takes_param = True
 
     def __init__(self, alpha: float = 1.0):
         alpha = float(alpha)
-        if not alpha > 0.0:
-            raise ValueError(f"ELU alpha must be > 0, got {alpha}")
+        if not 0.0 < alpha < math.inf:
+            raise ValueError(f"ELU alpha must be a finite number > 0, got {alpha}")
         self.param = alpha
 
 
@@ -93,8 +98,14 @@ def get(identifier) -> Activation:
 
 def from_config(config: dict) -> Activation:
     act = get(config["name"])
-    if config.get("param"):
-        act = type(act)(config["param"])
+    param = config.get("param")
+    if act.takes_param:
+        if param is not None:  # 0 is a real value: LeakyReLU(0.0) must not come back as LeakyReLU(0.01)
+            if isinstance(param, bool) or not isinstance(param, (int, float)):
+                raise ValueError(f"{act.name} param must be a number, got {param!r}")
+            act = type(act)(param)
+    elif param not in (None, 0, 0.0) or isinstance(param, bool):
+        raise ValueError(f"activation {act.name!r} takes no parameter, got param={param!r}")
     return act
 
 

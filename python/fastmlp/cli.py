@@ -131,9 +131,22 @@ def _build_model(fm, input_dim, y, args):
     return model
 
 
+def _check_save_path(path):
+    """Fails before training, not after it, when --save cannot be written."""
+    folder = os.path.dirname(path) or "."
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise CLIError(f"--save {path!r} is a directory; give a file name such as model.fm")
+    if not os.path.isdir(folder):
+        raise CLIError(f"--save {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"--save {path!r}: the folder {folder!r} is not writable")
+
+
 def _cmd_train(args):
     import fastmlp as fm
 
+    if args.save is not None:
+        _check_save_path(args.save)
     x_tr, y_tr, x_te, y_te = _load_data(args.data, args.seed)
     if y_tr.ndim == 2 and y_tr.shape[1] == 1:
         y_tr = y_tr[:, 0]
@@ -150,7 +163,7 @@ def _cmd_train(args):
     which = "test" if val is not None else "train"
     print(f"{which} " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()) + f" ({seconds:.1f}s training)")
     if args.save:
-        model.save(args.save)
+        model.save(args.save)  # atomic, fresh unpredictable temporary name, no symlink followed
         print(f"saved model to {args.save}")
     return 0
 

@@ -10,11 +10,15 @@ files are downloaded from public mirrors and checked against known SHA-256 diges
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
+import math
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,8 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte": "e41c74e484045d39b462a7790a4af51301bd9b0b24f0154798d713ec68c45920",
 }
 
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand one compressed byte into more than this
+
 # IDX type codes -> big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -44,41 +50,82 @@ class DownloadError(OSError):
 # ------------------------------------------------------------------------------------- IDX files
 def read_idx(source) -> np.ndarray:
     """Parses an IDX file (a path, optionally gzipped, or its bytes) into a numpy array.
-    Raises ValueError for anything that is not a well-formed IDX file."""
+    Raises ValueError for anything that is not a well-formed IDX file.
+
+    The header is read first and its declared size checked before the data is allocated; gzip
+    data is decompressed incrementally, never beyond the declared size plus one byte, so a small
+    file cannot make this allocate more than the array it really holds."""
     name = "IDX data"
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(source)
-    else:
-        name = str(source)
-        with open(source, "rb") as f:
-            raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            raw = io.BytesIO(source)
+            size = raw.seek(0, io.SEEK_END)
+            raw.seek(0)
+        else:
+            name = str(source)
+            raw = stack.enter_context(open(source, "rb"))
+            size = os.fstat(raw.fileno()).st_size
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")) if gzipped else raw
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, ValueError) as e:
+            return _read_idx_stream(f, name, size, gzipped)
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            if not gzipped:
+                raise
             raise ValueError(f"{name}: corrupt gzip data ({e})") from None
-    if len(raw) < 4:
-        raise ValueError(f"{name}: not an IDX file (only {len(raw)} bytes, no header)")
-    if raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{name}: not an IDX file (bad magic number 0x{raw[:4].hex()})")
-    code, ndim = raw[2], raw[3]
+
+
+def _read_exactly(f, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _read_idx_stream(f, name, size, gzipped):
+    head = _read_exactly(f, 4)
+    if len(head) < 4:
+        raise ValueError(f"{name}: not an IDX file (only {len(head)} bytes, no header)")
+    if head[0] != 0 or head[1] != 0:
+        raise ValueError(f"{name}: not an IDX file (bad magic number 0x{head.hex()})")
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f"{name}: unknown IDX data type code 0x{code:02x}")
     if ndim == 0:
         raise ValueError(f"{name}: IDX header declares 0 dimensions")
+    dims = _read_exactly(f, 4 * ndim)
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{name}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions declared)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{name}: truncated IDX header ({4 + len(dims)} bytes, {ndim} dimensions declared)")
+    shape = struct.unpack(f">{ndim}I", dims)
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    have = len(raw) - header
-    if have < expected:
-        raise ValueError(f"{name}: short data: shape {shape} needs {expected} bytes, file has {have}")
-    if have > expected:
-        raise ValueError(f"{name}: {have - expected} unexpected trailing bytes after the {shape} array")
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
+    expected = math.prod(shape) * dtype.itemsize
+    if not gzipped:  # the file size tells exactly what is there
+        have = size - header
+        if have < expected:
+            raise ValueError(f"{name}: short data: shape {shape} needs {expected} bytes, file has {have}")
+        if have > expected:
+            raise ValueError(f"{name}: {have - expected} unexpected trailing bytes after the {shape} array")
+    elif expected > size * _DEFLATE_MAX_RATIO + 1024:
+        raise ValueError(f"{name}: short data: shape {shape} needs {expected} bytes, more than a {size}-byte "
+                         "gzip file can hold")
+    arr = np.empty(math.prod(shape), dtype=dtype)
+    view = memoryview(arr).cast("B")
+    have = 0
+    while have < expected:  # in chunks: memory grows only with data really there
+        n = f.readinto(view[have:have + (1 << 20)])
+        if not n:
+            raise ValueError(f"{name}: short data: shape {shape} needs {expected} bytes, file has {have}")
+        have += n
+    if f.read(1):
+        raise ValueError(f"{name}: unexpected trailing bytes after the {shape} array")
+    if not dtype.isnative:
+        arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))  # in place: no second copy
+    return arr.reshape(shape)
 
 
 def _data_dir(path) -> Path:
