@@ -244,3 +244,50 @@ def test_two_models_train_in_parallel_bit_identically():
     for m in models:
         for a, b in zip(m.get_weights(), reference.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_save_from_another_thread_during_fit_writes_one_step_boundary(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(40_000, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40_000)
+    steps = 2 * 40_000 // 4
+
+    class Record(fm.callbacks.Callback):  # weights and state after every step (bit-identical training)
+        batch_interval = 1
+
+        def __init__(self):
+            super().__init__()
+            self.by_step = {}
+
+        def on_train_batch_end(self, batch, logs=None):
+            params, state, step = self.model._engine.get_snapshot()
+            self.by_step[int(step)] = (params.copy(), state.copy())
+
+    reference, record = _small(), Record()
+    reference.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[record])
+
+    m, saved, done = _small(), [], threading.Event()
+
+    def saver():
+        while not done.is_set():
+            path = tmp_path / f"ckpt{len(saved)}.fm"
+            m.save(path)
+            saved.append(path)
+
+    t = threading.Thread(target=saver)
+    t.start()
+    try:
+        m.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    finally:
+        done.set()
+        t.join(60)
+    mid_fit = 0
+    for path in saved:
+        loaded = fm.load_model(path)
+        params, state, step = loaded._engine.get_snapshot()
+        if step == 0 or step == steps:
+            continue
+        mid_fit += 1
+        np.testing.assert_array_equal(params, record.by_step[step][0])
+        np.testing.assert_array_equal(state, record.by_step[step][1])
+    assert mid_fit > 0, "no checkpoint was taken while fit ran"
