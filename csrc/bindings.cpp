@@ -72,20 +72,47 @@ E checked_enum(const py::handle& h, const char* name, E last) {
 
 constexpr int64_t kIntMax = INT32_MAX;
 
-ModelSpec make_spec(const py::handle& input_dim, const std::vector<py::tuple>& layers, const py::handle& loss,
-                    const py::handle& metric) {
-  ModelSpec s;
-  s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
-  for (const auto& t : layers) {
-    if (t.size() != 5) throw std::invalid_argument("layer tuple must be (units, activation, param, l1, l2)");
-    LayerSpec l;
+// A layer: a dict {"kind": LayerKind id, "units", "activation" (id), "param", "l1", "l2",
+// "rate", "seed", "momentum", "epsilon", "center", "scale"} (absent keys keep LayerSpec's
+// defaults; unknown keys are an error), or a Dense as the tuple (units, activation, param, l1, l2).
+LayerSpec make_layer(const py::handle& h) {
+  LayerSpec l;
+  if (py::isinstance<py::tuple>(h)) {
+    auto t = h.cast<py::tuple>();
+    if (t.size() != 5) throw std::invalid_argument("a Dense layer tuple is (units, activation, param, l1, l2)");
     l.units = int(checked_int(t[0], "units", 1, kIntMax));
     l.activation.kind = checked_enum(t[1], "activation id", Activation::Softmax);
     l.activation.param = t[2].cast<double>();
     l.l1 = t[3].cast<double>();
     l.l2 = t[4].cast<double>();
-    s.layers.push_back(l);
+    return l;
   }
+  if (!py::isinstance<py::dict>(h)) throw std::invalid_argument("a layer is a dict of its settings");
+  for (auto item : h.cast<py::dict>()) {
+    const std::string key = py::str(item.first);
+    const py::handle v = item.second;
+    if (key == "kind") l.kind = checked_enum(v, "layer kind", LayerKind::Activation);
+    else if (key == "units") l.units = int(checked_int(v, "units", 1, kIntMax));
+    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", Activation::Softmax);
+    else if (key == "param") l.activation.param = v.cast<double>();
+    else if (key == "l1") l.l1 = v.cast<double>();
+    else if (key == "l2") l.l2 = v.cast<double>();
+    else if (key == "rate") l.dropout.rate = v.cast<double>();
+    else if (key == "seed") l.dropout.seed = checked_seed(v, "dropout seed");
+    else if (key == "momentum") l.momentum = v.cast<double>();
+    else if (key == "epsilon") l.epsilon = v.cast<double>();
+    else if (key == "center") l.center = v.cast<bool>();
+    else if (key == "scale") l.scale = v.cast<bool>();
+    else throw std::invalid_argument("unknown layer setting '" + key + "'");
+  }
+  return l;
+}
+
+ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const py::handle& loss,
+                    const py::handle& metric) {
+  ModelSpec s;
+  s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
+  for (const auto& h : layers) s.layers.push_back(make_layer(h));
   s.loss = checked_enum(loss, "loss id", Loss::MulticlassHinge);
   s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
   return s;
@@ -147,7 +174,7 @@ void bind_engine(py::module_& m, const char* name) {
   auto batch = [](const py::handle& bs) { return int(checked_int(bs, "batch_size", 1, kIntMax)); };
 
   py::class_<E>(m, name)
-      .def(py::init([](const py::object& input_dim, const std::vector<py::tuple>& layers, const py::object& loss,
+      .def(py::init([](const py::object& input_dim, const py::list& layers, const py::object& loss,
                        const py::object& metric, const std::string& device, const std::string& precision) {
              ModelSpec spec = make_spec(input_dim, layers, loss, metric);
              auto e = without_gil([&] { return std::make_unique<E>(std::move(spec), device, precision); });
@@ -286,7 +313,7 @@ void bind_engine(py::module_& m, const char* name) {
       .def("predict",
            [batch](E& e, const D& d, const py::object& batch_size) {
              const int bs = batch(batch_size);
-             Array<T> out({d.rows, int64_t(e.spec().layers.back().units)});
+             Array<T> out({d.rows, int64_t(output_width(e.spec()))});
              T* p = out.mutable_data();
              without_gil([&] { e.predict(d, bs, p); });
              return out;
@@ -298,6 +325,8 @@ void bind_engine(py::module_& m, const char* name) {
              const double loss = without_gil([&] { return e.compute_gradients(d, p); });
              return py::make_tuple(loss, g);
            })
+      .def("training_loss", [](E& e, const D& d) { return without_gil([&] { return e.training_loss(d); }); },
+           "mean loss + penalty in training mode, the one compute_gradients differentiates")
       .def("train_on_batch",
            [](E& e, const D& d) { return epoch_dict(without_gil([&] { return e.train_on_batch(d); })); });
 }

@@ -183,6 +183,46 @@ bool CudaBackend::dense_backward(int rows, int in, int out, const float* X, cons
   return false;
 }
 
+// The layer ops other than Dense: one launch each on the step's stream (two for layer
+// normalization's backward); no host reads, so they capture into the step's graph.
+void CudaBackend::activation_forward(int rows, int cols, const float* X, ActivationSpec act, float* Y) {
+  bind();
+  launch_activation_forward(int64_t(rows) * cols, X, act, Y, stream_);
+}
+
+void CudaBackend::activation_backward(int rows, int cols, const float* X, const float* Y, const float* dY,
+                                      ActivationSpec act, ActivationSpec x_act, float* dX) {
+  bind();
+  launch_activation_layer_backward(int64_t(rows) * cols, X, Y, dY, act, x_act, dX, stream_);
+}
+
+void CudaBackend::dropout_forward(int rows, int cols, const float* X, DropoutSpec d, const TrainCounters* counters,
+                                  float* Y) {
+  bind();
+  launch_dropout_forward(rows, cols, X, d, counters, Y, stream_);
+}
+
+void CudaBackend::dropout_backward(int rows, int cols, const float* X, const float* dY, DropoutSpec d,
+                                   const TrainCounters* counters, ActivationSpec x_act, float* dX) {
+  bind();
+  launch_dropout_backward(rows, cols, X, dY, d, counters, x_act, dX, stream_);
+}
+
+void CudaBackend::normalize_forward(NormSpec n, int rows, int cols, const float* X, const float* gamma,
+                                    const float* beta, const float* mean_in, const float* var_in, float* Y,
+                                    float* xhat, float* inv_std, float* mean_out, float* var_out) {
+  bind();
+  launch_normalize_forward(n, rows, cols, X, gamma, beta, mean_in, var_in, Y, xhat, inv_std, mean_out, var_out,
+                           stream_);
+}
+
+void CudaBackend::normalize_backward(NormSpec n, int rows, int cols, const float* X, const float* xhat,
+                                     const float* inv_std, const float* gamma, const float* dY, float* dgamma,
+                                     float* dbeta, ActivationSpec x_act, float* dX) {
+  bind();
+  launch_normalize_backward(n, rows, cols, X, xhat, inv_std, gamma, dY, dgamma, dbeta, x_act, dX, stream_);
+}
+
 void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
                        ActivationSpec out_act, float* dZ, TrainCounters* counters) {
   bind();

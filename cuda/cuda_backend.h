@@ -39,6 +39,19 @@ class CudaBackend final : public Backend<float> {
   bool dense_backward(int rows, int in, int out, const float* X, const void* x_record, const float* W,
                       const float* dZ, float* dW, float* db, float* dX, ActivationSpec x_act,
                       float* dX_bias_grad) override;
+  void activation_forward(int rows, int cols, const float* X, ActivationSpec act, float* Y) override;
+  void activation_backward(int rows, int cols, const float* X, const float* Y, const float* dY, ActivationSpec act,
+                           ActivationSpec x_act, float* dX) override;
+  void dropout_forward(int rows, int cols, const float* X, DropoutSpec d, const TrainCounters* counters,
+                       float* Y) override;
+  void dropout_backward(int rows, int cols, const float* X, const float* dY, DropoutSpec d,
+                        const TrainCounters* counters, ActivationSpec x_act, float* dX) override;
+  void normalize_forward(NormSpec n, int rows, int cols, const float* X, const float* gamma, const float* beta,
+                         const float* mean_in, const float* var_in, float* Y, float* xhat, float* inv_std,
+                         float* mean_out, float* var_out) override;
+  void normalize_backward(NormSpec n, int rows, int cols, const float* X, const float* xhat, const float* inv_std,
+                          const float* gamma, const float* dY, float* dgamma, float* dbeta, ActivationSpec x_act,
+                          float* dX) override;
   void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
             ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,

@@ -17,6 +17,27 @@ void launch_bias_activation(int rows, int cols, const float* b, ActivationSpec a
 // dX *= act'(X), the derivative written through the activation's output X.
 void launch_activation_backward(int64_t n, ActivationSpec act, const float* X, float* dX, cudaStream_t s);
 void launch_column_sums(int rows, int cols, const float* M, float* out, cudaStream_t s);
+
+// Layer ops other than Dense (backend.h has their semantics). layer_kernels.cu:
+// Y = act(X), element-wise (n = rows * cols).
+void launch_activation_forward(int64_t n, const float* X, ActivationSpec act, float* Y, cudaStream_t s);
+// dX = dY * act'(Y) * x_act'(X).
+void launch_activation_layer_backward(int64_t n, const float* X, const float* Y, const float* dY, ActivationSpec act,
+                                      ActivationSpec x_act, float* dX, cudaStream_t s);
+// Y = X * keep * scale with the mask of math::dropout_keep at step counters->step (read on the device).
+void launch_dropout_forward(int rows, int cols, const float* X, DropoutSpec d, const TrainCounters* counters,
+                            float* Y, cudaStream_t s);
+// dX = dY * keep * scale * x_act'(X), the same mask.
+void launch_dropout_backward(int rows, int cols, const float* X, const float* dY, DropoutSpec d,
+                             const TrainCounters* counters, ActivationSpec x_act, float* dX, cudaStream_t s);
+// norm_kernels.cu: batch normalization (statistics per column) and layer normalization (per row).
+void launch_normalize_forward(NormSpec n, int rows, int cols, const float* X, const float* gamma, const float* beta,
+                              const float* mean_in, const float* var_in, float* Y, float* xhat, float* inv_std,
+                              float* mean_out, float* var_out, cudaStream_t s);
+void launch_normalize_backward(NormSpec n, int rows, int cols, const float* X, const float* xhat,
+                               const float* inv_std, const float* gamma, const float* dY, float* dgamma,
+                               float* dbeta, ActivationSpec x_act, float* dX, cudaStream_t s);
+
 void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
                  ActivationSpec out_act, float* dZ, TrainCounters* counters, cudaStream_t s);
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,

@@ -1,8 +1,9 @@
 // One launch updates every parameter: the flat buffer is walked with a grid-stride loop, each
 // element finds its segment (kernel or bias of a layer, with that layer's L1/L2) and applies
-// math::optimizer_update. Config and step come from device memory, so a captured graph always
-// uses the current learning rate and step count. The last block to finish ends the step
-// (advances step and batch_start), which saves a separate one-thread launch per step.
+// math::optimizer_update (math::moving_average in a moving-average segment). Config and step
+// come from device memory, so a captured graph always uses the current learning rate and step
+// count. The last block to finish ends the step (advances step and batch_start), which saves a
+// separate one-thread launch per step.
 #include "check.h"
 #include "fastmlp/math.h"
 #include "kernels.h"
@@ -42,6 +43,13 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; !skip && k < n_params;
        k += int64_t(gridDim.x) * blockDim.x) {
     while (seg + 1 < n_segments && k >= segments[seg + 1].offset) ++seg;  // k only grows
+    if (segments[seg].moving_average) {
+      // BatchNormalization's moving statistics: grads[k] holds the batch statistic. Not trained,
+      // so no optimizer state, decay or penalty; a non-finite average keeps the old value.
+      const float m = math::moving_average(params[k], grads[k], segments[seg].momentum);
+      if (isfinite(m)) params[k] = m;
+      continue;
+    }
     const float l1 = float(segments[seg].l1), l2 = float(segments[seg].l2);
     float p = params[k];
     float g = grads[k];

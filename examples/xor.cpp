@@ -11,7 +11,7 @@ int main() {
   using namespace fastmlp;
   ModelSpec spec;
   spec.input_dim = 2;
-  spec.layers = {{8, {Activation::Tanh, 0.0}}, {1, {Activation::Sigmoid, 0.0}}};
+  spec.layers = {dense_layer(8, {Activation::Tanh}), dense_layer(1, {Activation::Sigmoid})};
   spec.loss = Loss::BinaryCrossentropy;
   spec.metric = Metric::BinaryAccuracy;
 

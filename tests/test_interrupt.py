@@ -63,7 +63,8 @@ def check(out):
 def test_ctrl_c_stops_fit_mid_epoch_at_a_step_boundary():
     out = child("""
         step0 = m._engine.step
-        r = interrupted(lambda: m.fit(X, Y, epochs=1, batch_size=1, verbose=0))   # 60,000 steps in one native call
+        data = m.upload(X, Y)   # uploaded first: the signal must reach the native epoch, not the conversion
+        r = interrupted(lambda: m.fit(data, epochs=1, batch_size=1, verbose=0))   # 60,000 steps in one native call
         r["steps_done"] = m._engine.step - step0
         r.update(usable())
         print(json.dumps(r))
@@ -93,7 +94,8 @@ def test_ctrl_c_in_a_batch_callback_fit_leaves_the_model_usable():
     out = child("""
         class Every(fm.callbacks.Callback):
             batch_interval = 1000
-        r = interrupted(lambda: m.fit(X, Y, epochs=1, batch_size=1, verbose=0, callbacks=[Every()]))
+        data = m.upload(X, Y)
+        r = interrupted(lambda: m.fit(data, epochs=1, batch_size=1, verbose=0, callbacks=[Every()]))
         r.update(usable())
         print(json.dumps(r))
     """)

@@ -2,11 +2,13 @@
 // that calls the shared math in fastmlp/math.h.
 #include <omp.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
 #include <stdexcept>
+#include <vector>
 
 #include "cpu/blas.h"
 #include "fastmlp/backend.h"
@@ -117,6 +119,165 @@ class CpuBackend final : public Backend<T> {
     return false;
   }
 
+  void activation_forward(int rows, int cols, const T* X, ActivationSpec act, T* Y) override {
+    const int64_t n = int64_t(rows) * cols;
+    const T p = T(act.param);
+    with_activation(act.kind, [&](auto kind) {
+#pragma omp parallel for simd if (n > kParallelThreshold)
+      for (int64_t i = 0; i < n; ++i) Y[i] = math::activate(kind.value, p, X[i]);
+    });
+  }
+
+  void activation_backward(int rows, int cols, const T* X, const T* Y, const T* dY, ActivationSpec act,
+                           ActivationSpec x_act, T* dX) override {
+    const int64_t n = int64_t(rows) * cols;
+    const T p = T(act.param), xp = T(x_act.param);
+    with_activation(act.kind, [&](auto kind) {
+      with_activation(x_act.kind, [&](auto x_kind) {
+#pragma omp parallel for simd if (n > kParallelThreshold)
+        for (int64_t i = 0; i < n; ++i)
+          dX[i] = dY[i] * math::activation_grad_from_output(kind.value, p, Y[i]) *
+                  math::activation_grad_from_output(x_kind.value, xp, X[i]);
+      });
+    });
+  }
+
+  void dropout_forward(int rows, int cols, const T* X, DropoutSpec d, const TrainCounters* counters,
+                       T* Y) override {
+    const int64_t n = int64_t(rows) * cols, step = counters->step;
+    const T scale = math::dropout_scale<T>(d.rate);
+#pragma omp parallel for if (n > kParallelThreshold)
+    for (int64_t i = 0; i < n; ++i) Y[i] = math::dropout_keep(d.seed, step, i, d.rate) ? X[i] * scale : T(0);
+  }
+
+  void dropout_backward(int rows, int cols, const T* X, const T* dY, DropoutSpec d, const TrainCounters* counters,
+                        ActivationSpec x_act, T* dX) override {
+    const int64_t n = int64_t(rows) * cols, step = counters->step;
+    const T scale = math::dropout_scale<T>(d.rate), xp = T(x_act.param);
+    with_activation(x_act.kind, [&](auto x_kind) {
+#pragma omp parallel for if (n > kParallelThreshold)
+      for (int64_t i = 0; i < n; ++i)
+        dX[i] = math::dropout_keep(d.seed, step, i, d.rate)
+                    ? dY[i] * scale * math::activation_grad_from_output(x_kind.value, xp, X[i])
+                    : T(0);
+    });
+  }
+
+  void normalize_forward(NormSpec ns, int rows, int cols, const T* X, const T* gamma, const T* beta,
+                         const T* mean_in, const T* var_in, T* Y, T* xhat, T* inv_std, T* mean_out,
+                         T* var_out) override {
+    const T eps = T(ns.epsilon);
+    auto g = [gamma](int j) { return gamma ? gamma[j] : T(1); };
+    auto b = [beta](int j) { return beta ? beta[j] : T(0); };
+    if (ns.axis == NormAxis::Features) {  // one group per row
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+      for (int i = 0; i < rows; ++i) {
+        const T* x = X + int64_t(i) * cols;
+        double sum = 0.0;
+        for (int j = 0; j < cols; ++j) sum += x[j];
+        const T mean = T(sum / cols);
+        double sq = 0.0;
+        for (int j = 0; j < cols; ++j) sq += double(x[j] - mean) * double(x[j] - mean);
+        const T inv = math::normalize_inv_std(T(sq / cols), eps);
+        inv_std[i] = inv;
+        T* h = xhat + int64_t(i) * cols;
+        T* y = Y + int64_t(i) * cols;
+        for (int j = 0; j < cols; ++j) {
+          h[j] = (x[j] - mean) * inv;
+          y[j] = g(j) * h[j] + b(j);
+        }
+      }
+      return;
+    }
+    // Batch axis: one group per column. Statistics accumulate row by row (contiguous reads).
+    std::vector<T> mean(cols), inv(cols);
+    if (mean_in) {
+      for (int j = 0; j < cols; ++j) {
+        mean[j] = mean_in[j];
+        inv[j] = math::normalize_inv_std(var_in[j], eps);
+      }
+    } else {
+      std::vector<double> sum(cols, 0.0), sq(cols, 0.0);
+      for (int i = 0; i < rows; ++i) {
+        const T* x = X + int64_t(i) * cols;
+        for (int j = 0; j < cols; ++j) sum[j] += x[j];
+      }
+      for (int j = 0; j < cols; ++j) mean[j] = T(sum[j] / rows);
+      for (int i = 0; i < rows; ++i) {
+        const T* x = X + int64_t(i) * cols;
+        for (int j = 0; j < cols; ++j) sq[j] += double(x[j] - mean[j]) * double(x[j] - mean[j]);
+      }
+      for (int j = 0; j < cols; ++j) {
+        const T var = T(sq[j] / rows);  // biased, as Keras and PyTorch normalize
+        inv[j] = math::normalize_inv_std(var, eps);
+        inv_std[j] = inv[j];
+        if (mean_out) mean_out[j] = mean[j];
+        if (var_out) var_out[j] = var;
+      }
+    }
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+    for (int i = 0; i < rows; ++i) {
+      const T* x = X + int64_t(i) * cols;
+      T* y = Y + int64_t(i) * cols;
+      T* h = mean_in ? nullptr : xhat + int64_t(i) * cols;
+      for (int j = 0; j < cols; ++j) {
+        const T hj = (x[j] - mean[j]) * inv[j];
+        if (h) h[j] = hj;
+        y[j] = g(j) * hj + b(j);
+      }
+    }
+  }
+
+  void normalize_backward(NormSpec ns, int rows, int cols, const T* X, const T* xhat, const T* inv_std,
+                          const T* gamma, const T* dY, T* dgamma, T* dbeta, ActivationSpec x_act,
+                          T* dX) override {
+    auto g = [gamma](int j) { return gamma ? gamma[j] : T(1); };
+    const T xp = T(x_act.param);
+    // dgamma and dbeta sum over rows for both axes (gamma and beta are per feature).
+    std::vector<double> sum_dy(cols, 0.0), sum_dy_xhat(cols, 0.0);
+    for (int i = 0; i < rows; ++i) {
+      const T* dy = dY + int64_t(i) * cols;
+      const T* h = xhat + int64_t(i) * cols;
+      for (int j = 0; j < cols; ++j) {
+        sum_dy[j] += dy[j];
+        sum_dy_xhat[j] += double(dy[j]) * h[j];
+      }
+    }
+    if (dgamma)
+      for (int j = 0; j < cols; ++j) dgamma[j] = T(sum_dy_xhat[j]);
+    if (dbeta)
+      for (int j = 0; j < cols; ++j) dbeta[j] = T(sum_dy[j]);
+    if (!dX) return;
+    with_activation(x_act.kind, [&](auto x_kind) {
+      if (ns.axis == NormAxis::Batch) {
+        const T n = T(rows);
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+        for (int i = 0; i < rows; ++i) {
+          const int64_t o = int64_t(i) * cols;
+          for (int j = 0; j < cols; ++j)
+            dX[o + j] = math::normalize_input_grad(dY[o + j] * g(j), xhat[o + j], inv_std[j], n,
+                                                   T(g(j) * sum_dy[j]), T(g(j) * sum_dy_xhat[j])) *
+                        math::activation_grad_from_output(x_kind.value, xp, X[o + j]);
+        }
+        return;
+      }
+      const T n = T(cols);
+#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
+      for (int i = 0; i < rows; ++i) {
+        const int64_t o = int64_t(i) * cols;
+        double s = 0.0, sh = 0.0;
+        for (int j = 0; j < cols; ++j) {
+          const double dh = double(dY[o + j]) * g(j);
+          s += dh;
+          sh += dh * xhat[o + j];
+        }
+        for (int j = 0; j < cols; ++j)
+          dX[o + j] = math::normalize_input_grad(dY[o + j] * g(j), xhat[o + j], inv_std[i], n, T(s), T(sh)) *
+                      math::activation_grad_from_output(x_kind.value, xp, X[o + j]);
+      }
+    });
+  }
+
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
             ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
     const T scale = T(1) / T(rows);
@@ -160,6 +321,13 @@ class CpuBackend final : public Backend<T> {
                                      std::to_string(Flags::slots));
             for (int sgi = 0; sgi < n_segments; ++sgi) {
               const ParamSegment seg = segments[sgi];
+              if (seg.moving_average) {  // not trained: the statistic in grads is averaged in
+                for (int64_t k = seg.offset; k < seg.offset + seg.size; ++k) {
+                  const T next = math::moving_average(params[k], grads[k], seg.momentum);
+                  if (std::isfinite(next)) params[k] = next;
+                }
+                continue;
+              }
               const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
               const int64_t n = seg.size;
               const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;

@@ -72,6 +72,40 @@ class Backend {
   virtual bool dense_backward(int rows, int in, int out, const T* X, const void* x_record, const T* W, const T* dZ,
                               T* dW, T* db, T* dX, ActivationSpec x_act, T* dX_bias_grad) = 0;
 
+  // ---- layer ops other than Dense. Each backward gets dY, the gradient of the loss w.r.t. the
+  // op's output, and writes dX, the gradient w.r.t. its input X, multiplied by x_act'(X): the
+  // derivative of the activation of the Dense op that produced X (Linear when none), as
+  // dense_backward does. dX may be null (the op is the first): then only parameter gradients.
+
+  // Y = act(X). act is never softmax (a final softmax is the loss's).
+  virtual void activation_forward(int rows, int cols, const T* X, ActivationSpec act, T* Y) = 0;
+  // dX = dY * act'(Y) * x_act'(X). dX may be dY (an in-place pass).
+  virtual void activation_backward(int rows, int cols, const T* X, const T* Y, const T* dY, ActivationSpec act,
+                                   ActivationSpec x_act, T* dX) = 0;
+
+  // Training only (inference skips the op): Y = X * keep / (1 - rate), keep drawn by
+  // math::dropout_keep from (d.seed, counters->step, row * cols + col).
+  virtual void dropout_forward(int rows, int cols, const T* X, DropoutSpec d, const TrainCounters* counters,
+                               T* Y) = 0;
+  // dX = dY * keep / (1 - rate) * x_act'(X), the same mask redrawn.
+  virtual void dropout_backward(int rows, int cols, const T* X, const T* dY, DropoutSpec d,
+                                const TrainCounters* counters, ActivationSpec x_act, T* dX) = 0;
+
+  // Y = gamma * xhat + beta, xhat = (X - mean) * inv_std, inv_std = 1 / sqrt(var + epsilon), the
+  // statistics over n.axis (gamma null: 1; beta null: 0). With stats_in (moving mean and
+  // variance, `cols` each; Batch axis only) those are used and nothing else is written;
+  // otherwise the batch's biased statistics are computed, xhat (rows x cols) and inv_std (cols
+  // for Batch, rows for Features) kept for the backward pass, and, when mean_out / var_out are
+  // not null, the mean and variance written there (Batch axis: the moving averages' targets).
+  virtual void normalize_forward(NormSpec n, int rows, int cols, const T* X, const T* gamma, const T* beta,
+                                 const T* mean_in, const T* var_in, T* Y, T* xhat, T* inv_std, T* mean_out,
+                                 T* var_out) = 0;
+  // From the forward pass's xhat and inv_std: dgamma = sums of dY * xhat and dbeta = sums of dY
+  // over n.axis (skipped when null), and dX through the statistics (x_act'(X) applied).
+  virtual void normalize_backward(NormSpec n, int rows, int cols, const T* X, const T* xhat, const T* inv_std,
+                                  const T* gamma, const T* dY, T* dgamma, T* dbeta, ActivationSpec x_act,
+                                  T* dX) = 0;
+
   // Loss of each row of logits Z against targets Y (rows x y_cols), summed into counters->loss_sum
   // and counters->metric_sum; sets counters->nonfinite on NaN/Inf. When dZ is not null it receives
   // d(mean loss)/dZ.
@@ -79,7 +113,9 @@ class Backend {
                     ActivationSpec out_act, T* dZ, TrainCounters* counters) = 0;
 
   // One fused update of all parameters, segment by segment (segments and config are backend
-  // memory, so a captured step replays with the current learning rate). Adds each segment's
+  // memory, so a captured step replays with the current learning rate). A moving-average
+  // segment gets p = momentum * p + (1 - momentum) * grads[k] instead (kept when not finite),
+  // no optimizer, decay or regularization; on skipped steps it is left alone too. Adds each segment's
   // L1/L2 gradient, and its penalty times `rows` into counters->reg_sum when any_regularizer.
   // state holds `slots` buffers of n_params each, back to back. The update is skipped when
   // counters->nonfinite; a parameter the update would make NaN/Inf keeps its value and sets it. Then ends the step: counters->step += 1 (unless nonfinite) and

@@ -1,4 +1,6 @@
-// Engine: parameter layout, workspace and the order of backend calls in a step.
+// Engine: the training loop and its counters, datasets and streaming, get/set, and the order
+// of backend calls in a step. The network itself (ops, workspace, forward, backward) is in
+// network.cpp.
 #include "fastmlp/engine.h"
 
 #include <algorithm>
@@ -15,77 +17,7 @@ namespace {
 
 std::atomic<uint64_t> next_dataset_id{1};
 
-bool is_class_id_loss(Loss l) {
-  return l == Loss::SparseCategoricalCrossentropy || l == Loss::MulticlassHinge;
-}
-
 }  // namespace
-
-int target_columns(const ModelSpec& spec) {
-  return is_class_id_loss(spec.loss) ? 1 : spec.layers.back().units;
-}
-
-void validate(const ModelSpec& spec) {
-  if (spec.input_dim <= 0) throw std::invalid_argument("input_dim must be positive, got " + std::to_string(spec.input_dim));
-  if (spec.layers.empty()) throw std::invalid_argument("a model needs at least one Dense layer");
-  for (size_t i = 0; i < spec.layers.size(); ++i) {
-    const LayerSpec& l = spec.layers[i];
-    const std::string where = "layer " + std::to_string(i);
-    if (l.units <= 0) throw std::invalid_argument(where + ": units must be positive, got " + std::to_string(l.units));
-    if (l.activation.kind == Activation::Softmax && i + 1 != spec.layers.size())
-      throw std::invalid_argument(where + ": softmax is only supported on the output layer");
-    if (l.activation.kind == Activation::LeakyRelu && !(l.activation.param >= 0.0))
-      throw std::invalid_argument(where + ": leaky_relu slope must be >= 0");
-    if (l.activation.kind == Activation::Elu && !(l.activation.param > 0.0))
-      throw std::invalid_argument(where + ": elu alpha must be > 0");
-    if (!(l.l1 >= 0.0) || !(l.l2 >= 0.0)) throw std::invalid_argument(where + ": regularization must be >= 0");
-  }
-  const Activation out = spec.layers.back().activation.kind;
-  switch (spec.loss) {
-    case Loss::SparseCategoricalCrossentropy:
-    case Loss::CategoricalCrossentropy:
-      if (out != Activation::Softmax && out != Activation::Linear)
-        throw std::invalid_argument(
-            "categorical cross-entropy needs a softmax output layer (or a linear one with from_logits=True)");
-      if (spec.layers.back().units < 2)
-        throw std::invalid_argument("categorical cross-entropy needs at least 2 output units");
-      break;
-    case Loss::BinaryCrossentropy:
-      if (out != Activation::Sigmoid && out != Activation::Linear)
-        throw std::invalid_argument(
-            "binary cross-entropy needs a sigmoid output layer (or a linear one with from_logits=True)");
-      break;
-    case Loss::MulticlassHinge:
-      if (spec.layers.back().units < 2) throw std::invalid_argument("multiclass hinge needs at least 2 output units");
-      break;
-    default: break;
-  }
-}
-
-void validate(const OptimizerConfig& c) {
-  auto need = [](bool ok, const char* what) {
-    if (!ok) throw std::invalid_argument(std::string("optimizer: ") + what);
-  };
-  auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0.0; };
-  auto in_unit = [](double v) { return v >= 0.0 && v <= 1.0; };
-  need(int(c.kind) >= 0 && c.kind <= OptimizerKind::AdamW, "unknown optimizer kind");
-  need(finite_nonneg(c.lr), "lr must be a finite number >= 0");
-  need(finite_nonneg(c.weight_decay), "weight_decay must be a finite number >= 0");
-  need(finite_nonneg(c.momentum), "momentum must be a finite number >= 0");
-  need(finite_nonneg(c.dampening), "dampening must be a finite number >= 0");
-  need(c.beta1 >= 0.0 && c.beta1 < 1.0 && c.beta2 >= 0.0 && c.beta2 < 1.0, "betas must be in [0, 1)");
-  need(finite_nonneg(c.eps), "eps must be a finite number >= 0");
-  need(in_unit(c.alpha), "alpha must be in [0, 1]");
-  need(in_unit(c.rho), "rho must be in [0, 1]");
-  need(finite_nonneg(c.lr_decay), "lr_decay must be a finite number >= 0");
-  need(finite_nonneg(c.initial_accumulator_value), "initial_accumulator_value must be a finite number >= 0");
-  const Schedule& s = c.schedule;
-  need(int(s.kind) >= 0 && s.kind <= ScheduleKind::Cosine, "unknown schedule kind");
-  need(std::isfinite(s.decay_steps) && s.decay_steps > 0.0, "schedule decay_steps must be a finite number > 0");
-  need(finite_nonneg(s.rate), "schedule rate must be a finite number >= 0");
-  need(finite_nonneg(s.min_lr), "schedule min_lr must be a finite number >= 0");
-  need(s.warmup_steps >= 0, "schedule warmup_steps must be >= 0");
-}
 
 template <typename T>
 Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& precision)
@@ -93,18 +25,32 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
   validate(spec_);
   backend_ = make_backend<T>(device, precision);
   device_ = backend_->name();
-  int fan_in = spec_.input_dim;
-  for (const LayerSpec& l : spec_.layers) {
-    const int64_t w = int64_t(fan_in) * l.units;
-    w_offset_.push_back(num_params_);
-    segments_.push_back({num_params_, w, l.l1, l.l2});
-    num_params_ += w;
-    b_offset_.push_back(num_params_);
-    segments_.push_back({num_params_, l.units, 0.0, 0.0});  // biases are never regularized
-    num_params_ += l.units;
-    any_regularizer_ = any_regularizer_ || l.l1 != 0.0 || l.l2 != 0.0;
-    fan_in = l.units;
+  const std::vector<LayerParams> layout = parameter_layout(spec_, &num_params_);
+  // One segment per parameter tensor, in layout order: kernels carry their layer's regularizer
+  // (biases, gamma and beta never do), moving statistics are averaged, not trained.
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const LayerSpec& l = spec_.layers[i];
+    const LayerParams& p = layout[i];
+    auto add = [&](int64_t offset, int64_t size, double l1, double l2, bool moving) {
+      if (offset < 0) return;
+      ParamSegment s;
+      s.offset = offset;
+      s.size = size;
+      s.l1 = l1;
+      s.l2 = l2;
+      s.moving_average = moving;
+      s.momentum = moving ? l.momentum : 0.0;
+      segments_.push_back(s);
+    };
+    add(p.w, int64_t(p.in) * p.out, l.l1, l.l2, false);
+    add(p.b, p.out, 0, 0, false);
+    add(p.gamma, p.out, 0, 0, false);
+    add(p.beta, p.out, 0, 0, false);
+    add(p.moving_mean, p.out, 0, 0, true);
+    add(p.moving_var, p.out, 0, 0, true);
+    any_regularizer_ = any_regularizer_ || (l.kind == LayerKind::Dense && (l.l1 != 0.0 || l.l2 != 0.0));
   }
+  lower(layout);
   Backend<T>* be = backend_.get();
   params_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
   grads_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
@@ -124,6 +70,8 @@ Engine<T>::~Engine() {
   acts_.clear();
   dz_.clear();
   records_.clear();
+  xhat_.clear();
+  inv_std_.clear();
   x_batch_.reset(); y_batch_.reset(); perm_.reset();
   params_.reset(); grads_.reset(); state_.reset(); undo_.reset();
   segments_dev_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
@@ -308,9 +256,9 @@ namespace {
 template <typename T>
 void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
   d.y_cols = y_host ? target_columns(spec) : 0;
-  d.class_ids = y_host && is_class_id_loss(spec.loss);
+  d.class_ids = y_host && takes_class_ids(spec.loss);
   if (!d.class_ids) return;
-  const int n_out = spec.layers.back().units;
+  const int n_out = output_width(spec);
   for (int64_t r = 0; r < d.rows; ++r) {
     const T c = y_host[r];
     if (!(c >= T(0) && c < T(n_out)) || c != std::floor(c))
@@ -404,87 +352,15 @@ std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_hos
 }
 
 template <typename T>
-void Engine<T>::ensure_workspace(int rows) {
-  if (rows <= capacity_) return;
-  Backend<T>* be = backend_.get();
-  // Forget the old workspace (and the captured steps that point at it) before allocating, so an
-  // allocation that throws leaves an engine that simply has none and allocates again next time.
-  be->reset_captures();
-  captured_dataset_ = 0;
-  capacity_ = 0;
-  acts_.clear();
-  dz_.clear();
-  records_.clear();
-  x_batch_.reset();
-  y_batch_.reset();
-  std::vector<BackendBuffer<T>> acts, dz, records;
-  for (size_t i = 0; i < spec_.layers.size(); ++i) {
-    const LayerSpec& l = spec_.layers[i];
-    acts.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
-    dz.emplace_back(be, sizeof(T) * size_t(rows) * l.units);
-    // The output layer keeps its logits (no activation in the GEMM), so it has no record.
-    const bool hidden = i + 1 < spec_.layers.size();
-    records.emplace_back(be, hidden ? be->activation_record_bytes(rows, l.units, l.activation) : 0);
-  }
-  BackendBuffer<T> x_batch(be, sizeof(T) * size_t(rows) * spec_.input_dim);
-  BackendBuffer<T> y_batch(be, sizeof(T) * size_t(rows) * spec_.layers.back().units);
-  acts_ = std::move(acts);
-  dz_ = std::move(dz);
-  records_ = std::move(records);
-  record_kept_.assign(spec_.layers.size(), false);
-  x_batch_ = std::move(x_batch);
-  y_batch_ = std::move(y_batch);
-  capacity_ = rows;
-}
-
-template <typename T>
-void Engine<T>::forward(int rows, const T* X, bool for_backward) {
-  const T* in = X;
-  int fan_in = spec_.input_dim;
-  const size_t last = spec_.layers.size() - 1;
-  for (size_t i = 0; i < spec_.layers.size(); ++i) {
-    const LayerSpec& l = spec_.layers[i];
-    // The output layer keeps its logits: the loss applies the output activation itself.
-    const ActivationSpec act = i == last ? ActivationSpec{} : l.activation;
-    const bool kept = backend_->dense_forward(rows, fan_in, l.units, in, params_.get() + w_offset_[i],
-                                              params_.get() + b_offset_[i], act, acts_[i].get(),
-                                              for_backward ? records_[i].get() : nullptr);
-    // Read by the backward pass that follows (inside a captured step both run once, at capture).
-    if (for_backward) record_kept_[i] = kept;
-    in = acts_[i].get();
-    fan_in = l.units;
-  }
-}
-
-template <typename T>
-void Engine<T>::backward(int rows, const T* X) {
-  bool bias_grad_done = false;  // set when the call that made dz_[i] also summed it into db
-  fused_backward_layers_ = 0;
-  for (size_t i = spec_.layers.size(); i-- > 0;) {
-    const bool first = i == 0;
-    const int fan_in = first ? spec_.input_dim : spec_.layers[i - 1].units;
-    const T* in = first ? X : acts_[i - 1].get();
-    const void* in_record = !first && record_kept_[i - 1] ? records_[i - 1].get() : nullptr;
-    const ActivationSpec in_act = first ? ActivationSpec{} : spec_.layers[i - 1].activation;
-    bias_grad_done = backend_->dense_backward(
-        rows, fan_in, spec_.layers[i].units, in, in_record, params_.get() + w_offset_[i], dz_[i].get(),
-        grads_.get() + w_offset_[i], bias_grad_done ? nullptr : grads_.get() + b_offset_[i],
-        first ? nullptr : dz_[i - 1].get(), in_act, first ? nullptr : grads_.get() + b_offset_[i - 1]);
-    fused_backward_layers_ += bias_grad_done;
-  }
-}
-
-template <typename T>
 void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   Backend<T>* be = backend_.get();
   auto* counters = train_counters_.template as<TrainCounters>();
-  const int n_out = spec_.layers.back().units;
   be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
                    x_batch_.get(), y_batch_.get());
-  forward(rows, x_batch_.get(), true);
-  be->loss(rows, n_out, acts_.back().get(), y_batch_.get(), data.y_cols, spec_.loss, spec_.metric,
-           spec_.layers.back().activation, dz_.back().get(), counters);
-  backward(rows, x_batch_.get());
+  forward(rows, x_batch_.get(), true, counters);
+  be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, spec_.loss, spec_.metric, out_act_, dz_.back().get(),
+           counters);
+  backward(rows, x_batch_.get(), counters);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
                      int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(), counters, rows);
 }
@@ -518,7 +394,7 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
                                 std::to_string(spec_.input_dim));
   if (!needs_targets) return;  // e.g. predict: whatever targets the data carries are not read
   if (!data.has_targets()) throw std::invalid_argument(w + " has no targets");
-  const bool wants_ids = is_class_id_loss(spec_.loss);
+  const bool wants_ids = takes_class_ids(spec_.loss);
   if (data.class_ids != wants_ids)
     throw std::invalid_argument(w + (data.class_ids ? " holds one class id per row but this model's loss takes "
                                                     : " holds target rows but this model's loss takes one class id per row") +
@@ -526,9 +402,9 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
   if (data.y_cols != target_columns(spec_))
     throw std::invalid_argument(w + " has " + std::to_string(data.y_cols) + " target columns but the model has " +
                                 std::to_string(target_columns(spec_)) + " outputs");
-  if (data.class_ids && data.max_class >= spec_.layers.back().units)
+  if (data.class_ids && data.max_class >= n_out())
     throw std::invalid_argument(w + " has class ids up to " + std::to_string(data.max_class) + " but the model has " +
-                                std::to_string(spec_.layers.back().units) + " output units");
+                                std::to_string(n_out()) + " output units");
 }
 
 template <typename T>
@@ -756,11 +632,9 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   ensure_workspace(bs);
   reset_counters(eval_counters_, false);
   auto* counters = eval_counters_.template as<TrainCounters>();
-  const int n_out = spec_.layers.back().units;
   for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
-    forward(rows, x, false);
-    backend_->loss(rows, n_out, acts_.back().get(), y, data.y_cols, spec_.loss, spec_.metric,
-                   spec_.layers.back().activation, nullptr, counters);
+    forward(rows, x, false, counters);
+    backend_->loss(rows, n_out(), logits(), y, data.y_cols, spec_.loss, spec_.metric, out_act_, nullptr, counters);
   });
   const TrainCounters c = read_counters(eval_counters_);
   result.nonfinite = c.nonfinite != 0;
@@ -777,29 +651,26 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
   if (data.rows == 0) return;
   const int bs = int(std::min<int64_t>(batch_size, data.rows));
   ensure_workspace(bs);
-  const int n = spec_.layers.back().units;
-  const ActivationSpec act = spec_.layers.back().activation;
+  const int n = n_out();
+  const ActivationSpec act = out_act_;
+  auto* counters = eval_counters_.template as<TrainCounters>();
   int64_t start = 0;
   for_each_batch(data, bs, [&](int rows, const T* x, const T*) {
-    forward(rows, x, false);
+    forward(rows, x, false, counters);
     T* out = out_host + start * n;
     start += rows;
-    backend_->to_host(out, acts_.back().get(), sizeof(T) * rows * n);
-    // The output activation on the host: a small pass over rows x n logits.
+    backend_->to_host(out, logits(), sizeof(T) * rows * n);
+    // The output activation on the host (the loss's own formula): a small pass over the logits.
     for (int r = 0; r < rows; ++r) {
       T* z = out + int64_t(r) * n;
-      if (act.kind == Activation::Softmax) {
-        const T lse = math::row_logsumexp(n, z);
-        for (int j = 0; j < n; ++j) z[j] = std::exp(z[j] - lse);
-      } else {
-        for (int j = 0; j < n; ++j) z[j] = math::activate(act.kind, T(act.param), z[j]);
-      }
+      const T lse = act.kind == Activation::Softmax ? math::row_logsumexp(n, z) : T(0);
+      for (int j = 0; j < n; ++j) z[j] = math::output_value(act, lse, z[j]);
     }
   });
 }
 
 template <typename T>
-TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuffer<T>& counters, bool keep_step) {
+TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuffer<T>& counters, bool with_backward) {
   check_dataset(given, "data", true);
   // One batch must be resident whatever the budget: streamed rows are copied in for this call
   // (OutOfMemory when they really do not fit).
@@ -815,19 +686,26 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
   if (data.rows > INT32_MAX) throw std::invalid_argument("too many rows for one batch");
   const int rows = int(data.rows);
   ensure_workspace(rows);
-  reset_counters(counters, keep_step);
-  forward(rows, data.x, true);
-  backend_->loss(rows, spec_.layers.back().units, acts_.back().get(), data.y, data.y_cols, spec_.loss, spec_.metric,
-                 spec_.layers.back().activation, dz_.back().get(), counters.template as<TrainCounters>());
-  backward(rows, data.x);
+  // Counters at the current step: it keys the dropout masks, as in the next training step.
+  TrainCounters start;
+  start.step = read_counters(train_counters_).step;
+  write_counters(counters, start);
+  auto* c = counters.template as<TrainCounters>();
+  forward(rows, data.x, true, c);
+  backend_->loss(rows, n_out(), logits(), data.y, data.y_cols, spec_.loss, spec_.metric, out_act_,
+                 with_backward ? dz_.back().get() : nullptr, c);
+  if (with_backward) backward(rows, data.x, c);
   return read_counters(counters);
 }
 
 template <typename T>
 double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
   auto held = lock();
-  const TrainCounters c = gradients_of_whole(data, eval_counters_, false);
+  const TrainCounters c = gradients_of_whole(data, eval_counters_);
   backend_->to_host(grads_host, grads_.get(), sizeof(T) * num_params_);
+  // Moving statistics are not trained: their slots hold the batch statistics, not gradients.
+  for (const ParamSegment& s : segments_)
+    if (s.moving_average) std::fill(grads_host + s.offset, grads_host + s.offset + s.size, T(0));
   if (any_regularizer_) {  // add the regularization gradient on the host: not a training path
     std::vector<T> p(num_params_);
     download_params(p.data());
@@ -839,11 +717,18 @@ double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
 }
 
 template <typename T>
+double Engine<T>::training_loss(const Dataset<T>& data) {
+  auto held = lock();
+  const TrainCounters c = gradients_of_whole(data, eval_counters_, false);
+  return c.loss_sum / double(data.rows) + regularization_penalty();
+}
+
+template <typename T>
 EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   auto held = lock();
   // It would reset the counters that carry the open epoch's position and sums.
   if (epoch_.open) throw std::logic_error("train_on_batch cannot run while an epoch is in progress");
-  const int64_t step_before = gradients_of_whole(data, train_counters_, true).step;
+  const int64_t step_before = gradients_of_whole(data, train_counters_).step;
   // A step whose update overflows some weights leaves those as they were but applies the rest;
   // a copy in backend memory (no host transfer) lets such a step be undone whole.
   Backend<T>* be = backend_.get();

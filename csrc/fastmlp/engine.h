@@ -22,29 +22,10 @@
 
 #include "fastmlp/backend.h"
 #include "fastmlp/fair_mutex.h"
+#include "fastmlp/model_spec.h"
 #include "fastmlp/types.h"
 
 namespace fastmlp {
-
-struct LayerSpec {
-  int units = 0;
-  ActivationSpec activation;
-  double l1 = 0.0, l2 = 0.0;  // kernel regularizer
-};
-
-struct ModelSpec {
-  int input_dim = 0;
-  std::vector<LayerSpec> layers;
-  Loss loss = Loss::MeanSquaredError;
-  Metric metric = Metric::None;
-};
-
-// Checks a spec and throws std::invalid_argument naming the problem.
-void validate(const ModelSpec& spec);
-// The same for optimizer settings (the bindings and embedders may pass anything).
-void validate(const OptimizerConfig& config);
-// Columns of a target row: 1 for losses that take a class id, else the output width.
-int target_columns(const ModelSpec& spec);
 
 enum class Memory { Backend, Host };
 
@@ -204,7 +185,12 @@ class Engine {
   // Output of the last layer's activation for each row of data, into host memory.
   void predict(const Dataset<T>& data, int batch_size, T* out_host);
   // Gradient of mean loss + penalty over all rows (host, num_params values); returns that loss.
+  // Training mode (dropout with the masks of the current step, batch statistics), nothing
+  // updated; the entries of moving statistics are 0.
   double compute_gradients(const Dataset<T>& data, T* grads_host);
+  // Mean loss + penalty over all rows as one batch in training mode, exactly the loss that
+  // compute_gradients differentiates (gradcheck's finite differences); nothing updated.
+  double training_loss(const Dataset<T>& data);
   // One optimizer step on exactly these rows; returns the loss before the step. A step whose
   // loss or update is not finite is undone whole (weights, state and step as before; nonfinite set
   // in the result).
@@ -222,6 +208,18 @@ class Engine {
   int fused_backward_layers() const;
 
  private:
+  // A layer op as the engine runs it, after lowering: a Dense with a linear activation takes the
+  // Activation layer after it, and the model's final activation goes to the loss.
+  struct Op {
+    LayerKind kind = LayerKind::Dense;
+    int in = 0, out = 0;
+    ActivationSpec act;  // Dense, Activation
+    DropoutSpec dropout;
+    NormSpec norm;
+    LayerParams params;
+    bool keeps_record = false;  // a hidden Dense followed by a Dense (cuBLASLt's ReLU mask)
+  };
+  void lower(const std::vector<LayerParams>& layout);
   using Lock = std::unique_lock<FairMutex>;
   Lock lock() const { return Lock(mutex_); }
   // Between two steps of a training call: lets a waiting thread in (the lock is handed over
@@ -235,12 +233,21 @@ class Engine {
   void begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
   EpochResult train_batches_locked(const Dataset<T>& data, int64_t max_batches, Lock& held);
   void ensure_workspace(int rows);
-  // for_backward: a backward pass follows, so the backend may keep activation records.
-  void forward(int rows, const T* X, bool for_backward);
-  void backward(int rows, const T* X);
+  // train: training mode (dropout, batch statistics left in the gradient buffer for the moving
+  // averages) with a backward pass to follow, so the backend may keep activation records;
+  // counters give the step that keys dropout masks.
+  void forward(int rows, const T* X, bool train, const TrainCounters* counters);
+  // After the loss wrote the logits' gradient into dz_.back().
+  void backward(int rows, const T* X, const TrainCounters* counters);
+  // The output (logits) of the last forward pass.
+  const T* logits() const { return outputs_.back(); }
+  int n_out() const { return ops_.back().out; }
   void train_step(int rows, const Dataset<T>& data);
   // Forward, loss and backward over all rows of data as one batch (gradients land in grads_).
-  TrainCounters gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool keep_step);
+  // Forward (training mode) and loss over all rows of data as one batch, into `counters` reset
+  // to the current step (which keys dropout masks), and the backward pass unless with_backward
+  // is false.
+  TrainCounters gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool with_backward = true);
   void reset_counters(BackendBuffer<T>& counters, bool keep_step);
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
   void write_counters(BackendBuffer<T>& counters, const TrainCounters& c);
@@ -265,6 +272,10 @@ class Engine {
   void for_each_batch(const Dataset<T>& data, int bs, F&& f);
 
   ModelSpec spec_;
+  std::vector<Op> ops_;
+  ActivationSpec out_act_;         // applied to the logits by the loss (and by predict)
+  bool logits_activated_ = false;  // the last op is a Dense whose activation stays (a final
+                                   // Activation follows it): the loss gradient needs its derivative
   std::shared_ptr<Backend<T>> backend_;  // shared with the datasets it holds
   std::string device_;
   mutable FairMutex mutex_;  // guards everything below
@@ -272,7 +283,6 @@ class Engine {
   std::chrono::milliseconds poll_interval_{50};
   std::chrono::steady_clock::time_point last_poll_{};
   int64_t num_params_ = 0;
-  std::vector<int64_t> w_offset_, b_offset_;
   std::vector<ParamSegment> segments_;
   bool any_regularizer_ = false;
   OptimizerConfig config_;
@@ -286,6 +296,9 @@ class Engine {
   BackendBuffer<T> x_batch_, y_batch_, perm_;
   int64_t perm_capacity_ = 0;
   std::vector<BackendBuffer<T>> acts_, dz_;
+  std::vector<BackendBuffer<T>> xhat_, inv_std_;  // normalization ops: kept for their backward
+  std::vector<const T*> outputs_;  // each op's output in the last forward pass (inference
+                                   // dropout passes its input on)
   // Per layer: what the backend keeps of its activation for the backward pass (cuBLASLt's ReLU
   // mask; empty on the CPU), and whether the last forward pass for a backward one wrote it.
   std::vector<BackendBuffer<T>> records_;

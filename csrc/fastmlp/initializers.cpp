@@ -3,6 +3,7 @@
 // with stddev = sqrt(scale / fan) / 0.87962566103423978 (Keras's correction for the truncation).
 #include "fastmlp/initializers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -26,18 +27,18 @@ std::vector<T> initial_parameters(const ModelSpec& spec, const std::vector<InitS
   if (kernels.size() != spec.layers.size())
     throw std::invalid_argument("one initializer per layer is required");
   int64_t total = 0;
-  int fan_in = spec.input_dim;
-  for (const auto& l : spec.layers) {
-    total += int64_t(fan_in) * l.units + l.units;
-    fan_in = l.units;
-  }
-  std::vector<T> params(total, T(0));
+  const std::vector<LayerParams> layout = parameter_layout(spec, &total);
+  std::vector<T> params(total, T(0));  // biases, beta and moving means start at zero
   Random rng(seed);
-  int64_t off = 0;
-  fan_in = spec.input_dim;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
-    const int fan_out = spec.layers[i].units;
+    const LayerParams& lp = layout[i];
+    // Normalizations start as the identity: gamma and the moving variance are 1 (Keras).
+    if (lp.gamma >= 0) std::fill_n(params.begin() + lp.gamma, lp.out, T(1));
+    if (lp.moving_var >= 0) std::fill_n(params.begin() + lp.moving_var, lp.out, T(1));
+    if (lp.w < 0) continue;  // only Dense kernels are drawn
+    const int fan_in = lp.in, fan_out = lp.out;
     const int64_t n = int64_t(fan_in) * fan_out;
+    const int64_t off = lp.w;
     const InitSpec& s = kernels[i];
     const std::string& k = s.kind;
     double scale = 0.0, fan = 1.0;
@@ -78,8 +79,6 @@ std::vector<T> initial_parameters(const ModelSpec& spec, const std::vector<InitS
       if (!std::isfinite(params[off + j]))
         throw std::invalid_argument("layer " + std::to_string(i) + ": the " + k +
                                     " initializer drew a weight that is not finite in this dtype");
-    off += n + fan_out;  // bias stays zero
-    fan_in = fan_out;
   }
   return params;
 }

@@ -205,6 +205,65 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
   return r;
 }
 
+// -------------------------------------------------------------------- dropout
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011): a
+// counter-based generator, so each mask element is a pure function of (seed, step, element),
+// the same on every backend, in any order, and in every replay of a captured step.
+FASTMLP_HD uint32_t mulhi32(uint32_t a, uint32_t b) { return uint32_t((uint64_t(a) * b) >> 32); }
+
+FASTMLP_HD uint32_t philox_first_word(uint64_t key, uint64_t counter_lo, uint64_t counter_hi) {
+  uint32_t c0 = uint32_t(counter_lo), c1 = uint32_t(counter_lo >> 32);
+  uint32_t c2 = uint32_t(counter_hi), c3 = uint32_t(counter_hi >> 32);
+  uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = mulhi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// Whether dropout keeps `element` (row * cols + col of the batch) at optimizer step `step`:
+// with probability 1 - rate, compared in integers so every backend decides alike.
+FASTMLP_HD bool dropout_keep(uint64_t seed, int64_t step, int64_t element, double rate) {
+  const double scaled = rate * 4294967296.0;  // rate < 1, so this is below 2^32
+  const uint32_t threshold = uint32_t(scaled);
+  return philox_first_word(seed, uint64_t(element), uint64_t(step)) >= threshold;
+}
+
+template <typename T>
+FASTMLP_HD T dropout_scale(double rate) {
+  return T(1.0 / (1.0 - rate));
+}
+
+// -------------------------------------------------------------- normalization
+// Batch- and layer normalization share these: n values of one group (a column of the batch, or
+// a row's features) with mean m and biased variance v become xhat = (x - m) * inv_std,
+// y = gamma * xhat + beta.
+template <typename T>
+FASTMLP_HD T normalize_inv_std(T var, T epsilon) {
+  return T(1) / sqrt(var + epsilon);
+}
+
+// dL/dx of one element of a group of n, given dxhat = dL/dy * gamma and the group's sums of
+// dxhat and dxhat * xhat: (n dxhat - sum dxhat - xhat sum(dxhat xhat)) * inv_std / n.
+// For n = 1 (a batch of one row) xhat = 0 and this is 0: the output does not depend on x.
+template <typename T>
+FASTMLP_HD T normalize_input_grad(T dxhat, T xhat, T inv_std, T n, T sum_dxhat, T sum_dxhat_xhat) {
+  return (n * dxhat - sum_dxhat - xhat * sum_dxhat_xhat) * inv_std / n;
+}
+
+// BatchNormalization's moving statistics (Keras): moving = momentum * moving + (1 - momentum) * batch.
+template <typename T>
+FASTMLP_HD T moving_average(T moving, T batch_value, double momentum) {
+  return T(momentum) * moving + T(1.0 - momentum) * batch_value;
+}
+
 // ----------------------------------------------------------- regularization
 template <typename T>
 FASTMLP_HD T regularization_grad(T w, T l1, T l2) {

@@ -29,6 +29,26 @@ struct ActivationSpec {
   double param = 0.0;  // leaky_relu: negative slope; elu: alpha
 };
 
+// The kinds of layer op a model is a sequence of (docs/formulas.md, "Layers").
+enum class LayerKind : int32_t { Dense = 0, Dropout, BatchNormalization, LayerNormalization, Activation };
+
+// Inverted dropout: each element is kept with probability 1 - rate, drawn from (seed, the
+// optimizer step, the element's index in the batch) by math::dropout_keep, so every backend
+// and every replay of a step draws the same mask.
+struct DropoutSpec {
+  double rate = 0.0;
+  uint64_t seed = 0;
+};
+
+// Normalization of x to mean 0 and variance 1 (biased) with a learned scale and shift:
+// BatchNormalization over the rows of a batch (one mean per column), LayerNormalization over
+// the columns of a row (one mean per row).
+enum class NormAxis : int32_t { Batch = 0, Features };
+struct NormSpec {
+  NormAxis axis = NormAxis::Batch;
+  double epsilon = 1e-3;
+};
+
 // Learning rate as a function of the optimizer step t (0-based, counted before the update).
 struct Schedule {
   ScheduleKind kind = ScheduleKind::Constant;
@@ -71,12 +91,17 @@ inline int optimizer_state_slots(const OptimizerConfig& c) {
   return 0;
 }
 
-// A contiguous run of parameters (one layer's kernel or bias) and its regularization.
+// A contiguous run of parameters (one layer's kernel, bias, gamma, ...) and its regularization.
+// A moving-average segment (BatchNormalization's moving mean and variance) is not trained: in
+// its place in the gradient buffer the forward pass leaves the batch statistic, and the update
+// step sets p = momentum * p + (1 - momentum) * statistic.
 struct ParamSegment {
   int64_t offset = 0;
   int64_t size = 0;
   double l1 = 0.0;  // adds l1 * sum|w| to the loss
   double l2 = 0.0;  // adds l2 * sum w^2 to the loss
+  int32_t moving_average = 0;
+  double momentum = 0.0;  // moving-average segments only
 };
 
 // Scalars that change from step to step. They live in backend memory and are read and
