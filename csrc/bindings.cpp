@@ -395,6 +395,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("shuffled_indices", [](const py::object& n, const py::object& seed) {
     return shuffled_indices(checked_int(n, "n", 0, kIntMax), checked_seed(seed, "seed"));
   });
+  // The layer kinds by name, from types.h's enum (Python reads them instead of copying them).
+  py::dict layer_kinds;
+  layer_kinds["dense"] = int(LayerKind::Dense);
+  layer_kinds["dropout"] = int(LayerKind::Dropout);
+  layer_kinds["batch_normalization"] = int(LayerKind::BatchNormalization);
+  layer_kinds["layer_normalization"] = int(LayerKind::LayerNormalization);
+  layer_kinds["activation"] = int(LayerKind::Activation);
+  m.attr("LAYER_KINDS") = layer_kinds;
   m.def("optimizer_state_slots", &optimizer_state_slots,
         "per-parameter state slots the engine keeps for this optimizer config");
   m.def("derive_seed", [](const py::object& seed, const py::object& stream) {

@@ -19,7 +19,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import _core  # noqa: E402
 from . import activations, callbacks  # noqa: E402, initializers, losses, optimizers, regularizers, schedules
 from .gradcheck import gradcheck
-from .layers import Dense
+from .layers import Activation, BatchNormalization, Dense, Dropout, LayerNormalization
 from .models import NonFiniteLossError, Sequential, cuda_is_available
 
 __version__ = "0.1.0"
@@ -68,6 +68,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
 
 
-__all__ = ["Sequential", "Dense", "NonFiniteLossError", "gradcheck", "set_num_threads", "get_num_threads",
+__all__ = ["Sequential", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "NonFiniteLossError", "gradcheck", "set_num_threads", "get_num_threads",
            "build_info", "cuda_is_available", "activations", "callbacks", "initializers", "losses",
            "optimizers", "regularizers", "schedules"]

@@ -1,4 +1,7 @@
 """Integer ids shared with the native core (must match csrc/fastmlp/types.h)."""
+from ._core import LAYER_KINDS
+
+LAYER_IDS = dict(LAYER_KINDS)  # exported by the core itself
 
 ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6}
 LOSS_IDS = {

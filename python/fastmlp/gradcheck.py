@@ -14,6 +14,11 @@ DEFAULT_MAX_PARAMS = 1000 parameters are checked: every one of them in a small m
 larger one a random sample (fixed by `seed`) spread over every layer's kernel and bias, so that
 no weight array goes unchecked. A 784-256-10 model with 32 rows checks in a few seconds;
 max_params=None checks all parameters.
+
+Both sides are in training mode, as compute_gradients is: Dropout applies the masks of the
+model's current optimizer step (the same mask for every evaluation, so the loss is a smooth
+function of the weights), and BatchNormalization normalizes by the batch's statistics. Moving
+statistics are not trained: their analytic and numeric derivatives are both 0.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def _twin(model, dtype):
     else:
         engine = model._new_engine(np.float32, model._engine.device, model._compile_args["precision"])
     engine.set_params(model._engine.get_params().astype(dtype))
+    engine.step = model._engine.step  # the step keys the dropout masks
     return engine
 
 
@@ -106,10 +112,10 @@ def gradcheck(model, x, y, eps=None, dtype="float64", max_params=DEFAULT_MAX_PAR
         orig = params[k]
         params[k] = orig + eps
         engine.set_params(params)
-        plus = engine.evaluate(data, rows)["loss"]
+        plus = engine.training_loss(data)
         params[k] = orig - eps
         engine.set_params(params)
-        minus = engine.evaluate(data, rows)["loss"]
+        minus = engine.training_loss(data)
         params[k] = orig
         numeric[j] = (plus - minus) / (2 * eps)
     engine.set_params(params)

@@ -15,16 +15,21 @@ import time
 import numpy as np
 
 from . import _core
+from . import activations as _activations
 from . import losses as _losses
 from . import optimizers as _optimizers
-from ._enums import ACTIVATION_IDS, LOSS_IDS, METRIC_IDS
+from ._enums import LOSS_IDS, METRIC_IDS
 from ._interop import cuda_array, device_array, device_features, device_to_host
 from ._validation import as_features, as_targets, non_negative_int, positive_int
 from .callbacks import CallbackList, History
-from .layers import Dense
+from .layers import Dense, Layer
 from .resident import ResidentDataset
 
 _EVAL_BATCH = 4096  # rows per forward pass in evaluate/predict; results do not depend on it
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -131,15 +136,31 @@ class Sequential:
         self._stop_requests += bool(value)
 
     # ------------------------------------------------------------------ structure
-    def add(self, layer: Dense):
-        if not isinstance(layer, Dense):
-            raise TypeError(f"Sequential holds fm.Dense layers, got {type(layer).__name__}")
+    def add(self, layer: Layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential holds fastmlp layers (fm.Dense, fm.Dropout, ...), got {type(layer).__name__}")
         if self._engine is not None:
             raise RuntimeError("layers cannot be added after the model is built")
-        if self.layers and layer.input_dim is not None and layer.input_dim != self.layers[-1].units:
-            raise ValueError(f"layer input_dim {layer.input_dim} does not match the previous layer's "
-                             f"{self.layers[-1].units} units")
+        if not self.layers and not isinstance(layer, Dense) and layer.input_dim is None:
+            # Only a Dense learns its input width from the first data it sees.
+            raise ValueError(f"{type(layer).__name__} as the first layer needs input_dim=... (the number of features)")
+        width = self._output_dim()
+        if self.layers and layer.input_dim is not None and width is not None and layer.input_dim != width:
+            raise ValueError(f"layer input_dim {layer.input_dim} does not match the previous layer's output width {width}")
         self.layers.append(layer)
+
+    def _output_dim(self, input_dim=None):
+        """Width of the model's output (None while the input width is unknown and no Dense sets it)."""
+        width = self.input_dim if input_dim is None else input_dim
+        for layer in self.layers:
+            width = layer.output_dim(width) if width is not None else getattr(layer, "units", None)
+        return width
+
+    @property
+    def _final_activation(self):
+        """The activation the loss applies to the logits: the last layer's, when it has one."""
+        act = self.layers[-1].final_activation if self.layers else None
+        return act if act is not None else _activations.get("linear")
 
     @property
     def input_dim(self) -> int | None:
@@ -150,10 +171,11 @@ class Sequential:
         return self._engine is not None
 
     def _layer_shapes(self, input_dim=None):
+        """Shapes of all weights in get_weights() order, layer after layer."""
         shapes, fan_in = [], self.input_dim if input_dim is None else input_dim
         for layer in self.layers:
-            shapes += [(fan_in, layer.units), (layer.units,)]
-            fan_in = layer.units
+            shapes += layer.weight_shapes(fan_in)
+            fan_in = layer.output_dim(fan_in)
         return shapes
 
     # --------------------------------------------------------------------- compile
@@ -178,7 +200,7 @@ class Sequential:
             raise ValueError(f"precision={precision!r} needs the CUDA backend")
         if dtype == np.float64 and device != "cpu":
             raise ValueError("dtype='float64' is available on the CPU backend only (use device='cpu')")
-        out = self.layers[-1].activation.name
+        out = self._final_activation.name
         if loss_obj.name in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
             if not (out == "softmax" or (out == "linear" and loss_obj.from_logits)):
                 raise ValueError(f"{loss_obj.name} needs a softmax output layer, or a linear output with "
@@ -190,10 +212,11 @@ class Sequential:
         if out == "softmax" and loss_obj.from_logits:
             raise ValueError("from_logits=True means a linear output layer, but the output is softmax")
         for i, layer in enumerate(self.layers[:-1]):
-            if layer.activation.name == "softmax":
-                raise ValueError(f"layer {i}: softmax is only supported on the output layer")
+            if getattr(layer.final_activation, "name", None) == "softmax":
+                raise ValueError(f"layer {i} ({type(layer).__name__}): softmax is only supported as the model's "
+                                 "last activation")
         for layer in self.layers:
-            check_dtype = getattr(layer.kernel_initializer, "check_dtype", None)
+            check_dtype = getattr(getattr(layer, "kernel_initializer", None), "check_dtype", None)
             if check_dtype is not None:  # e.g. RandomNormal(1e39) cannot be drawn in float32
                 check_dtype(dtype)
         # The optimizer is copied: one instance given to two models must not tie their learning rates.
@@ -229,11 +252,7 @@ class Sequential:
     def _new_engine(self, dtype, device: str, precision: str, input_dim=None, args=None):
         """A native engine for these layers, loss and metric (weights uninitialized)."""
         args = self._compile_args if args is None else args
-        layers = []
-        for layer in self.layers:
-            reg = layer.kernel_regularizer
-            layers.append((layer.units, ACTIVATION_IDS[layer.activation.name], float(layer.activation.param),
-                           0.0 if reg is None else reg.l1, 0.0 if reg is None else reg.l2))
+        layers = [layer.native(self.seed, i) for i, layer in enumerate(self.layers)]
         cls = _core.Engine64 if np.dtype(dtype) == np.float64 else _core.Engine32
         return cls(self.input_dim if input_dim is None else input_dim, layers, LOSS_IDS[args["loss"].name],
                    METRIC_IDS[args["metric"]], device, precision)
@@ -242,7 +261,7 @@ class Sequential:
         """A new engine for compile config `args` and this input width, its weights initialized from
         the seed and its optimizer set. Changes nothing in the model."""
         engine = self._new_engine(args["dtype"], args["device"], args["precision"], int(input_dim), args)
-        engine.initialize([layer.kernel_initializer.spec() for layer in self.layers],
+        engine.initialize([layer.init_spec() for layer in self.layers],
                           _core.derive_seed(self.seed, 0))
         engine.set_optimizer(args["optimizer"].native(), True)
         engine.data_budget = self._data_budget
@@ -276,7 +295,7 @@ class Sequential:
 
     def _y(self, y, n, name="y"):
         loss = self._compile_args["loss"]
-        return as_targets(y, name, n, self.layers[-1].units, loss.takes_class_ids, self._dtype, loss=loss)
+        return as_targets(y, name, n, self._output_dim(), loss.takes_class_ids, self._dtype, loss=loss)
 
     def _xy(self, x, y, xname="x", yname="y"):
         # Both are checked before the model is built from x's width: bad targets leave an unbuilt
@@ -614,16 +633,24 @@ class Sequential:
         return int(sum(np.prod(s) for s in self._layer_shapes()))
 
     def summary(self, print_fn=None):
-        """Prints layers, output shapes and parameter counts."""
+        """Prints layers, output shapes and parameter counts (trainable and not, as Keras does)."""
         print_fn = print_fn or print
         rows = [("Layer (type)", "Output Shape", "Param #")]
-        fan_in, total = self.input_dim, 0
-        for i, layer in enumerate(self.layers):
-            n = (fan_in * layer.units + layer.units) if fan_in is not None else 0
-            total += n
-            label = f"{layer.name or f'dense_{i}'} (Dense, {layer.activation.name})"
-            rows.append((label, f"(None, {layer.units})", f"{n:,}" if fan_in is not None else "?"))
-            fan_in = layer.units
+        fan_in, total, trainable = self.input_dim, 0, 0
+        counts: dict = {}
+        for layer in self.layers:
+            kind = type(layer).__name__
+            counts[kind] = counts.get(kind, -1) + 1
+            name = layer.name or f"{_snake(kind)}_{counts[kind]}"
+            act = getattr(layer, "activation", None)
+            label = f"{name} ({kind}{', ' + act.name if act is not None else ''})"
+            width = layer.output_dim(fan_in) if fan_in is not None else getattr(layer, "units", None)
+            n = sum(int(np.prod(s)) for s in layer.weight_shapes(fan_in)) if fan_in is not None else None
+            if n is not None:
+                total += n
+                trainable += layer.trainable_count(fan_in)
+            rows.append((label, f"(None, {width if width is not None else '?'})", f"{n:,}" if n is not None else "?"))
+            fan_in = width
         widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
         line = "=" * sum(widths)
         print_fn(f'Model: "{self.name}"')
@@ -632,6 +659,8 @@ class Sequential:
             print_fn("".join(col.ljust(w) for col, w in zip(r, widths)))
             print_fn(line if j == 0 else "-" * sum(widths))
         print_fn(f"Total params: {total:,}" + ("" if self.input_dim is not None else " (input_dim unknown)"))
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")
         if self._engine is not None:
             print_fn(f"Backend: {self._engine.device}")
 
