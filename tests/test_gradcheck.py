@@ -158,11 +158,9 @@ class _WrongEngine:
         loss, g = self._e.compute_gradients(data)
         return loss, (self._grad_fn(g.copy()) if self._grad_fn else g)
 
-    def evaluate(self, data, bs):
-        r = dict(self._e.evaluate(data, bs))
-        if self._loss_fn:
-            r["loss"] = self._loss_fn(r["loss"], self._e.get_params())
-        return r
+    def training_loss(self, data):  # the loss gradcheck differentiates numerically
+        loss = self._e.training_loss(data)
+        return self._loss_fn(loss, self._e.get_params()) if self._loss_fn else loss
 
 
 def _sabotage(monkeypatch, m, **kw):
