@@ -1,6 +1,7 @@
 """The `fastmlp` command line: train, evaluate, predict, demo, info.
 
     fastmlp train --data digits --hidden 128 --epochs 20 --save model.fm
+    fastmlp train --data mnist --hidden 512,512 --dropout 0.2 --batch-norm
     fastmlp evaluate --model model.fm --data digits
     fastmlp predict --model model.fm --data x.npz --out preds.npy
     fastmlp demo
@@ -113,7 +114,14 @@ def _build_model(fm, input_dim, y, args):
     y = np.asarray(y)
     layers = []
     for i, units in enumerate(hidden):
-        layers.append(fm.Dense(units, activation=args.activation, input_dim=input_dim if i == 0 else None))
+        first = input_dim if i == 0 else None
+        if args.batch_norm:  # Keras style: normalize the pre-activation, then activate
+            layers += [fm.Dense(units, activation=None, input_dim=first), fm.BatchNormalization(),
+                       fm.Activation(args.activation)]
+        else:
+            layers.append(fm.Dense(units, activation=args.activation, input_dim=first))
+        if args.dropout > 0:
+            layers.append(fm.Dropout(args.dropout))
     if _is_classification(y):
         n_classes = int(y.max()) + 1
         if y.min() < 0:
@@ -266,6 +274,16 @@ def _positive_float(text):
     return v
 
 
+def _rate(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -279,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help=data_help)
     t.add_argument("--hidden", default="512,512", help="hidden layer sizes, comma-separated (default 512,512)")
     t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    t.add_argument("--dropout", type=_rate, default=0.0, metavar="RATE",
+                   help="a Dropout layer of this rate in [0, 1) after each hidden layer, active in training only "
+                        "(default 0: none)")
+    t.add_argument("--batch-norm", action="store_true",
+                   help="BatchNormalization in each hidden layer, Keras style: Dense (no activation) -> "
+                        "BatchNormalization -> Activation")
     t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw, rmsprop, adagrad, adadelta (default adam)")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's)")
     t.add_argument("--epochs", type=_non_negative_int, default=10, help="epochs (default 10)")

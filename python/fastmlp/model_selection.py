@@ -19,7 +19,7 @@ Each trial builds a fresh model with build_fn(**model_params) (a compiled fm.Seq
 it with model.fit(x, y, validation_data=..., epochs=..., batch_size=...). Parameters named like
 fit arguments ("epochs", "batch_size", "shuffle") go to fit instead of build_fn. Without build_fn
 a default MLP builder (build_mlp) is used, searching over hidden_layer_sizes, activation,
-optimizer, learning_rate, l2, seed.
+optimizer, learning_rate, l2, dropout (a Dropout of that rate after each hidden layer), seed.
 
 Data residency: the arrays are validated and converted once, up front, and copied once into
 backend memory (the GPU for CUDA models) as ResidentDatasets by the first trial's model; every
@@ -94,16 +94,20 @@ class IntUniform(Uniform):
 
 # ------------------------------------------------------------------------------ default builder
 def build_mlp(input_dim, n_outputs, *, output_activation, loss, metrics=None, hidden_layer_sizes=(64,),
-              activation="relu", optimizer="adam", learning_rate=1e-3, l2=0.0, seed=0, device="auto"):
-    """A compiled Sequential: Dense hidden layers, then an output layer (used when build_fn is None)."""
+              activation="relu", optimizer="adam", learning_rate=1e-3, l2=0.0, dropout=0.0, seed=0, device="auto"):
+    """A compiled Sequential: Dense hidden layers (each followed by Dropout(dropout) when dropout > 0),
+    then an output layer (used when build_fn is None)."""
     import fastmlp as fm
 
     if isinstance(hidden_layer_sizes, numbers.Integral):
         hidden_layer_sizes = (hidden_layer_sizes,)
     reg = fm.regularizers.L2(l2) if l2 else None
+    rate = fm.Dropout(dropout).rate if dropout else 0.0  # checked even without hidden layers
     layers, fan_in = [], input_dim
     for units in hidden_layer_sizes:
         layers.append(fm.Dense(units, activation, input_dim=fan_in, kernel_regularizer=reg))
+        if rate:
+            layers.append(fm.Dropout(rate))
         fan_in = units
     layers.append(fm.Dense(n_outputs, output_activation, input_dim=fan_in, kernel_regularizer=reg))
     model = fm.Sequential(layers, seed=seed)

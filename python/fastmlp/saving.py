@@ -5,7 +5,17 @@ The file is a zip archive holding two members:
     fastmlp.json   format tag and version, architecture (layer configs), compile config (optimizer
                    with its schedule, loss, metric, device, precision, dtype), seed, epochs seen,
                    optimizer step counter, training history
-    arrays.npz     weights W0, b0, W1, b1, ... and the optimizer state (numpy .npz, no pickles)
+    arrays.npz     the weights, one array each in get_weights() order, and the optimizer state
+                   (numpy .npz, no pickles). An array is named after its layer's index: a Dense
+                   layer L holds W{L} (kernel) and b{L} (bias); any other layer its weight
+                   names, e.g. BatchNormalization at index 1: gamma1, beta1, moving_mean1,
+                   moving_variance1 (LayerNormalization: gamma1, beta1; Dropout and Activation
+                   have none). The flat array optimizer_state holds every slot.
+
+Format version 1 knows Dense layers only (a layer config without "class" is a Dense); a model
+with any other layer is written as version 2, which older fastmlp refuses with "upgrade
+fastmlp". Dense-only models are still written as version 1, so older fastmlp reads them, and
+every version-1 file loads here.
 
 Loading parses JSON and plain numeric arrays only (no pickles), so it never executes code. Every
 size the file declares (zip members, npy headers) is checked against the architecture in
@@ -37,16 +47,35 @@ from . import _core
 from ._atomic_write import write_atomic
 
 FORMAT = "fastmlp.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this fastmlp reads and writes (see the module doc)
 _JSON = "fastmlp.json"
 _ARRAYS = "arrays.npz"
 _MAX_JSON_BYTES = 16 << 20
 
 
+def _array_layout(model) -> list:
+    """(npz name, shape) of each weight of a built model, in get_weights() order, from the layer
+    classes' weight_shapes and output_dim: Dense layer L gives W{L}, b{L} (format 1's names), any
+    other layer its weight_names() followed by L (gamma1, moving_mean1, ...)."""
+    from .layers import Dense
+
+    out, fan_in = [], model.input_dim
+    for index, layer in enumerate(model.layers):
+        shapes = layer.weight_shapes(fan_in)
+        names = ["W", "b"] if isinstance(layer, Dense) else layer.weight_names()
+        if len(names) != len(shapes):  # a layer class that names fewer weights than it has
+            raise ValueError(f"layer {index} ({type(layer).__name__}) names {len(names)} weights but has {len(shapes)}")
+        out += [(f"{name}{index}", tuple(shape)) for name, shape in zip(names, shapes)]
+        fan_in = layer.output_dim(fan_in)
+    return out
+
+
 def _config(model, engine, step) -> dict:
     from . import __version__
+    from .layers import Dense
 
-    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "fastmlp_version": __version__,
+    version = 1 if all(isinstance(layer, Dense) for layer in model.layers) else FORMAT_VERSION
+    cfg = {"format": FORMAT, "format_version": version, "fastmlp_version": __version__,
            "model": {"class": "Sequential", "name": model.name, "seed": model.seed,
                      "epochs_seen": int(model._epochs_seen),
                      "layers": [layer.get_config() for layer in model.layers]},
@@ -85,8 +114,8 @@ def save_model(model, path) -> None:
     if engine is not None:
         # Weights, state and step of one step boundary, even while another thread trains.
         params, state, step = engine.get_snapshot()
-        for i, w in enumerate(model._unflatten(params)):
-            arrays[f"{'Wb'[i % 2]}{i // 2}"] = np.ascontiguousarray(w)
+        for (key, _), w in zip(_array_layout(model), model._unflatten(params)):
+            arrays[key] = np.ascontiguousarray(w)
         arrays["optimizer_state"] = np.ascontiguousarray(state)
     cfg = json.dumps(_config(model, engine, step), indent=1, allow_nan=False)
     buf = io.BytesIO()
@@ -273,10 +302,10 @@ def _read_config(zf, path, size):
 def _plan(cfg, path, device):
     """Everything load_model builds from fastmlp.json, before any engine exists: the (uncompiled)
     model, compile arguments, whether it is built, its step and the arrays the file must hold."""
+    from . import layers as _layers
     from . import losses as _losses
     from . import optimizers as _optimizers
     from .callbacks import History
-    from .layers import Dense
     from .models import Sequential, cuda_is_available
 
     m = cfg["model"]
@@ -285,8 +314,9 @@ def _plan(cfg, path, device):
     layers = []
     for i, lc in enumerate(m["layers"]):
         _need(isinstance(lc, dict), path, f"layer {i} config is not an object")
-        layer = Dense.from_config(lc)
-        _need(layer.units <= _C_INT_MAX and (layer.input_dim or 0) <= _C_INT_MAX, path,
+        layer = _layers.from_config(lc)  # its "class" (none: a Dense, as format 1 wrote them)
+        fan_in = layer.input_dim or 1
+        _need(max(fan_in, layer.output_dim(fan_in)) <= _C_INT_MAX, path,
               f"layer {i} is wider than the engine's limit of {_C_INT_MAX} units")
         layers.append(layer)
     seed, epochs_seen = m["seed"], m["epochs_seen"]
@@ -423,9 +453,8 @@ def load_model(path, device=None, compile: bool = True):  # noqa: A002 - Keras' 
             dtype = np.dtype(plan["compile"]["dtype"]) if plan["compile"] else np.dtype(np.float32)
             expected = {}
             if built:
-                shapes = model._layer_shapes()
-                expected = {f"{'Wb'[i % 2]}{i // 2}": tuple(s) for i, s in enumerate(shapes)}
-                n_params = sum(math.prod(s) for s in shapes)
+                expected = dict(_array_layout(model))  # shapes from the layer classes, not the file
+                n_params = sum(math.prod(s) for s in expected.values())
                 expected["optimizer_state"] = (plan["slots"] * n_params,)
             required = [k for k in expected if compile or k != "optimizer_state"]
             # a bound from the architecture, checked before the member is even opened

@@ -10,7 +10,8 @@ scikit-learn; `import fastmlp` does not (fm.MLPClassifier loads this module on f
     clf.predict_proba(X[:5])
 
 Network: Dense hidden layers of `hidden_layer_sizes` with `activation` (scikit-learn's
-"identity", "logistic", "tanh", "relu", or a fastmlp name such as "leaky_relu", "elu"); the
+"identity", "logistic", "tanh", "relu", or a fastmlp name such as "leaky_relu", "elu"), each
+followed by a Dropout layer when `dropout` > 0; the
 classifier's output is one sigmoid unit with binary cross-entropy for 2 classes and a softmax
 with (sparse) categorical cross-entropy for more; the regressor's output is linear with the mse
 loss (one unit per target column; 2-D y gives multi-output regression).
@@ -40,6 +41,11 @@ stopping            as scikit-learn: without early_stopping, training stops when
                     the data is held out, the score is its accuracy (classifier) or R^2
                     (regressor), and the best epoch's weights are restored. A ConvergenceWarning
                     is raised when max_iter epochs end without convergence.
+dropout             fastmlp's own (not in scikit-learn), default 0.0: a Dropout layer of this
+                    rate in [0, 1) after each hidden layer (0 adds none). It is active in fit and
+                    partial_fit only (loss_curve_ is the training loss with dropout applied);
+                    predict, predict_proba, score and the early_stopping score use the whole
+                    network. Its masks follow from random_state, so an int still reproduces.
 random_state        seeds weight initialization, shuffling and the validation split; with an int
                     two fits give the same model.
 device              "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
@@ -120,7 +126,7 @@ class _Convergence(Callback):
 class _BaseMLP(BaseEstimator):
     _is_classifier = False
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4,
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=1e-4, dropout=0.0,
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
@@ -129,6 +135,7 @@ class _BaseMLP(BaseEstimator):
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
+        self.dropout = dropout
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.max_iter = max_iter
@@ -173,6 +180,8 @@ class _BaseMLP(BaseEstimator):
             v = getattr(self, name)
             if not _is_number(v) or v < low:
                 raise ValueError(f"{name} must be a finite number >= {low}, got {v!r}")
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not _is_number(self.learning_rate_init) or self.learning_rate_init <= 0:
             raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
         for name in ("max_iter", "n_iter_no_change"):
@@ -226,6 +235,8 @@ class _BaseMLP(BaseEstimator):
         layers, fan_in = [], n_features
         for units in hidden:
             layers.append(fm.Dense(units, act, input_dim=fan_in, kernel_regularizer=reg))
+            if self.dropout > 0:  # seeded from the model's seed (random_state) and its position
+                layers.append(fm.Dropout(float(self.dropout)))
             fan_in = units
         out_act, loss, metrics = self._output(n_out)
         layers.append(fm.Dense(n_out, out_act, input_dim=fan_in, kernel_regularizer=reg))
