@@ -3,6 +3,7 @@
     python bench/bench_mnist.py                       # CPU, 784-512-512-10 ReLU, Adam, batch 128
     python bench/bench_mnist.py --device cuda --config all --precision float32,tf32,bf16
     python bench/bench_mnist.py --data /path/to/mnist --epochs 5 --threads 2
+    python bench/bench_mnist.py --config keras_mnist_mlp     # Keras's mnist_mlp: Dropout, RMSprop, 20 epochs
 
 Prints one JSON document: per framework and config the seconds of every epoch, the median
 of epochs 2..N (the first includes warm-up: graph capture, cuBLAS heuristics, allocation),
@@ -28,7 +29,15 @@ CONFIGS = {
     "keras_demo": ((100,), "sigmoid", 100),
     "small_b1024": ((64, 64, 64), "relu", 1024),
     "wide4096": ((4096, 4096), "relu", 4096),
+    # Keras's examples/mnist_mlp.py: Dropout(0.2) after each hidden layer, RMSprop(lr=1e-3, rho=0.9)
+    "keras_mnist_mlp": ((512, 512), "relu", 128),
 }
+# Settings beyond the table (default: no dropout, Adam(lr=1e-3), the --epochs given).
+EXTRAS = {"keras_mnist_mlp": {"dropout": 0.2, "optimizer": ("rmsprop", 1e-3, 0.9), "epochs": 20}}
+
+
+def extras(cfg):
+    return {"dropout": 0.0, "optimizer": ("adam", 1e-3, None), "epochs": None, **EXTRAS.get(cfg, {})}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
@@ -56,10 +65,18 @@ def run_fastmlp(cfg, data, device, precision, epochs, seed, data_budget=None):
     import fastmlp as fm
 
     hidden, act, bs = CONFIGS[cfg]
+    ex = extras(cfg)
     x, y, xt, yt = data
-    layers = [fm.Dense(hidden[0], activation=act, input_dim=784)] + [fm.Dense(h, activation=act) for h in hidden[1:]]
+    layers, fan_in = [], 784
+    for h in hidden:
+        layers.append(fm.Dense(h, activation=act, input_dim=fan_in if not layers else None))
+        if ex["dropout"]:
+            layers.append(fm.Dropout(ex["dropout"]))
+        fan_in = h
     model = fm.Sequential(layers + [fm.Dense(10, activation="softmax")], seed=seed)
-    model.compile(optimizer=fm.optimizers.Adam(lr=1e-3), loss="sparse_categorical_crossentropy",
+    name, lr, alpha = ex["optimizer"]
+    opt = fm.optimizers.RMSprop(lr=lr, alpha=alpha) if name == "rmsprop" else fm.optimizers.Adam(lr=lr)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], device=device, precision=precision)
     model.data_budget = data_budget
     timer = EpochTimer()
@@ -75,16 +92,20 @@ def run_torch(cfg, data, device, precision, epochs, seed, compile_mode=None):
     import torch.nn.functional as F
 
     hidden, act, bs = CONFIGS[cfg]
+    ex = extras(cfg)
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}
     mods, fan_in = [], 784
     for h in hidden:
-        mods += [torch.nn.Linear(fan_in, h), acts[act]()]
+        mods += [torch.nn.Linear(fan_in, h), acts[act]()] + ([torch.nn.Dropout(ex["dropout"])] if ex["dropout"] else [])
         fan_in = h
     model = torch.nn.Sequential(*mods, torch.nn.Linear(fan_in, 10)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if dev.type == "cuda" else {"foreach": True}))
+    name, lr, alpha = ex["optimizer"]
+    fast = {"fused": True} if dev.type == "cuda" and name == "adam" else {"foreach": True}
+    opt = (torch.optim.RMSprop(model.parameters(), lr=lr, alpha=alpha, foreach=True) if name == "rmsprop"
+           else torch.optim.Adam(model.parameters(), lr=lr, **fast))
     x, y, xt, yt = (torch.from_numpy(a).to(dev) for a in data)
     autocast = precision == "bf16" and dev.type == "cuda"
 
@@ -98,6 +119,7 @@ def run_torch(cfg, data, device, precision, epochs, seed, compile_mode=None):
     if compile_mode:
         step = torch.compile(step, mode=compile_mode)
     times, n = [], x.shape[0]
+    model.train()
     for _ in range(epochs):
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -109,6 +131,7 @@ def run_torch(cfg, data, device, precision, epochs, seed, compile_mode=None):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    model.eval()
     with torch.no_grad():
         acc = float((model(xt).argmax(1) == yt).float().mean())
     return summarize(times, n, acc, str(dev))
@@ -156,13 +179,15 @@ def main(argv=None):
         report["torch_version"] = None
     for cfg in configs:
         for precision in args.precision.split(","):
-            row = {"config": cfg, "layers": CONFIGS[cfg], "precision": precision}
-            row["fastmlp"] = run_fastmlp(cfg, data, args.device, precision, args.epochs, args.seed, args.data_budget)
+            epochs = extras(cfg)["epochs"] or args.epochs
+            row = {"config": cfg, "layers": CONFIGS[cfg], **{k: v for k, v in extras(cfg).items() if k != "epochs"},
+                   "epochs": epochs, "precision": precision}
+            row["fastmlp"] = run_fastmlp(cfg, data, args.device, precision, epochs, args.seed, args.data_budget)
             if have_torch:
-                row["pytorch"] = run_torch(cfg, data, args.device, precision, args.epochs, args.seed)
+                row["pytorch"] = run_torch(cfg, data, args.device, precision, epochs, args.seed)
                 row["speedup_vs_pytorch"] = row["pytorch"]["median_epoch_seconds"] / row["fastmlp"]["median_epoch_seconds"]
                 if args.torch_compile:
-                    row["pytorch_compile"] = run_torch(cfg, data, args.device, precision, args.epochs, args.seed,
+                    row["pytorch_compile"] = run_torch(cfg, data, args.device, precision, epochs, args.seed,
                                                        args.torch_compile)
             else:
                 row["pytorch"] = "not importable"
