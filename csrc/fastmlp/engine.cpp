@@ -4,7 +4,6 @@
 #include "fastmlp/engine.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -13,11 +12,6 @@
 #include "fastmlp/random.h"
 
 namespace fastmlp {
-namespace {
-
-std::atomic<uint64_t> next_dataset_id{1};
-
-}  // namespace
 
 template <typename T>
 Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& precision)
@@ -250,107 +244,6 @@ void Engine<T>::set_learning_rate(double lr) {
   upload_config();
 }
 
-namespace {
-// Describes host targets y (rows x target_columns) for `spec`: class ids are checked to be
-// integers in [0, outputs) here, once, so no kernel ever indexes outside a row of logits.
-template <typename T>
-void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
-  d.y_cols = y_host ? target_columns(spec) : 0;
-  d.class_ids = y_host && takes_class_ids(spec.loss);
-  if (!d.class_ids) return;
-  const int n_out = output_width(spec);
-  for (int64_t r = 0; r < d.rows; ++r) {
-    const T c = y_host[r];
-    if (!(c >= T(0) && c < T(n_out)) || c != std::floor(c))
-      throw std::invalid_argument("target " + std::to_string(r) + " is " + std::to_string(double(c)) +
-                                  ": class ids must be integers in [0, " + std::to_string(n_out) + ")");
-    d.max_class = std::max<int64_t>(d.max_class, int64_t(c));
-  }
-}
-}  // namespace
-
-template <typename T>
-void Engine<T>::make_resident(Dataset<T>& d, const T* x, const T* y) const {
-  const size_t x_bytes = sizeof(T) * d.rows * d.x_cols, y_bytes = sizeof(T) * d.rows * d.y_cols;
-  BackendBuffer<T> xs(backend_.get(), x_bytes), ys(backend_.get(), y ? y_bytes : 0);
-  backend_->to_backend(xs.get(), x, x_bytes);
-  if (y) backend_->to_backend(ys.get(), y, y_bytes);
-  d.x_storage = std::move(xs);
-  d.y_storage = std::move(ys);
-  d.x = d.x_storage.get();
-  d.y = d.y_storage.get();
-}
-
-template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
-                                              std::shared_ptr<const void> keep) const {
-  auto held = lock();
-  auto d = std::make_shared<Dataset<T>>();
-  d->owner = backend_;
-  d->device = backend_->name();
-  d->rows = rows;
-  d->x_cols = spec_.input_dim;
-  describe_targets(*d, spec_, y);
-  const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
-  bool resident = bytes <= budget();
-  if (resident) {
-    try {
-      make_resident(*d, x, y);
-    } catch (const OutOfMemory&) {  // e.g. the validation set after the training set: stream it
-      resident = false;
-    }
-  }
-  if (!resident) {
-    d->streamed = true;
-    if (!keep) {  // no promise that the caller's array lives on: stream from our own copy
-      auto copy = std::make_shared<std::vector<T>>(x, x + rows * d->x_cols);
-      x = copy->data();
-      keep = std::move(copy);
-    }
-    d->host_x = x;
-    d->host_owner = std::move(keep);
-    if (y) {
-      d->host_y_copy.assign(y, y + rows * d->y_cols);
-      d->host_y = d->host_y_copy.data();
-    }
-  }
-  d->id = next_dataset_id++;
-  return d;
-}
-
-template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy) const {
-  auto held = lock();
-  auto d = std::make_shared<Dataset<T>>();
-  d->owner = backend_;
-  d->device = backend_->name();
-  d->rows = rows;
-  d->x_cols = spec_.input_dim;
-  describe_targets(*d, spec_, y_host);
-  d->x = x_backend;
-  // Another library may still be writing the array on its own stream.
-  backend_->synchronize_device();
-  if (own_copy) {
-    const size_t x_bytes = sizeof(T) * rows * d->x_cols;
-    try {
-      d->x_storage = BackendBuffer<T>(backend_.get(), x_bytes);
-    } catch (const OutOfMemory& e) {
-      throw OutOfMemory(std::string(e.what()) + " (copying a GPU array for upload; pass the array to fit directly to "
-                        "use it in place)");
-    }
-    backend_->copy(d->x_storage.get(), x_backend, x_bytes);
-    backend_->synchronize();  // other engines (other streams) may read it next
-    d->x = d->x_storage.get();
-  }
-  if (y_host) {
-    d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
-    backend_->to_backend(d->y_storage.get(), y_host, sizeof(T) * rows * d->y_cols);
-    d->y = d->y_storage.get();
-  }
-  d->id = next_dataset_id++;
-  return d;
-}
-
 template <typename T>
 void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   Backend<T>* be = backend_.get();
@@ -385,76 +278,10 @@ TrainCounters Engine<T>::read_counters(const BackendBuffer<T>& counters) const {
 }
 
 template <typename T>
-void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool needs_targets) const {
-  const std::string w = what;
-  if (data.device != backend_->name())
-    throw std::invalid_argument(w + " lives on " + data.device + " but this model runs on " + backend_->name());
-  if (data.x_cols != spec_.input_dim)
-    throw std::invalid_argument(w + " has " + std::to_string(data.x_cols) + " features per row but the model's input_dim is " +
-                                std::to_string(spec_.input_dim));
-  if (!needs_targets) return;  // e.g. predict: whatever targets the data carries are not read
-  if (!data.has_targets()) throw std::invalid_argument(w + " has no targets");
-  const bool wants_ids = takes_class_ids(spec_.loss);
-  if (data.class_ids != wants_ids)
-    throw std::invalid_argument(w + (data.class_ids ? " holds one class id per row but this model's loss takes "
-                                                    : " holds target rows but this model's loss takes one class id per row") +
-                                (data.class_ids ? std::to_string(target_columns(spec_)) + " target values per row" : ""));
-  if (data.y_cols != target_columns(spec_))
-    throw std::invalid_argument(w + " has " + std::to_string(data.y_cols) + " target columns but the model has " +
-                                std::to_string(target_columns(spec_)) + " outputs");
-  if (data.class_ids && data.max_class >= n_out())
-    throw std::invalid_argument(w + " has class ids up to " + std::to_string(data.max_class) + " but the model has " +
-                                std::to_string(n_out()) + " output units");
-}
-
-template <typename T>
 void Engine<T>::set_batch_start(int64_t position) {
   TrainCounters c = read_counters(train_counters_);
   c.batch_start = position;
   write_counters(train_counters_, c);
-}
-
-template <typename T>
-int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
-  // Chunks of at most 256 MiB: larger ones save little copy overhead and take GPU memory from others.
-  constexpr size_t kMaxChunkBytes = size_t(256) << 20;
-  const size_t row_bytes = sizeof(T) * size_t(data.x_cols + data.y_cols);
-  const int64_t all_rows = (data.rows + bs - 1) / bs * bs;
-  auto wanted = [&] {
-    const int64_t fit = int64_t(std::min(budget(), kMaxChunkBytes) / row_bytes) / bs * bs;
-    return std::min(std::max<int64_t>(fit, bs), all_rows);  // at least one batch, even over budget
-  };
-  auto holds = [&](int64_t rows) {
-    return stream_.x.bytes() >= sizeof(T) * rows * data.x_cols && stream_.y.bytes() >= sizeof(T) * rows * data.y_cols &&
-           stream_.staging.bytes() >= row_bytes * rows;
-  };
-  int64_t rows = wanted();
-  if (!holds(rows)) {
-    // Drop the old buffers first (they count as used memory in the budget) and everything that
-    // points at them, so an allocation that throws leaves no stale pointer behind.
-    backend_->reset_captures();
-    captured_dataset_ = 0;
-    stream_.holds_epoch_chunk = false;
-    stream_.view.x = stream_.view.y = nullptr;
-    stream_.view.id = next_dataset_id++;  // captured steps must not point at the old buffers
-    stream_.x.reset();
-    stream_.y.reset();
-    stream_.staging.reset();
-    rows = wanted();
-    Backend<T>* be = backend_.get();
-    BackendBuffer<T> x(be, sizeof(T) * rows * data.x_cols), y(be, sizeof(T) * rows * data.y_cols);
-    HostBuffer<T> staging(be, row_bytes * rows);
-    stream_.x = std::move(x);
-    stream_.y = std::move(y);
-    stream_.staging = std::move(staging);
-  }
-  stream_.view.x = stream_.x.get();
-  stream_.view.y = stream_.y.get();
-  stream_.view.x_cols = data.x_cols;
-  stream_.view.y_cols = data.y_cols;
-  stream_.view.rows = rows;
-  stream_.view.device = backend_->name();
-  return rows;
 }
 
 template <typename T>
@@ -466,33 +293,6 @@ void Engine<T>::upload_order(const int32_t* order, int64_t rows) {
     captured_dataset_ = 0;
   }
   if (rows) backend_->to_backend(perm_.get(), order, sizeof(int32_t) * rows);
-}
-
-template <typename T>
-void Engine<T>::prepare_stream_epoch(const Dataset<T>& data, int bs) {
-  const int64_t rows = prepare_stream(data, bs);
-  upload_order(identity_order(rows).data(), rows);
-  epoch_.chunk_rows = rows;  // only once the order covers it
-}
-
-template <typename T>
-void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t first, int64_t rows) {
-  const int xc = data.x_cols, yc = data.y_cols;
-  if (!order) {  // rows in place: straight from the host copy
-    backend_->to_backend(stream_.x.get(), data.host_x + first * xc, sizeof(T) * rows * xc);
-    if (yc) backend_->to_backend(stream_.y.get(), data.host_y + first * yc, sizeof(T) * rows * yc);
-    return;
-  }
-  T* sx = stream_.staging.get();
-  T* sy = sx + rows * xc;
-#pragma omp parallel for schedule(static) if (rows * (xc + yc) > (1 << 16))
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t src = order[first + i];
-    std::copy_n(data.host_x + src * xc, xc, sx + i * xc);
-    if (yc) std::copy_n(data.host_y + src * yc, yc, sy + i * yc);
-  }
-  backend_->to_backend(stream_.x.get(), sx, sizeof(T) * rows * xc);
-  if (yc) backend_->to_backend(stream_.y.get(), sy, sizeof(T) * rows * yc);
 }
 
 template <typename T>
