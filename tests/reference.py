@@ -6,12 +6,29 @@ the pre-activation z, losses as plain probability formulas (evaluated stably), b
 Dense layers, kernel regularization, one step of every optimizer, and the learning-rate
 schedules documented in fastmlp.schedules.
 
-A network is described by `spec`: a list of (units, activation_name, param, l1, l2) tuples,
-one per Dense layer, and `weights`: [W1 (in, out), b1 (out,), W2, b2, ...].
+A network is described by `spec`: a list of layers, and `weights`: the arrays of get_weights()
+in its order. A Dense layer is a (units, activation_name, param, l1, l2) tuple (or `Dense(...)`,
+the same tuple with names), with weights W (in, out), b (out,). The other layers are the
+namedtuples `Dropout(rate, seed)`, `BatchNorm(momentum, epsilon, center, scale)` (weights
+[gamma (if scale)], [beta (if center)], moving_mean, moving_variance), `LayerNorm(epsilon,
+center, scale)` (weights [gamma], [beta]) and `Activation(name, param)` (no weights).
+
+The layer formulas follow their papers and the Keras documentation, not fastmlp's code:
+* Dropout (Srivastava et al. 2014, inverted): in training y = x * keep / (1 - rate); the identity
+  otherwise. keep is drawn by Philox4x32-10 (Salmon et al. 2011) from (seed, step, element), the
+  counter-based scheme fastmlp documents: element = row * cols + col, step = the optimizer step.
+* BatchNormalization (Ioffe & Szegedy 2015): in training xhat = (x - mu_B) / sqrt(var_B + eps) with
+  the batch mean and biased variance, y = gamma * xhat + beta; after the step the moving statistics
+  become momentum * moving + (1 - momentum) * batch statistic (Keras 3). Inference uses them.
+  Its backward pass is written stage by stage through var_B and mu_B (the paper's chain rule).
+* LayerNormalization (Ba et al. 2016): the same over each row's features, in training and inference.
+* Activation: f(x) of a separate layer. The loss sees the model's last activation (that of the last
+  layer if it is a Dense or an Activation, else linear) applied to its input, the logits.
 """
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -113,65 +130,276 @@ def loss_and_grad(loss, out_act, out_param, z, y):
     return per.mean(), chain_activation(out_act, out_param, z, dL_da)
 
 
-# --------------------------------------------------------------------- network
+# ---------------------------------------------------------------------- layers
+
+Dense = namedtuple("Dense", "units act param l1 l2", defaults=("linear", 0.0, 0.0, 0.0))
+Dropout = namedtuple("Dropout", "rate seed", defaults=(None,))
+BatchNorm = namedtuple("BatchNorm", "momentum epsilon center scale", defaults=(0.99, 1e-3, True, True))
+LayerNorm = namedtuple("LayerNorm", "epsilon center scale", defaults=(1e-3, True, True))
+Activation = namedtuple("Activation", "act param", defaults=(0.0,))
+_KINDS = (Dense, Dropout, BatchNorm, LayerNorm, Activation)
 
 
-def forward(spec, weights, x):
-    """Returns (zs, activations) per layer; the last activation is the model output."""
-    zs, acts, a = [], [], np.asarray(x, dtype=np.float64)
-    for i, (units, act, param, _, _) in enumerate(spec):
-        W, b = weights[2 * i], weights[2 * i + 1]
-        z = a @ W + b
-        a = act_forward(act, param, z)
-        zs.append(z)
-        acts.append(a)
-    return zs, acts
+def layer(entry):
+    """The layer a spec entry describes (a plain (units, act, param, l1, l2) tuple is a Dense)."""
+    return entry if isinstance(entry, _KINDS) else Dense(*entry)
+
+
+def weight_names(entry):
+    """Names of the layer's weights in get_weights() order (Keras's)."""
+    lay = layer(entry)
+    if isinstance(lay, Dense):
+        return ["kernel", "bias"]
+    if isinstance(lay, (BatchNorm, LayerNorm)):
+        names = (["gamma"] if lay.scale else []) + (["beta"] if lay.center else [])
+        return names + (["moving_mean", "moving_variance"] if isinstance(lay, BatchNorm) else [])
+    return []
+
+
+def weight_shapes(spec, input_dim):
+    """Shapes of all weights in get_weights() order."""
+    shapes, width = [], input_dim
+    for entry in spec:
+        lay = layer(entry)
+        if isinstance(lay, Dense):
+            shapes += [(width, lay.units), (lay.units,)]
+            width = lay.units
+        else:
+            shapes += [(width,)] * len(weight_names(lay))
+    return shapes
+
+
+def trainable(spec):
+    """One flag per weight: False for BatchNormalization's moving statistics (averaged, not trained)."""
+    return [not name.startswith("moving_") for entry in spec for name in weight_names(entry)]
+
+
+def _by_layer(spec, weights):
+    """Per layer: (index of its first weight, {name: array})."""
+    out, k = [], 0
+    for entry in spec:
+        names = weight_names(entry)
+        out.append((k, dict(zip(names, weights[k:k + len(names)]))))
+        k += len(names)
+    if k != len(weights):
+        raise ValueError(f"the spec has {k} weights, got {len(weights)}")
+    return out
+
+
+def output_activation(spec):
+    """(name, param) of the activation the loss applies to the logits."""
+    last = layer(spec[-1])
+    return (last.act, last.param) if isinstance(last, (Dense, Activation)) else ("linear", 0.0)
+
+
+# ------------------------------------------------------------- dropout masks
+
+_M64 = (1 << 64) - 1
+
+
+def derive_seed(seed, stream):
+    """fastmlp's seed derivation: SplitMix64 (Steele, Lea & Flood 2014) of seed ^ (stream * 0xd1b5...)."""
+    z = ((seed ^ (stream * 0xD1B54A32D192ED03)) + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def resolve_seeds(spec, model_seed):
+    """The spec with each Dropout(rate, None) given the seed fastmlp derives for it:
+    derive_seed(model_seed, 1_000_000 + layer index)."""
+    out = []
+    for i, entry in enumerate(spec):
+        lay = layer(entry)
+        if isinstance(lay, Dropout) and lay.seed is None:
+            lay = Dropout(lay.rate, derive_seed(model_seed, 1_000_000 + i))
+        out.append(lay if isinstance(entry, _KINDS) else entry)
+    return out
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC 2011) of 4 counter words (arrays of uint32 values, any
+    shape) and 2 key words: the 4 output words, as uint64 arrays holding 32-bit values."""
+    m32 = np.uint64(0xFFFFFFFF)
+    c = [np.asarray(w, dtype=np.uint64) & m32 for w in counter]
+    c = np.broadcast_arrays(*c)
+    c = [a.copy() for a in c]
+    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]  # 32 x 32 bits: exact in uint64
+        p1 = np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & m32,
+             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & m32]
+        k0 = (k0 + 0x9E3779B9) & 0xFFFFFFFF  # the Weyl key schedule
+        k1 = (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c
+
+
+def dropout_keep(seed, step, rows, cols, rate):
+    """Boolean (rows, cols) mask: element e = row * cols + col is kept iff the first Philox word
+    of counter (e lo, e hi, step lo, step hi) and key (seed lo, seed hi) is >= floor(rate * 2^32)."""
+    e = np.arange(rows * cols, dtype=np.uint64)
+    step, seed = int(step) & _M64, int(seed) & _M64
+    word = philox4x32_10([e, e >> np.uint64(32), step & 0xFFFFFFFF, step >> 32], (seed & 0xFFFFFFFF, seed >> 32))[0]
+    threshold = int(math.floor(rate * 2.0 ** 32))
+    return (word >= np.uint64(threshold)).reshape(rows, cols)
+
+
+# ---------------------------------------------------------------------- network
+
+
+def forward_layers(spec, weights, x, training=False, step=0, masks=None):
+    """Runs the network layer by layer. training: Dropout applies its mask (masks[i] when given,
+    else the Philox mask of the layer's seed at `step`; seeds must be resolved, see resolve_seeds)
+    and BatchNormalization the batch statistics; else the moving ones and no dropout.
+    Returns one record per layer: {"x": input, "out": output} plus "z" (Dense pre-activation),
+    "mask" (Dropout in training), "mean", "var", "xhat" (normalizations)."""
+    a = np.asarray(x, dtype=np.float64)
+    trace = []
+    for i, (entry, (_, w)) in enumerate(zip(spec, _by_layer(spec, weights))):
+        lay = layer(entry)
+        rec = {"x": a}
+        if isinstance(lay, Dense):
+            rec["z"] = a @ w["kernel"] + w["bias"]
+            out = act_forward(lay.act, lay.param, rec["z"])
+        elif isinstance(lay, Activation):
+            out = act_forward(lay.act, lay.param, a)
+        elif isinstance(lay, Dropout):
+            out = a
+            if training:
+                keep = masks[i] if masks is not None and i in masks else \
+                    dropout_keep(lay.seed, step, a.shape[0], a.shape[1], lay.rate)
+                rec["mask"] = np.asarray(keep, dtype=bool)
+                out = np.where(rec["mask"], a / (1.0 - lay.rate), 0.0)
+        else:  # BatchNorm (over the batch, axis 0) or LayerNorm (over a row's features, axis 1)
+            axis = 0 if isinstance(lay, BatchNorm) else 1
+            if isinstance(lay, BatchNorm) and not training:
+                mean, var = w["moving_mean"], w["moving_variance"]
+            else:
+                mean = a.mean(axis=axis, keepdims=True)
+                var = ((a - mean) ** 2).mean(axis=axis, keepdims=True)  # biased
+            xhat = (a - mean) / np.sqrt(var + lay.epsilon)
+            out = w.get("gamma", 1.0) * xhat + w.get("beta", 0.0)
+            rec.update(mean=mean, var=var, xhat=xhat)
+        rec["out"] = out
+        trace.append(rec)
+        a = out
+    return trace
+
+
+def logits(spec, trace):
+    """What the loss's output activation is applied to: the last Dense's pre-activation, the last
+    Activation's input, or the last layer's output."""
+    last = layer(spec[-1])
+    if isinstance(last, Dense):
+        return trace[-1]["z"]
+    return trace[-1]["x"] if isinstance(last, Activation) else trace[-1]["out"]
+
+
+def normalization_input_grad(dxhat, x, mean, var, eps, axis):
+    """dL/dx of xhat = (x - mean) / sqrt(var + eps) with the group's own mean and biased variance,
+    by the chain rule through var and mean (Ioffe & Szegedy 2015, Algorithm 1's backward)."""
+    n = x.shape[axis]
+    xc = x - mean
+    dvar = (dxhat * xc).sum(axis=axis, keepdims=True) * -0.5 * (var + eps) ** -1.5
+    dmean = -dxhat.sum(axis=axis, keepdims=True) / np.sqrt(var + eps) + dvar * (-2.0 * xc).mean(axis=axis,
+                                                                                               keepdims=True)
+    return dxhat / np.sqrt(var + eps) + dvar * 2.0 * xc / n + dmean / n
+
+
+def backward_layers(spec, weights, trace, d_logits):
+    """Gradients of the loss w.r.t. every weight, given dL/dlogits and a training-mode trace
+    (moving statistics get 0)."""
+    grads = [np.zeros_like(np.asarray(w, dtype=np.float64)) for w in weights]
+    d = d_logits
+    per_layer = _by_layer(spec, weights)
+    for i in range(len(spec) - 1, -1, -1):
+        lay, rec, (k, w) = layer(spec[i]), trace[i], per_layer[i]
+        last = i == len(spec) - 1  # d is w.r.t. the logits: the output activation is in it
+        if isinstance(lay, Dense):
+            dz = d if last else chain_activation(lay.act, lay.param, rec["z"], d)
+            grads[k] = rec["x"].T @ dz
+            grads[k + 1] = dz.sum(axis=0)
+            d = dz @ w["kernel"].T
+        elif isinstance(lay, Activation):
+            d = d if last else chain_activation(lay.act, lay.param, rec["x"], d)
+        elif isinstance(lay, Dropout):
+            d = np.where(rec["mask"], d / (1.0 - lay.rate), 0.0)
+        else:
+            names = weight_names(lay)
+            if lay.scale:
+                grads[k + names.index("gamma")] = (d * rec["xhat"]).sum(axis=0)
+            if lay.center:
+                grads[k + names.index("beta")] = d.sum(axis=0)
+            axis = 0 if isinstance(lay, BatchNorm) else 1
+            d = normalization_input_grad(d * w.get("gamma", 1.0), rec["x"], rec["mean"], rec["var"], lay.epsilon,
+                                         axis)
+    return grads
+
+
+def forward(spec, weights, x, training=False, step=0, masks=None):
+    """Returns (zs, activations) per layer; the last activation is the model output. zs: a Dense's
+    pre-activation, an Activation's input, any other layer's output."""
+    trace = forward_layers(spec, weights, x, training, step, masks)
+    zs = [r["z"] if "z" in r else (r["x"] if isinstance(layer(e), Activation) else r["out"])
+          for e, r in zip(spec, trace)]
+    return zs, [r["out"] for r in trace]
 
 
 def predict(spec, weights, x):
-    return forward(spec, weights, x)[1][-1]
+    """Inference output (what model.predict returns)."""
+    return forward_layers(spec, weights, x)[-1]["out"]
 
 
 def penalty(spec, weights):
     total = 0.0
-    for i, (_, _, _, l1, l2) in enumerate(spec):
-        W = weights[2 * i]
-        total += l2 * np.sum(W * W) + l1 * np.sum(np.abs(W))
+    for entry, (k, _) in zip(spec, _by_layer(spec, weights)):
+        lay = layer(entry)
+        if isinstance(lay, Dense):
+            W = weights[k]
+            total += lay.l2 * np.sum(W * W) + lay.l1 * np.sum(np.abs(W))
     return total
 
 
 def penalty_grad(spec, weights):
-    out = []
-    for i, (_, _, _, l1, l2) in enumerate(spec):
-        W = weights[2 * i]
-        out += [2 * l2 * W + l1 * np.sign(W), np.zeros_like(weights[2 * i + 1])]
+    out = [np.zeros_like(np.asarray(w, dtype=np.float64)) for w in weights]
+    for entry, (k, _) in zip(spec, _by_layer(spec, weights)):
+        lay = layer(entry)
+        if isinstance(lay, Dense):
+            out[k] = 2 * lay.l2 * weights[k] + lay.l1 * np.sign(weights[k])
     return out
 
 
-def loss_value(spec, weights, x, y, loss):
-    zs, _ = forward(spec, weights, x)
-    units, act, param, _, _ = spec[-1]
-    val, _ = loss_and_grad(loss, act, param, zs[-1], y)
+def loss_value(spec, weights, x, y, loss, training=False, step=0, masks=None):
+    """Mean loss plus penalty; training=False is evaluate's, True the one gradients differentiate."""
+    trace = forward_layers(spec, weights, x, training, step, masks)
+    val, _ = loss_and_grad(loss, *output_activation(spec), logits(spec, trace), y)
     return val + penalty(spec, weights)
 
 
-def gradients(spec, weights, x, y, loss):
-    """(loss incl. penalty, [dW1, db1, ...]) of the batch-mean loss plus the penalty."""
-    x = np.asarray(x, dtype=np.float64)
-    zs, acts = forward(spec, weights, x)
-    _, out_act, out_param, _, _ = spec[-1]
-    val, dz = loss_and_grad(loss, out_act, out_param, zs[-1], y)
-    grads = [None] * len(weights)
-    for i in range(len(spec) - 1, -1, -1):
-        a_in = x if i == 0 else acts[i - 1]
-        grads[2 * i] = a_in.T @ dz
-        grads[2 * i + 1] = dz.sum(axis=0)
-        if i > 0:
-            da = dz @ weights[2 * i].T
-            _, act, param, _, _ = spec[i - 1]
-            dz = chain_activation(act, param, zs[i - 1], da)
-    pg = penalty_grad(spec, weights)
-    return val + penalty(spec, weights), [g + p for g, p in zip(grads, pg)]
+def gradients(spec, weights, x, y, loss, step=0, masks=None, return_trace=False):
+    """(loss incl. penalty, [dW1, db1, ...]) of the training-mode batch-mean loss plus the penalty,
+    in get_weights() order (0 for moving statistics). Dropout masks are those of `step`.
+    return_trace=True adds the forward trace (its batch statistics update the moving ones)."""
+    weights = [np.asarray(w, dtype=np.float64) for w in weights]
+    trace = forward_layers(spec, weights, x, True, step, masks)
+    val, d_logits = loss_and_grad(loss, *output_activation(spec), logits(spec, trace), y)
+    grads = backward_layers(spec, weights, trace, d_logits)
+    out = (val + penalty(spec, weights), [g + p for g, p in zip(grads, penalty_grad(spec, weights))])
+    return out + (trace,) if return_trace else out
+
+
+def update_moving(spec, weights, trace):
+    """BatchNormalization's moving statistics after a training step (Keras 3):
+    moving = momentum * moving + (1 - momentum) * batch statistic (mean, biased variance)."""
+    out = [np.asarray(w, dtype=np.float64).copy() for w in weights]
+    for entry, rec, (k, _) in zip(spec, trace, _by_layer(spec, weights)):
+        lay = layer(entry)
+        if isinstance(lay, BatchNorm):
+            j = k + weight_names(lay).index("moving_mean")
+            out[j] = lay.momentum * out[j] + (1 - lay.momentum) * rec["mean"].ravel()
+            out[j + 1] = lay.momentum * out[j + 1] + (1 - lay.momentum) * rec["var"].ravel()
+    return out
 
 
 # ------------------------------------------------------------------- schedules
@@ -301,15 +529,50 @@ class Optimizer:
         return out
 
 
-def train_steps(spec, weights, batches, loss, opt):
-    """Runs opt over [(x, y), ...]; returns (weights, [loss of each batch before its step])."""
+def train_step(spec, weights, x, y, loss, opt, step=0):
+    """One optimizer step on batch (x, y), as train_on_batch does: the training-mode gradients
+    (Dropout masks of `step`), opt over the trained weights, then the moving statistics averaged
+    with the batch's. Returns (new weights, the batch's loss before the step)."""
+    w = [np.asarray(a, dtype=np.float64).copy() for a in weights]
+    val, g, trace = gradients(spec, w, x, y, loss, step=step, return_trace=True)
+    flags = trainable(spec)
+    stepped = iter(opt.step([p for p, f in zip(w, flags) if f], [d for d, f in zip(g, flags) if f]))
+    moved = update_moving(spec, w, trace)
+    return [next(stepped) if f else m for f, m in zip(flags, moved)], val
+
+
+def train_steps(spec, weights, batches, loss, opt, step=0, on_step=None):
+    """Runs opt over [(x, y), ...], the first at optimizer step `step` (it keys the Dropout
+    masks); on_step(weights) after each step. Returns (weights, [loss of each batch before its
+    step])."""
     losses = []
     w = [np.asarray(a, dtype=np.float64).copy() for a in weights]
-    for x, y in batches:
-        val, g = gradients(spec, w, x, y, loss)
+    for i, (x, y) in enumerate(batches):
+        w, val = train_step(spec, w, x, y, loss, opt, step + i)
         losses.append(val)
-        w = opt.step(w, g)
+        if on_step is not None:
+            on_step(w)
     return w, losses
+
+
+def epoch_batches(x, y, batch_size, order=None):
+    """fit's batches of one epoch: rows in `order` (None: as given), batch_size at a time, the last
+    batch what is left."""
+    order = np.arange(len(x)) if order is None else np.asarray(order)
+    return [(x[order[s:s + batch_size]], np.asarray(y)[order[s:s + batch_size]])
+            for s in range(0, len(x), batch_size)]
+
+
+def fit(spec, weights, x, y, loss, opt, batch_size, orders, step=0, on_step=None):
+    """fit over len(orders) epochs, epoch e taking the rows in orders[e] (None: unshuffled).
+    Returns (weights, [epoch loss]): the epoch loss is the row-weighted mean of its batch losses."""
+    w, epoch_losses = weights, []
+    for order in orders:
+        batches = epoch_batches(x, y, batch_size, order)
+        w, losses = train_steps(spec, w, batches, loss, opt, step, on_step)
+        step += len(batches)
+        epoch_losses.append(sum(v * len(b[0]) for v, b in zip(losses, batches)) / len(x))
+    return w, epoch_losses
 
 
 # Loss and output-layer combinations the tests cover: (loss, output activation, from_logits).
