@@ -110,3 +110,15 @@ def test_a_failed_set_weights_keeps_the_weights():
     with pytest.raises(ValueError, match="expects 4 arrays"):
         m.set_weights(bad[:2])
     assert_same_state(state_of(m), before)
+
+
+def test_a_negative_moving_variance_is_refused():
+    m = fm.Sequential([fm.Dense(4, input_dim=6), fm.BatchNormalization(), fm.Dense(3, "softmax")], seed=0)
+    m.compile("sgd", "sparse_categorical_crossentropy", device="cpu")
+    weights = m.get_weights()
+    before = [w.copy() for w in weights]
+    weights[5] = -np.ones(4, np.float32)  # [W, b, gamma, beta, moving_mean, moving_variance, ...]
+    with pytest.raises(ValueError, match="moving_variance"):
+        m.set_weights(weights)
+    for a, b in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

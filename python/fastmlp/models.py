@@ -606,6 +606,7 @@ class Sequential:
         weights = list(weights)
         if len(weights) != len(shapes):
             raise ValueError(f"set_weights expects {len(shapes)} arrays, got {len(weights)}")
+        names = [n for layer in self.layers for n in layer.weight_names()]
         parts = []
         for i, (w, shape) in enumerate(zip(weights, shapes)):
             arr = np.asarray(w)
@@ -617,6 +618,8 @@ class Sequential:
                 arr = arr.astype(dtype, copy=False)
             if not np.isfinite(arr).all():
                 raise ValueError(f"weight {i} contains NaN or Inf (or values too large for {dtype.name})")
+            if i < len(names) and names[i] == "moving_variance" and (arr < 0).any():
+                raise ValueError(f"weight {i} is a BatchNormalization moving_variance and has negative values")
             parts.append(arr.ravel())
         return np.concatenate(parts)
 
