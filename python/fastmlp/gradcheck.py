@@ -107,7 +107,6 @@ def gradcheck(model, x, y, eps=None, dtype="float64", max_params=DEFAULT_MAX_PAR
     sizes = [int(np.prod(shape)) for shape in model._layer_shapes()]
     idx = _sample(sizes, max_params, np.random.default_rng(seed))
     numeric = np.empty(idx.size, dtype=np.float64)
-    rows = x.shape[0]
     for j, k in enumerate(idx):
         orig = params[k]
         params[k] = orig + eps

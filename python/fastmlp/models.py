@@ -1,16 +1,16 @@
-"""Sequential: a stack of Dense layers, compiled with a loss and optimizer, trained natively.
+"""Sequential: a stack of layers (structure and configuration), compiled with a loss and optimizer.
 
-This layer only validates input, converts arrays and calls the native engine; the training
-loop (shuffling, batching, forward, backward, loss, update) runs in C++ with the GIL released,
-returning to Python once per epoch for logs and callbacks (or once per group of batches for
-callbacks that set batch_interval).
+Sequential holds the layers and the compile configuration, owns the native engine and the
+thread-safety rules of calls on it. Beside it: model_data.py turns user data into engine
+datasets, training.py runs fit's epochs and callbacks (the steps themselves run in C++ with the
+GIL released), saving.py writes and reads model files (it imports this module; Sequential.save
+imports it only when called, so `import fastmlp` stays light).
 """
 from __future__ import annotations
 
 import os
 import re
 import threading
-import time
 
 import numpy as np
 
@@ -19,21 +19,17 @@ from . import activations as _activations
 from . import losses as _losses
 from . import optimizers as _optimizers
 from ._enums import LOSS_IDS, METRIC_IDS
-from ._interop import cuda_array, device_array, device_features, device_to_host
-from ._validation import as_features, as_targets, non_negative_int, positive_int
-from .callbacks import CallbackList, History
+from . import model_data as _model_data
+from . import training as _training
+from ._validation import non_negative_int, positive_int
+from .callbacks import History
 from .layers import Dense, Layer
 from .resident import ResidentDataset
-
-_EVAL_BATCH = 4096  # rows per forward pass in evaluate/predict; results do not depend on it
+from .training import _EVAL_BATCH, NonFiniteLossError
 
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf; the weights of the last finite step are kept."""
 
 
 def cuda_is_available() -> bool:
@@ -83,7 +79,7 @@ def _resolve_metric(metrics, loss: _losses.Loss):
 
 
 class Sequential:
-    """A feed-forward network of Dense layers (Keras-style API)."""
+    """A feed-forward network of layers (Keras-style API)."""
 
     def __init__(self, layers=None, seed: int | None = None, name: str | None = None):
         self.layers: list[Dense] = []
@@ -289,65 +285,20 @@ class Sequential:
         return self._compile_args["dtype"] if self._compile_args else np.dtype(np.float32)
 
     def _x(self, x, name="x"):
-        arr = as_features(x, name, self.input_dim, self._dtype)
-        self._ensure_built(arr.shape[1])
-        return arr
+        return _model_data.features(self, x, name)
 
     def _y(self, y, n, name="y"):
-        loss = self._compile_args["loss"]
-        return as_targets(y, name, n, self._output_dim(), loss.takes_class_ids, self._dtype, loss=loss)
+        return _model_data.targets(self, y, n, name)
 
     def _xy(self, x, y, xname="x", yname="y"):
-        # Both are checked before the model is built from x's width: bad targets leave an unbuilt
-        # model unbuilt.
-        xs = as_features(x, xname, self.input_dim, self._dtype)
-        ys = self._y(y, xs.shape[0], yname)
-        self._ensure_built(xs.shape[1])
-        return xs, ys
+        return _model_data.features_and_targets(self, x, y, xname, yname)
 
     def _data(self, x, y=None, xname="x", yname="y", copy_device_arrays=False):
-        """Validated (x, y) resident in backend memory, as an engine dataset, and its row count.
-        A ResidentDataset is used as it is; GPU arrays (__cuda_array_interface__ or DLPack) are used in place
-        by a CUDA model (or copied on the GPU with copy_device_arrays); anything else is converted
-        and uploaded (_upload_arrays)."""
-        if isinstance(x, ResidentDataset):
-            if y is not None:
-                raise ValueError(f"{xname} is a ResidentDataset, which carries its own targets; leave {yname} out "
-                                 "(upload targets with model.upload(x, y))")
-            if x.dtype != self._dtype:
-                raise TypeError(f"{xname} holds {x.dtype.name} data but the model computes in {self._dtype.name}")
-            self._ensure_built(x.features)
-            return x._native, x.rows
-        x_gpu = device_array(x)  # read once: a DLPack export makes a capsule per call
-        if x_gpu is None:
-            return self._upload_arrays(x, y, xname, yname)
-        ptr, rows, cols = device_features(x_gpu, xname, self.input_dim)
-        device = self._engine.device if self._engine is not None else self._compile_args["device"]
-        if not device.startswith("cuda"):
-            raise TypeError(f"{xname} lives on the GPU but the model runs on {device}; "
-                            "compile with device='cuda' or pass a host array")
-        unbuilt, input_dim = self._engine is None, self.layers[0].input_dim
-        self._ensure_built(cols)  # GPU targets are read through the engine
-        try:
-            ys = None
-            if y is not None:
-                y_gpu = device_array(y)
-                y_host = y if y_gpu is None else device_to_host(y_gpu, self._engine, yname)
-                ys = self._y(y_host, rows, yname)
-        except Exception:
-            if unbuilt:  # bad targets leave an unbuilt model unbuilt, as with host arrays
-                self._engine = None
-                self.layers[0].input_dim = input_dim
-            raise
-        return self._engine.borrow(ptr, rows, ys, copy_device_arrays), rows
+        """Validated (x, y) as an engine dataset and its row count (fastmlp.model_data.dataset)."""
+        return _model_data.dataset(self, x, y, xname, yname, copy_device_arrays)
 
     def _upload_arrays(self, x, y, xname, yname):
-        """Host arrays validated, converted and copied into backend memory (one copy per call)."""
-        if y is None:
-            xs = self._x(x, xname)
-            return self._engine.upload(xs), xs.shape[0]
-        xs, ys = self._xy(x, y, xname, yname)
-        return self._engine.upload(xs, ys), xs.shape[0]
+        return _model_data.upload_arrays(self, x, y, xname, yname)
 
     @property
     def data_budget(self) -> int | None:
@@ -377,11 +328,7 @@ class Sequential:
         return ResidentDataset(native, self._dtype)
 
     def _metric_logs(self, result: dict, prefix="") -> dict:
-        logs = {prefix + "loss": float(result["loss"])}
-        key = self._compile_args["metric_key"]
-        if key:
-            logs[prefix + key] = float(result["metric"])
-        return logs
+        return _training.metric_logs(self, result, prefix)
 
     # ----------------------------------------------------------------------- fit
     def fit(self, x, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
@@ -397,120 +344,10 @@ class Sequential:
             self._check_not_fitting("fit")
             self._fit_thread = threading.get_ident()
         try:
-            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-                             initial_epoch)
+            return _training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                                 validation_data, shuffle, initial_epoch)
         finally:
             self._fit_thread = None
-
-    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-             initial_epoch):
-        batch_size = positive_int(batch_size, "batch_size")
-        epochs = non_negative_int(epochs, "epochs")
-        initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
-        if verbose not in (0, 1, 2, "auto", True, False):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        verbose = 1 if verbose in ("auto", True) else int(verbose)
-        if isinstance(validation_split, bool) \
-                or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        if y is None and not isinstance(x, ResidentDataset):
-            raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y)")
-        if isinstance(x, ResidentDataset) and not x.has_targets:
-            raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
-        if validation_data is not None and not isinstance(validation_data, ResidentDataset):
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (x_val, y_val) or a ResidentDataset")
-        if validation_split > 0.0:
-            if cuda_array(x) or isinstance(x, ResidentDataset):
-                raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
-                                 "resident data")
-            x, y = self._xy(x, y)
-            if validation_data is None:
-                # Keras convention: the last fraction of the samples, taken before any shuffling.
-                n_val = int(round(x.shape[0] * validation_split))
-                if n_val == 0 or n_val == x.shape[0]:
-                    raise ValueError(f"validation_split={validation_split} leaves no training or validation "
-                                     f"samples out of {x.shape[0]}")
-                validation_data = (x[-n_val:], y[-n_val:])
-                x, y = x[:-n_val], y[:-n_val]
-        train_data, n_train = self._data(x, y)
-        val_data = None
-        if isinstance(validation_data, ResidentDataset):
-            if not validation_data.has_targets:
-                raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
-            val_data, _ = self._data(validation_data, None, "validation data")
-        elif validation_data is not None:
-            val_data, _ = self._data(validation_data[0], validation_data[1], "validation x", "validation y")
-        engine = self._engine
-        history = History()
-        params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
-                  "steps": -(-n_train // batch_size)}
-        from .progress import EpochProgress
-
-        progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
-        bar_hook = [progress.hook()] if progress.mode == "bar" else []
-        cbs = CallbackList([history] + list(callbacks or []) + bar_hook, self, params)
-        self.history = history
-        self.stop_training = False
-        try:
-            cbs.on_train_begin()
-            for epoch in range(initial_epoch, epochs):
-                cbs.on_epoch_begin(epoch)
-                progress.begin(epoch)
-                seed = _core.derive_seed(self.seed, 1 + self._epochs_seen) if shuffle else None
-                started = time.perf_counter()
-                result = self._train_epoch(engine, train_data, seed, batch_size, params["steps"], cbs)
-                seconds = time.perf_counter() - started
-                self._epochs_seen += 1
-                if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
-                    raise NonFiniteLossError(
-                        f"the training loss or a weight update became NaN or Inf during epoch {epoch + 1}; training "
-                        "stopped with finite weights: no update was applied after the first non-finite loss, and "
-                        "no weight was given a non-finite value (try a lower learning rate)")
-                logs = self._metric_logs(result)
-                if val_data is not None:
-                    logs.update(self._metric_logs(engine.evaluate(val_data, _EVAL_BATCH), "val_"))
-                progress.end(epoch, logs, seconds)
-                cbs.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-        finally:
-            engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
-            progress.close()
-        cbs.on_train_end()
-        return history
-
-    def _train_epoch(self, engine, data, seed, batch_size, steps, cbs):
-        """One epoch natively. Without batch callbacks it is one native call; with them the native
-        loop runs up to the next batch where a callback is due, calls it and goes on (the result is
-        bit-identical either way). A callback with batch_interval N sees the epoch's batches in
-        groups of N (the last may be shorter): on_train_batch_begin(first batch of the group) before
-        and on_train_batch_end(last batch of the group, running logs) after."""
-        batch_cbs = cbs.batch_callbacks
-        if not batch_cbs or steps == 0:
-            return engine.train_epoch(data, seed, batch_size)
-        engine.begin_epoch(data, seed, batch_size)
-        done, result = 0, None
-        while done < steps:
-            # Only a batch hook that sets stop_training ends the epoch early (Keras); a flag set
-            # elsewhere (before the epoch, another thread) acts at the epoch's end, as without hooks.
-            requests = self._stop_requests
-            for cb in batch_cbs:
-                if done % cb.batch_interval == 0:
-                    cb.on_train_batch_begin(done, {})
-            stopped_by_hook = self._stop_requests != requests
-            stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
-            result = engine.train_batches(data, stop - done)
-            done = stop
-            logs = self._metric_logs(result)
-            requests = self._stop_requests
-            for cb in batch_cbs:
-                if done % cb.batch_interval == 0 or done == steps:
-                    cb.on_train_batch_end(done - 1, dict(logs))
-            if self.stop_training and (stopped_by_hook or self._stop_requests != requests):
-                break
-        return result
 
     # --------------------------------------------------------- evaluate / predict
     def evaluate(self, x, y=None, batch_size=None, verbose=0):

@@ -44,7 +44,13 @@ import zlib
 import numpy as np
 
 from . import _core
+from . import layers as _layers
+from .layers import Dense
+from . import losses as _losses
+from . import optimizers as _optimizers
 from ._atomic_write import write_atomic
+from .callbacks import History
+from .models import Sequential, cuda_is_available
 
 FORMAT = "fastmlp.model"
 FORMAT_VERSION = 2  # the newest version this fastmlp reads and writes (see the module doc)
@@ -57,7 +63,6 @@ def _array_layout(model) -> list:
     """(npz name, shape) of each weight of a built model, in get_weights() order, from the layer
     classes' weight_shapes and output_dim: Dense layer L gives W{L}, b{L} (format 1's names), any
     other layer its weight_names() followed by L (gamma1, moving_mean1, ...)."""
-    from .layers import Dense
 
     out, fan_in = [], model.input_dim
     for index, layer in enumerate(model.layers):
@@ -72,7 +77,6 @@ def _array_layout(model) -> list:
 
 def _config(model, engine, step) -> dict:
     from . import __version__
-    from .layers import Dense
 
     version = 1 if all(isinstance(layer, Dense) for layer in model.layers) else FORMAT_VERSION
     cfg = {"format": FORMAT, "format_version": version, "fastmlp_version": __version__,
@@ -101,7 +105,6 @@ def save_model(model, path) -> None:
     The file appears at `path` complete or not at all (an atomic replace of any old file there),
     with the permissions open() would give it; no symlink is followed and nothing is left behind
     when saving fails (see fastmlp._atomic_write)."""
-    from .models import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"save_model saves an fm.Sequential, got {type(model).__name__}")
@@ -302,11 +305,6 @@ def _read_config(zf, path, size):
 def _plan(cfg, path, device):
     """Everything load_model builds from fastmlp.json, before any engine exists: the (uncompiled)
     model, compile arguments, whether it is built, its step and the arrays the file must hold."""
-    from . import layers as _layers
-    from . import losses as _losses
-    from . import optimizers as _optimizers
-    from .callbacks import History
-    from .models import Sequential, cuda_is_available
 
     m = cfg["model"]
     _need(isinstance(m, dict) and m.get("class") == "Sequential", path, "model class must be Sequential")

@@ -1,0 +1,140 @@
+"""The training loop behind Sequential.fit: validation, the epochs with their callbacks and
+progress, batch hooks between groups of native steps, and the non-finite loss check. The steps
+themselves run natively (Engine.train_epoch / train_batches), returning here once per epoch or
+per group of batches."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import _core
+from ._interop import cuda_array
+from ._validation import non_negative_int, positive_int
+from .callbacks import CallbackList, History
+from .resident import ResidentDataset
+
+_EVAL_BATCH = 4096  # rows per forward pass in evaluate/predict; results do not depend on it
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the weights of the last finite step are kept."""
+
+
+def metric_logs(model, result: dict, prefix="") -> dict:
+    logs = {prefix + "loss": float(result["loss"])}
+    key = model._compile_args["metric_key"]
+    if key:
+        logs[prefix + key] = float(result["metric"])
+    return logs
+
+
+def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+         initial_epoch):
+    batch_size = positive_int(batch_size, "batch_size")
+    epochs = non_negative_int(epochs, "epochs")
+    initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
+    if verbose not in (0, 1, 2, "auto", True, False):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    verbose = 1 if verbose in ("auto", True) else int(verbose)
+    if isinstance(validation_split, bool) \
+            or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    if y is None and not isinstance(x, ResidentDataset):
+        raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y)")
+    if isinstance(x, ResidentDataset) and not x.has_targets:
+        raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
+    if validation_data is not None and not isinstance(validation_data, ResidentDataset):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a tuple (x_val, y_val) or a ResidentDataset")
+    if validation_split > 0.0:
+        if cuda_array(x) or isinstance(x, ResidentDataset):
+            raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
+                             "resident data")
+        x, y = model._xy(x, y)
+        if validation_data is None:
+            # Keras convention: the last fraction of the samples, taken before any shuffling.
+            n_val = int(round(x.shape[0] * validation_split))
+            if n_val == 0 or n_val == x.shape[0]:
+                raise ValueError(f"validation_split={validation_split} leaves no training or validation "
+                                 f"samples out of {x.shape[0]}")
+            validation_data = (x[-n_val:], y[-n_val:])
+            x, y = x[:-n_val], y[:-n_val]
+    train_data, n_train = model._data(x, y)
+    val_data = None
+    if isinstance(validation_data, ResidentDataset):
+        if not validation_data.has_targets:
+            raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
+        val_data, _ = model._data(validation_data, None, "validation data")
+    elif validation_data is not None:
+        val_data, _ = model._data(validation_data[0], validation_data[1], "validation x", "validation y")
+    engine = model._engine
+    history = History()
+    params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
+              "steps": -(-n_train // batch_size)}
+    from .progress import EpochProgress
+
+    progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
+    bar_hook = [progress.hook()] if progress.mode == "bar" else []
+    cbs = CallbackList([history] + list(callbacks or []) + bar_hook, model, params)
+    model.history = history
+    model.stop_training = False
+    try:
+        cbs.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            progress.begin(epoch)
+            seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
+            started = time.perf_counter()
+            result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
+            seconds = time.perf_counter() - started
+            model._epochs_seen += 1
+            if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
+                raise NonFiniteLossError(
+                    f"the training loss or a weight update became NaN or Inf during epoch {epoch + 1}; training "
+                    "stopped with finite weights: no update was applied after the first non-finite loss, and "
+                    "no weight was given a non-finite value (try a lower learning rate)")
+            logs = metric_logs(model, result)
+            if val_data is not None:
+                logs.update(metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH), "val_"))
+            progress.end(epoch, logs, seconds)
+            cbs.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
+        progress.close()
+    cbs.on_train_end()
+    return history
+
+def train_epoch(model, engine, data, seed, batch_size, steps, cbs):
+    """One epoch natively. Without batch callbacks it is one native call; with them the native
+    loop runs up to the next batch where a callback is due, calls it and goes on (the result is
+    bit-identical either way). A callback with batch_interval N sees the epoch's batches in
+    groups of N (the last may be shorter): on_train_batch_begin(first batch of the group) before
+    and on_train_batch_end(last batch of the group, running logs) after."""
+    batch_cbs = cbs.batch_callbacks
+    if not batch_cbs or steps == 0:
+        return engine.train_epoch(data, seed, batch_size)
+    engine.begin_epoch(data, seed, batch_size)
+    done, result = 0, None
+    while done < steps:
+        # Only a batch hook that sets stop_training ends the epoch early (Keras); a flag set
+        # elsewhere (before the epoch, another thread) acts at the epoch's end, as without hooks.
+        requests = model._stop_requests
+        for cb in batch_cbs:
+            if done % cb.batch_interval == 0:
+                cb.on_train_batch_begin(done, {})
+        stopped_by_hook = model._stop_requests != requests
+        stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
+        result = engine.train_batches(data, stop - done)
+        done = stop
+        logs = metric_logs(model, result)
+        requests = model._stop_requests
+        for cb in batch_cbs:
+            if done % cb.batch_interval == 0 or done == steps:
+                cb.on_train_batch_end(done - 1, dict(logs))
+        if model.stop_training and (stopped_by_hook or model._stop_requests != requests):
+            break
+    return result
