@@ -1,17 +1,14 @@
 // Element-wise kernels: fill, batch gather, bias + activation, activation backward, column sums.
 #include "check.h"
 #include "fastmlp/math.h"
+#include "grid.h"
 #include "kernels.h"
 
 namespace fastmlp::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return int(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
-}
+constexpr int kThreads = kElementwiseThreads;
+int blocks_for(int64_t n) { return elementwise_blocks(n); }
 
 __global__ void fill_kernel(float* dst, float value, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)

@@ -2,17 +2,14 @@
 // element is read and written by one thread, so no pointer here is __restrict__.
 #include "check.h"
 #include "fastmlp/math.h"
+#include "grid.h"
 #include "kernels.h"
 
 namespace fastmlp::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return int(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
-}
+constexpr int kThreads = kElementwiseThreads;
+int blocks_for(int64_t n) { return elementwise_blocks(n); }
 
 __global__ void activation_forward_kernel(int64_t n, const float* X, ActivationSpec act, float* Y) {
   const float p = float(act.param);

@@ -34,6 +34,20 @@ void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
     d.max_class = std::max<int64_t>(d.max_class, int64_t(c));
   }
 }
+
+// A dataset of `rows` rows for this model's input width and targets (host y, checked), held by
+// the backend whose memory it will use.
+template <typename T>
+std::shared_ptr<Dataset<T>> new_dataset(const std::shared_ptr<Backend<T>>& backend, const ModelSpec& spec,
+                                        int64_t rows, const T* y_host) {
+  auto d = std::make_shared<Dataset<T>>();
+  d->owner = backend;
+  d->device = backend->name();
+  d->rows = rows;
+  d->x_cols = spec.input_dim;
+  describe_targets(*d, spec, y_host);
+  return d;
+}
 }  // namespace
 
 template <typename T>
@@ -52,12 +66,7 @@ template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
                                               std::shared_ptr<const void> keep) const {
   auto held = lock();
-  auto d = std::make_shared<Dataset<T>>();
-  d->owner = backend_;
-  d->device = backend_->name();
-  d->rows = rows;
-  d->x_cols = spec_.input_dim;
-  describe_targets(*d, spec_, y);
+  auto d = new_dataset(backend_, spec_, rows, y);
   const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
   bool resident = bytes <= budget();
   if (resident) {
@@ -88,12 +97,7 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy) const {
   auto held = lock();
-  auto d = std::make_shared<Dataset<T>>();
-  d->owner = backend_;
-  d->device = backend_->name();
-  d->rows = rows;
-  d->x_cols = spec_.input_dim;
-  describe_targets(*d, spec_, y_host);
+  auto d = new_dataset(backend_, spec_, rows, y_host);
   d->x = x_backend;
   // Another library may still be writing the array on its own stream.
   backend_->synchronize_device();

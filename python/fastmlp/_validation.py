@@ -148,3 +148,21 @@ def boolean(value, name: str) -> bool:
     if isinstance(value, numbers.Integral) and value in (0, 1):
         return bool(value)
     raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def config_class(config, what: str, key: str, registry: dict, allowed=None):
+    """registry[config[key]] for a get_config() dict, checked first: a dict, a known `key`, and
+    (allowed: the set of field names, or a function of the class giving it) no unknown fields.
+    Every problem is a ValueError naming the field, for from_config of files and user dicts."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{what} config must be a dict, got {type(config).__name__}")
+    name = config.get(key)
+    cls = registry.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"{what} config field {key!r}: unknown {what} {name!r}; choose one of: "
+                         f"{', '.join(sorted(registry))}")
+    fields = allowed(cls) if callable(allowed) else allowed
+    unknown = sorted(repr(k) for k in config if fields is not None and k not in fields)
+    if unknown:
+        raise ValueError(f"{what} config has unknown field(s) {', '.join(unknown)}")
+    return cls

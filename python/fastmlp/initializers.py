@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import real_number
+from ._validation import config_class, real_number
 
 # The native normal sampler (Box-Muller on 53-bit uniforms u > 0) never returns |z| above
 # sqrt(-2 ln 2**-53) = 8.57; values are computed in float64 and then rounded to the model's dtype.
@@ -125,16 +125,7 @@ def get(identifier) -> Initializer:
 
 def from_config(config: dict) -> Initializer:
     """The initializer get_config described, checked by its constructor (ValueError naming the field)."""
-    if not isinstance(config, dict):
-        raise ValueError(f"initializer config must be a dict, got {type(config).__name__}")
-    unknown = sorted(repr(k) for k in config if k not in ("kind", "a", "b"))
-    if unknown:
-        raise ValueError(f"initializer config has unknown field(s) {', '.join(unknown)}")
-    kind = config.get("kind")
-    if not isinstance(kind, str) or kind not in _BY_NAME:
-        raise ValueError(f"initializer config field 'kind': unknown initializer {kind!r}; "
-                         f"choose one of: {', '.join(sorted(_BY_NAME))}")
-    cls = _BY_NAME[kind]
+    cls = config_class(config, "initializer", "kind", _BY_NAME, {"kind", "a", "b"})
     if cls in (RandomUniform, RandomNormal):
         try:
             return cls(config.get("a", cls().a), config.get("b", cls().b))
@@ -144,7 +135,7 @@ def from_config(config: dict) -> Initializer:
     for field in ("a", "b"):  # the named initializers have no parameters; get_config writes 0.0
         value = config.get(field, 0.0)
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != 0:
-            raise ValueError(f"initializer config field {field!r} must be 0 for {kind!r}, got {value!r}")
+            raise ValueError(f"initializer config field {field!r} must be 0 for {cls.kind!r}, got {value!r}")
     return cls()
 
 

@@ -14,7 +14,7 @@ of any magnitude.
 from __future__ import annotations
 
 from ._enums import LOSS_IDS
-from ._validation import boolean
+from ._validation import boolean, config_class
 
 _ALIASES = {
     "sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
@@ -81,16 +81,8 @@ def get(identifier) -> Loss:
 
 def from_config(config: dict) -> Loss:
     """The Loss that get_config described; a bad config raises ValueError naming the field."""
-    if not isinstance(config, dict):
-        raise ValueError(f"loss config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - {"name", "from_logits"})
-    if unknown:
-        raise ValueError(f"loss config has unknown field(s) {', '.join(map(repr, unknown))}")
-    name = config.get("name")
-    if not isinstance(name, str) or name not in _BY_NAME:
-        raise ValueError(f"loss config field 'name': unknown loss {name!r}; "
-                         f"choose one of: {', '.join(sorted(_BY_NAME))}")
-    return _BY_NAME[name](from_logits=config.get("from_logits", False))
+    cls = config_class(config, "loss", "name", _BY_NAME, {"name", "from_logits"})
+    return cls(from_logits=config.get("from_logits", False))
 
 
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",

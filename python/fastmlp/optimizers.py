@@ -12,7 +12,7 @@ import copy
 
 from . import _core
 from ._enums import OPTIMIZER_IDS
-from ._validation import boolean, real_number
+from ._validation import boolean, config_class, real_number
 from .schedules import Constant, Schedule
 
 
@@ -214,17 +214,9 @@ def from_config(config: dict) -> Optimizer:
     take the constructor's defaults; kind and schedule are required."""
     from .schedules import from_config as schedule_from_config
 
-    if not isinstance(config, dict):
-        raise ValueError(f"optimizer config must be a dict, got {type(config).__name__}")
-    kind = config.get("kind")
-    cls = _BY_NAME.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ValueError(f"optimizer config field 'kind': unknown optimizer {kind!r}; choose one of: "
-                         f"{', '.join(sorted(_BY_NAME))}")
-    allowed = {"kind", "schedule", "weight_decay", *cls._fields}
-    unknown = sorted(repr(k) for k in config if k not in allowed)
-    if unknown:
-        raise ValueError(f"optimizer config has unknown field(s) {', '.join(unknown)} for {kind!r}")
+    cls = config_class(config, "optimizer", "kind", _BY_NAME,
+                       lambda cls: {"kind", "schedule", "weight_decay", *cls._fields})
+    kind = config["kind"]
     if "schedule" not in config:
         raise ValueError("optimizer config is missing the field 'schedule'")
     try:

@@ -14,7 +14,7 @@ import inspect
 
 from . import _core
 from ._enums import SCHEDULE_IDS
-from ._validation import boolean, non_negative_int, real_number
+from ._validation import boolean, config_class, non_negative_int, real_number
 
 
 def _positive(name, v):
@@ -111,16 +111,7 @@ def from_config(config: dict) -> Schedule:
     checked as the constructor checks it. Unknown kinds or fields, missing ones, wrong types and
     out-of-range values raise ValueError naming the field (a saved file must not train with,
     say, min_lr = -0.1)."""
-    if not isinstance(config, dict):
-        raise ValueError(f"schedule config must be a dict, got {type(config).__name__}")
-    kind = config.get("kind")
-    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ValueError(f"schedule config field 'kind': unknown schedule {kind!r}; choose one of: "
-                         f"{', '.join(sorted(_BY_KIND))}")
-    unknown = sorted(repr(k) for k in config if k not in {"kind", "initial_lr", "warmup_steps", *_UNUSED_DEFAULTS})
-    if unknown:
-        raise ValueError(f"schedule config has unknown field(s) {', '.join(unknown)}")
+    cls = config_class(config, "schedule", "kind", _BY_KIND, {"kind", "initial_lr", "warmup_steps", *_UNUSED_DEFAULTS})
     args = {"initial_lr": "initial_lr", "warmup_steps": "warmup_steps", **cls._config_args}
     for field, default in _UNUSED_DEFAULTS.items():
         if field in config and field not in args.values():
@@ -130,7 +121,7 @@ def from_config(config: dict) -> Schedule:
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"schedule config field {field!r} must be {default!r} for a {kind!r} schedule "
+                raise ValueError(f"schedule config field {field!r} must be {default!r} for a {cls.kind!r} schedule "
                                  f"(which does not use it), got {value!r}")
     params = inspect.signature(cls.__init__).parameters
     kwargs = {}
