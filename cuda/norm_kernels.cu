@@ -43,11 +43,11 @@ __global__ void batch_norm_forward_kernel(int rows, int cols, float eps, const f
   const bool in = j < cols;  // threads past the last column still join the barriers
   double s = 0.0;
   if (in)
-    for (int i = threadIdx.y; i < rows; i += kTileRows) s += X[int64_t(i) * cols + j];
+    for (int64_t i = threadIdx.y; i < rows; i += kTileRows) s += X[int64_t(i) * cols + j];
   const float mean = float(tile_column_total(s, sh) / rows);
   double q = 0.0;
   if (in)
-    for (int i = threadIdx.y; i < rows; i += kTileRows) {
+    for (int64_t i = threadIdx.y; i < rows; i += kTileRows) {
       const double dev = X[int64_t(i) * cols + j] - mean;
       q += dev * dev;
     }
@@ -60,7 +60,7 @@ __global__ void batch_norm_forward_kernel(int rows, int cols, float eps, const f
     if (var_out) var_out[j] = var;
   }
   const float g = gamma ? gamma[j] : 1.0f, b = beta ? beta[j] : 0.0f;
-  for (int i = threadIdx.y; i < rows; i += kTileRows) {
+  for (int64_t i = threadIdx.y; i < rows; i += kTileRows) {
     const int64_t k = int64_t(i) * cols + j;
     const float xh = (X[k] - mean) * istd;
     if (xhat) xhat[k] = xh;
@@ -124,7 +124,7 @@ __global__ void column_norm_backward_kernel(int rows, int cols, const float* X, 
   const bool in = j < cols;
   double sdy = 0.0, sdyx = 0.0;
   if (in)
-    for (int i = threadIdx.y; i < rows; i += kTileRows) {
+    for (int64_t i = threadIdx.y; i < rows; i += kTileRows) {
       const int64_t k = int64_t(i) * cols + j;
       const double dy = dY[k];
       sdy += dy;
@@ -141,7 +141,7 @@ __global__ void column_norm_backward_kernel(int rows, int cols, const float* X, 
   const float g = gamma ? gamma[j] : 1.0f;
   const float istd = inv_std[j];
   const float sum_dxhat = float(g * sdy), sum_dxhat_xhat = float(g * sdyx);
-  for (int i = threadIdx.y; i < rows; i += kTileRows) {
+  for (int64_t i = threadIdx.y; i < rows; i += kTileRows) {
     const int64_t k = int64_t(i) * cols + j;
     dX[k] = math::normalize_input_grad(dY[k] * g, xhat[k], istd, float(rows), sum_dxhat, sum_dxhat_xhat) *
             chain_grad(x_act, X, k);

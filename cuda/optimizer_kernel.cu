@@ -64,7 +64,12 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
     if (kSlots > 1) st1[k] = s1;
     if (kSlots > 2) st2[k] = s2;
   }
-  if (overflowed) counters->nonfinite = 1;  // same value from every thread that saw one
+  // Not nonfinite yet: blocks that start later must still see the skip flag this step began with
+  // (as the CPU does, which updates every segment and flags the overflow afterwards).
+  if (overflowed) {
+    counters->update_overflow = 1;  // same value from every thread that saw one
+    __threadfence();
+  }
   if (any_regularizer && !skip) {
     penalty = block_sum(penalty);
     if (threadIdx.x == 0) atomicAdd(&counters->reg_sum, penalty * rows);
@@ -80,6 +85,11 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
     counters->blocks_done = 0;
     if (!skip) counters->step += 1;
     counters->batch_start += rows;
+    volatile int32_t* overflow = &counters->update_overflow;  // written by other blocks
+    if (*overflow) {
+      counters->nonfinite = 1;  // later steps are skipped; the weights stay finite
+      *overflow = 0;
+    }
   }
 }
 

@@ -101,3 +101,41 @@ def test_ctrl_c_in_a_batch_callback_fit_leaves_the_model_usable():
     """)
     check(out)
     assert {k: out[k] for k in USABLE} == USABLE
+
+
+def test_a_signal_handler_may_use_the_model_between_steps_of_fit():
+    # The usual "checkpoint on SIGTERM" handler: it runs at a step boundary, unlocked, and fit goes on.
+    out = child("""
+        seen = []
+        def handler(sig, frame):
+            seen.append(m._engine.get_snapshot()[2])   # the step it saw
+            m.save(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastmlp-sig-{os.getpid()}.fm"))
+        signal.signal(signal.SIGUSR1, handler)
+        data = m.upload(X[:20_000], Y[:20_000])
+        step0 = m._engine.step
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        m.fit(data, epochs=1, batch_size=1, verbose=0)
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastmlp-sig-{os.getpid()}.fm")
+        saved_step = fm.load_model(path)._engine.step
+        os.unlink(path)
+        print(json.dumps({"handled": len(seen), "mid_fit": step0 < saved_step < step0 + 20_000,
+                          "finished": m._engine.step - step0}))
+    """)
+    assert out == {"handled": 1, "mid_fit": True, "finished": 20_000}
+
+
+def test_a_signal_handler_that_calls_the_model_during_predict_raises_instead_of_hanging():
+    out = child("""
+        def handler(sig, frame):
+            m.get_weights()
+        signal.signal(signal.SIGUSR1, handler)
+        data = m.upload(X)
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        try:
+            for _ in range(200):   # many batches of one row: the handler lands inside predict
+                m.predict(data, batch_size=1)
+            print(json.dumps({"error": None}))
+        except RuntimeError as e:
+            print(json.dumps({"error": "inside one of its own calls" in str(e), "usable": m.predict(X[:3]).shape[0]}))
+    """)
+    assert out == {"error": True, "usable": 3}

@@ -128,3 +128,32 @@ def test_failed_evaluate_in_a_batch_hook_leaves_the_epoch_running():
         print("weights", all(np.array_equal(p, q) for p, q in zip(a.get_weights(), b.get_weights())))
     """)
     assert out.split() == ["MemoryError", "history", "True", "weights", "True"]
+
+
+def test_a_failed_optimizer_switch_keeps_the_old_optimizer_whole():
+    out = run("""
+        from fastmlp import _core
+        def engine():
+            e = _core.Engine32(4000, [(4000, 0, 0.0, 0.0, 0.0), (2, 0, 0.0, 0.0, 0.0)], 3, 0, "cpu", "float32")  # 16M params
+            e.initialize([("glorot_uniform", 0.0, 0.0)] * 2, 7)
+            e.set_optimizer(sgd)
+            return e
+        sgd = _core.OptimizerConfig(); sgd.kind = 0; sgd.lr = 0.01
+        e = engine()
+        adam = _core.OptimizerConfig(); adam.kind = 4
+        cap(40 << 20)   # Adam's 128 MB of state do not fit
+        try:
+            e.set_optimizer(adam)
+            print("no error")
+        except MemoryError:
+            print("MemoryError")
+        uncap()
+        x = np.random.default_rng(0).normal(size=(8, 4000)).astype(np.float32)
+        y = np.zeros((8, 2), np.float32)
+        e.train_epoch(e.upload(x, y), None, 4)
+        plain = engine()  # never offered Adam: the failed switch must have changed nothing
+        plain.train_epoch(plain.upload(x, y), None, 4)
+        print("slots", e.state_slots, "same", np.array_equal(e.get_params(), plain.get_params()))
+        del plain
+    """)
+    assert out.split() == ["MemoryError", "slots", "0", "same", "True"]

@@ -93,7 +93,16 @@ void Engine<T>::between_steps(Lock& held) {
     held.unlock();
     held.lock();
   }
-  poll_interrupt();
+  const auto now = std::chrono::steady_clock::now();
+  if (interrupt_poll_ && now - last_poll_ >= poll_interval_) {
+    last_poll_ = now;
+    const std::function<void()> poll = interrupt_poll_;
+    // Unlocked: a signal handler may use the model (save a checkpoint, read the weights) at
+    // this step boundary. If it throws (KeyboardInterrupt), the call ends here, unlocked.
+    held.unlock();
+    poll();
+    held.lock();
+  }
 }
 
 template <typename T>
@@ -220,14 +229,17 @@ void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
   auto held = lock();
   const int slots = optimizer_state_slots(config);
   const bool layout_changed = slots != slots_ || config.kind != config_.kind;
+  // The new state first: if it cannot be allocated, the engine keeps its optimizer whole.
+  BackendBuffer<T> new_state;
+  if (slots != slots_) new_state = BackendBuffer<T>(backend_.get(), sizeof(T) * num_params_ * slots);
   config_ = config;
   upload_config();
   if (layout_changed || reset) {
     if (slots != slots_) {
-      state_ = BackendBuffer<T>(backend_.get(), sizeof(T) * num_params_ * slots);
-      slots_ = slots;
-      backend_->reset_captures();
+      backend_->reset_captures();  // captured steps point at the old state
       captured_dataset_ = 0;
+      state_ = std::move(new_state);
+      slots_ = slots;
     }
     if (slots_) backend_->fill(state_.get(), T(0), num_params_ * slots_);
     if (config_.kind == OptimizerKind::Adagrad)
@@ -309,6 +321,7 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
   for (int32_t i : perm)  // the gather trusts these indices
     if (i < 0 || i >= data.rows) throw std::invalid_argument("permutation holds an index outside the data");
   epoch_ = EpochProgress{};
+  epoch_.generation = ++epochs_begun_;
   const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(data.rows, 1)));
   ensure_workspace(bs);
   // The device order: the permutation itself, or for streamed data 0, 1, ... over a chunk that
@@ -336,11 +349,12 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   const int bs = epoch_.batch_size;
+  const uint64_t generation = epoch_.generation;
   for (int64_t b = 0; b < max_batches && epoch_.rows_done < data.rows; ++b) {
     if (b > 0) {
       between_steps(held);
       // Whoever held the lock meanwhile may have ended the epoch, or begun another.
-      if (!epoch_.open || epoch_.dataset != data.id)
+      if (!epoch_.open || epoch_.generation != generation)
         throw std::logic_error("the epoch was ended by another call while it was training");
     }
     // Checked before every step: a call from another thread (or a batch callback) between two

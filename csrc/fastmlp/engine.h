@@ -218,6 +218,7 @@ class Engine {
     NormSpec norm;
     LayerParams params;
     bool keeps_record = false;  // a hidden Dense followed by a Dense (cuBLASLt's ReLU mask)
+    bool needs_input_grad = false;  // some earlier op has trainable parameters
   };
   void lower(const std::vector<LayerParams>& layout);
   using Lock = std::unique_lock<FairMutex>;
@@ -307,12 +308,14 @@ class Engine {
   uint64_t captured_dataset_ = 0;
   struct EpochProgress {  // the epoch begun by begin_epoch
     bool open = false;
+    uint64_t generation = 0;  // which begin_epoch made it
     uint64_t dataset = 0;
     int batch_size = 0;
     int64_t batches_done = 0, rows_done = 0;
     std::vector<int32_t> order;  // streamed data: the epoch's permutation, applied on the host
     int64_t chunk_rows = 0, loaded_to = 0;  // streamed data: chunk size, rows loaded so far
   } epoch_;
+  uint64_t epochs_begun_ = 0;
   std::optional<size_t> data_budget_;
   struct StreamBuffers {  // where streamed data passes through, one chunk at a time
     BackendBuffer<T> x, y;

@@ -46,6 +46,13 @@ void Engine<T>::lower(const std::vector<LayerParams>& layout) {
   }
   for (size_t i = 0; i + 1 < ops_.size(); ++i)
     ops_[i].keeps_record = ops_[i].kind == LayerKind::Dense && ops_[i + 1].kind == LayerKind::Dense;
+  // The backward pass stops computing input gradients below the first op with parameters
+  // (e.g. the Dense after an input Dropout skips its dX GEMM).
+  bool trainable_before = false;
+  for (Op& op : ops_) {
+    op.needs_input_grad = trainable_before;
+    trainable_before = trainable_before || op.params.w >= 0 || op.params.gamma >= 0 || op.params.beta >= 0;
+  }
 }
 
 template <typename T>
@@ -157,7 +164,7 @@ void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters) {
     const T* in = prev ? outputs_[i - 1] : X;
     // The producer's activation derivative, applied to the input gradient here (see the top).
     const ActivationSpec in_act = prev_dense ? prev->act : ActivationSpec{};
-    T* dX = prev ? dz_[i - 1].get() : nullptr;
+    T* dX = prev && op.needs_input_grad ? dz_[i - 1].get() : nullptr;
     bool wrote_prev_db = false;
     switch (op.kind) {
       case LayerKind::Dense: {
@@ -175,6 +182,7 @@ void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters) {
         break;
       case LayerKind::BatchNormalization:
       case LayerKind::LayerNormalization:
+        if (!dX && p.gamma < 0 && p.beta < 0) break;  // nothing below needs it
         be->normalize_backward(op.norm, rows, op.in, in, xhat_[i].get(), inv_std_[i].get(), at(P, p.gamma),
                                dz_[i].get(), at(G, p.gamma), at(G, p.beta), in_act, dX);
         break;

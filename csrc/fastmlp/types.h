@@ -114,6 +114,8 @@ struct TrainCounters {
   double metric_sum = 0.0;  // correct predictions or absolute errors since the last reset
   int32_t nonfinite = 0;    // set when a loss was NaN/Inf: later updates are skipped
   uint32_t blocks_done = 0;  // CUDA: blocks of the optimizer kernel finished this step
+  int32_t update_overflow = 0;  // CUDA: a block's update overflowed this step; the last block
+                                // moves it to nonfinite, so every block skips or runs alike
 };
 
 }  // namespace fastmlp
