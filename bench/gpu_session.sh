@@ -34,8 +34,21 @@ s.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['ac
 s.data_budget = 64 * 21 * 4  # streamed in chunks, with a batch hook that evaluates mid-epoch
 probe = fm.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: s.evaluate(x[:50], y[:50]), batch_interval=5)
 s.fit(s.upload(x, y), epochs=2, batch_size=7, verbose=0, callbacks=[probe]); print('sanitized streamed fit', s.evaluate(x, y))
-del m, s; import gc; gc.collect()  # free device memory before exit so the leak check is meaningful
+L = fm.Sequential([fm.Dropout(0.1, input_dim=20), fm.Dense(37), fm.BatchNormalization(), fm.Activation('tanh'),
+                   fm.Dropout(0.3), fm.Dense(33, activation='relu'), fm.LayerNormalization(), fm.Dense(2, activation='softmax')], seed=0)
+L.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'], device='cuda')
+L.fit(x, y, epochs=2, batch_size=7, verbose=0); print('sanitized layers fit', L.evaluate(x, y), L.compute_gradients(x, y)[2].shape)
+del m, s, L; import gc; gc.collect()  # free device memory before exit so the leak check is meaningful
 " > "$OUT/sanitizer.log" 2>&1; tail -5 "$OUT/sanitizer.log"
+  # Shared-memory races in our own kernels (the normalization reductions above all).
+  compute-sanitizer --tool racecheck python3 -c "
+import numpy as np, fastmlp as fm
+x = np.random.default_rng(1).normal(size=(300, 70)).astype(np.float32); y = (x[:, 0] > 0).astype(int)
+L = fm.Sequential([fm.Dense(37, input_dim=70), fm.BatchNormalization(), fm.Activation('relu'), fm.Dropout(0.2),
+                   fm.Dense(65), fm.LayerNormalization(), fm.Dense(2, activation='softmax')], seed=0)
+L.compile(optimizer='adam', loss='sparse_categorical_crossentropy', device='cuda')
+L.fit(x, y, epochs=1, batch_size=64, verbose=0); print('racecheck layers fit', L.evaluate(x, y))
+" > "$OUT/racecheck.log" 2>&1; tail -3 "$OUT/racecheck.log"
   python3 "$REPO/bench/bench_mnist.py" --device cuda --config all --precision float32 --epochs 5 \
     --data "$FASTMLP_DATA" > "$OUT/bench_fp32.json" 2> "$OUT/bench_fp32.err"
   tail -3 "$OUT/bench_fp32.err"
