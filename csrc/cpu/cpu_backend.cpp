@@ -1,16 +1,16 @@
-// The CPU backend: GEMMs through BLAS, every element-wise pass fused into one OpenMP loop
-// that calls the shared math in fastmlp/math.h.
-#include <omp.h>
-
+// The CPU backend: GEMMs through BLAS, every element-wise pass fused into one loop (split over
+// the worker threads of thread_pool.h) that calls the shared math in fastmlp/math.h.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/thread_pool.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/math.h"
 
@@ -79,12 +79,13 @@ class CpuBackend final : public Backend<T> {
   void gather_batch(int rows, int x_cols, int y_cols, const T* x, const T* y, const int32_t* perm,
                     const TrainCounters* counters, T* x_dst, T* y_dst) override {
     const int64_t start = counters->batch_start;
-#pragma omp parallel for if (int64_t(rows) * x_cols > kParallelThreshold)
-    for (int i = 0; i < rows; ++i) {
-      const int64_t r = perm[start + i];
-      std::memcpy(x_dst + int64_t(i) * x_cols, x + r * x_cols, sizeof(T) * x_cols);
-      std::memcpy(y_dst + int64_t(i) * y_cols, y + r * y_cols, sizeof(T) * y_cols);
-    }
+    cpu::parallel_for(rows, int64_t(rows) * x_cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t r = perm[start + i];
+        std::memcpy(x_dst + i * x_cols, x + r * x_cols, sizeof(T) * x_cols);
+        std::memcpy(y_dst + i * y_cols, y + r * y_cols, sizeof(T) * y_cols);
+      }
+    });
   }
 
   // Keeps no activation record: the derivative is taken from the activation's output.
@@ -93,12 +94,13 @@ class CpuBackend final : public Backend<T> {
     cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
-#pragma omp parallel for if (int64_t(rows) * out > kParallelThreshold)
-      for (int i = 0; i < rows; ++i) {
-        T* y = Y + int64_t(i) * out;
+      cpu::parallel_for(rows, int64_t(rows) * out > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          T* y = Y + i * out;
 #pragma omp simd
-        for (int j = 0; j < out; ++j) y[j] = math::activate(kind.value, p, y[j] + b[j]);
-      }
+          for (int j = 0; j < out; ++j) y[j] = math::activate(kind.value, p, y[j] + b[j]);
+        }
+      });
     });
     return false;
   }
@@ -113,8 +115,10 @@ class CpuBackend final : public Backend<T> {
     const T p = T(x_act.param);
     const int64_t n = int64_t(rows) * in;
     with_activation(x_act.kind, [&](auto kind) {
-#pragma omp parallel for simd if (n > kParallelThreshold)
-      for (int64_t i = 0; i < n; ++i) dX[i] *= math::activation_grad_from_output(kind.value, p, X[i]);
+      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; ++i) dX[i] *= math::activation_grad_from_output(kind.value, p, X[i]);
+      });
     });
     return false;
   }
@@ -123,8 +127,10 @@ class CpuBackend final : public Backend<T> {
     const int64_t n = int64_t(rows) * cols;
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
-#pragma omp parallel for simd if (n > kParallelThreshold)
-      for (int64_t i = 0; i < n; ++i) Y[i] = math::activate(kind.value, p, X[i]);
+      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; ++i) Y[i] = math::activate(kind.value, p, X[i]);
+      });
     });
   }
 
@@ -134,10 +140,12 @@ class CpuBackend final : public Backend<T> {
     const T p = T(act.param), xp = T(x_act.param);
     with_activation(act.kind, [&](auto kind) {
       with_activation(x_act.kind, [&](auto x_kind) {
-#pragma omp parallel for simd if (n > kParallelThreshold)
-        for (int64_t i = 0; i < n; ++i)
-          dX[i] = dY[i] * math::activation_grad_from_output(kind.value, p, Y[i]) *
-                  math::activation_grad_from_output(x_kind.value, xp, X[i]);
+        cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+          for (int64_t i = lo; i < hi; ++i)
+            dX[i] = dY[i] * math::activation_grad_from_output(kind.value, p, Y[i]) *
+                    math::activation_grad_from_output(x_kind.value, xp, X[i]);
+        });
       });
     });
   }
@@ -146,8 +154,9 @@ class CpuBackend final : public Backend<T> {
                        T* Y) override {
     const int64_t n = int64_t(rows) * cols, step = counters->step;
     const T scale = math::dropout_scale<T>(d.rate);
-#pragma omp parallel for if (n > kParallelThreshold)
-    for (int64_t i = 0; i < n; ++i) Y[i] = math::dropout_keep(d.seed, step, i, d.rate) ? X[i] * scale : T(0);
+    cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(d.seed, step, i, d.rate) ? X[i] * scale : T(0);
+    });
   }
 
   void dropout_backward(int rows, int cols, const T* X, const T* dY, DropoutSpec d, const TrainCounters* counters,
@@ -155,11 +164,12 @@ class CpuBackend final : public Backend<T> {
     const int64_t n = int64_t(rows) * cols, step = counters->step;
     const T scale = math::dropout_scale<T>(d.rate), xp = T(x_act.param);
     with_activation(x_act.kind, [&](auto x_kind) {
-#pragma omp parallel for if (n > kParallelThreshold)
-      for (int64_t i = 0; i < n; ++i)
-        dX[i] = math::dropout_keep(d.seed, step, i, d.rate)
-                    ? dY[i] * scale * math::activation_grad_from_output(x_kind.value, xp, X[i])
-                    : T(0);
+      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i)
+          dX[i] = math::dropout_keep(d.seed, step, i, d.rate)
+                      ? dY[i] * scale * math::activation_grad_from_output(x_kind.value, xp, X[i])
+                      : T(0);
+      });
     });
   }
 
@@ -170,9 +180,9 @@ class CpuBackend final : public Backend<T> {
     auto g = [gamma](int j) { return gamma ? gamma[j] : T(1); };
     auto b = [beta](int j) { return beta ? beta[j] : T(0); };
     if (ns.axis == NormAxis::Features) {  // one group per row
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-      for (int i = 0; i < rows; ++i) {
-        const T* x = X + int64_t(i) * cols;
+      cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* x = X + i * cols;
         double sum = 0.0;
         for (int j = 0; j < cols; ++j) sum += x[j];
         const T mean = T(sum / cols);
@@ -180,13 +190,14 @@ class CpuBackend final : public Backend<T> {
         for (int j = 0; j < cols; ++j) sq += double(x[j] - mean) * double(x[j] - mean);
         const T inv = math::normalize_inv_std(T(sq / cols), eps);
         inv_std[i] = inv;
-        T* h = xhat + int64_t(i) * cols;
-        T* y = Y + int64_t(i) * cols;
+        T* h = xhat + i * cols;
+        T* y = Y + i * cols;
         for (int j = 0; j < cols; ++j) {
           h[j] = (x[j] - mean) * inv;
           y[j] = g(j) * h[j] + b(j);
         }
       }
+      });
       return;
     }
     // Batch axis: one group per column. Statistics accumulate row by row (contiguous reads).
@@ -215,17 +226,18 @@ class CpuBackend final : public Backend<T> {
         if (var_out) var_out[j] = var;
       }
     }
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-    for (int i = 0; i < rows; ++i) {
-      const T* x = X + int64_t(i) * cols;
-      T* y = Y + int64_t(i) * cols;
-      T* h = mean_in ? nullptr : xhat + int64_t(i) * cols;
-      for (int j = 0; j < cols; ++j) {
-        const T hj = (x[j] - mean[j]) * inv[j];
-        if (h) h[j] = hj;
-        y[j] = g(j) * hj + b(j);
+    cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* x = X + i * cols;
+        T* y = Y + i * cols;
+        T* h = mean_in ? nullptr : xhat + i * cols;
+        for (int j = 0; j < cols; ++j) {
+          const T hj = (x[j] - mean[j]) * inv[j];
+          if (h) h[j] = hj;
+          y[j] = g(j) * hj + b(j);
+        }
       }
-    }
+    });
   }
 
   void normalize_backward(NormSpec ns, int rows, int cols, const T* X, const T* xhat, const T* inv_std,
@@ -251,20 +263,21 @@ class CpuBackend final : public Backend<T> {
     with_activation(x_act.kind, [&](auto x_kind) {
       if (ns.axis == NormAxis::Batch) {
         const T n = T(rows);
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-        for (int i = 0; i < rows; ++i) {
-          const int64_t o = int64_t(i) * cols;
-          for (int j = 0; j < cols; ++j)
-            dX[o + j] = math::normalize_input_grad(dY[o + j] * g(j), xhat[o + j], inv_std[j], n,
-                                                   T(g(j) * sum_dy[j]), T(g(j) * sum_dy_xhat[j])) *
-                        math::activation_grad_from_output(x_kind.value, xp, X[o + j]);
-        }
+        cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+          for (int64_t i = lo; i < hi; ++i) {
+            const int64_t o = i * cols;
+            for (int j = 0; j < cols; ++j)
+              dX[o + j] = math::normalize_input_grad(dY[o + j] * g(j), xhat[o + j], inv_std[j], n,
+                                                     T(g(j) * sum_dy[j]), T(g(j) * sum_dy_xhat[j])) *
+                          math::activation_grad_from_output(x_kind.value, xp, X[o + j]);
+          }
+        });
         return;
       }
       const T n = T(cols);
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-      for (int i = 0; i < rows; ++i) {
-        const int64_t o = int64_t(i) * cols;
+      cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t o = i * cols;
         double s = 0.0, sh = 0.0;
         for (int j = 0; j < cols; ++j) {
           const double dh = double(dY[o + j]) * g(j);
@@ -275,20 +288,28 @@ class CpuBackend final : public Backend<T> {
           dX[o + j] = math::normalize_input_grad(dY[o + j] * g(j), xhat[o + j], inv_std[i], n, T(s), T(sh)) *
                       math::activation_grad_from_output(x_kind.value, xp, X[o + j]);
       }
+      });
     });
   }
 
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
             ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
     const T scale = T(1) / T(rows);
-    double loss_sum = 0.0, metric_sum = 0.0;
-#pragma omp parallel for reduction(+ : loss_sum, metric_sum) if (int64_t(rows) * n_out > kParallelThreshold)
-    for (int i = 0; i < rows; ++i) {
-      const auto r = math::loss_row(loss, metric, out_act, n_out, Z + int64_t(i) * n_out, Y + int64_t(i) * y_cols,
-                                    scale, dZ ? dZ + int64_t(i) * n_out : nullptr);
-      loss_sum += r.loss;
-      metric_sum += r.metric;
-    }
+    using Sums = std::pair<double, double>;  // loss, metric
+    const Sums sums = cpu::parallel_reduce(
+        rows, int64_t(rows) * n_out > kParallelThreshold, Sums{0.0, 0.0},
+        [&](int64_t lo, int64_t hi) {
+          Sums part{0.0, 0.0};
+          for (int64_t i = lo; i < hi; ++i) {
+            const auto r = math::loss_row(loss, metric, out_act, n_out, Z + i * n_out, Y + i * y_cols, scale,
+                                          dZ ? dZ + i * n_out : nullptr);
+            part.first += r.loss;
+            part.second += r.metric;
+          }
+          return part;
+        },
+        [](Sums a, Sums b) { return Sums{a.first + b.first, a.second + b.second}; });
+    const double loss_sum = sums.first, metric_sum = sums.second;
     if (!std::isfinite(loss_sum)) counters->nonfinite = 1;
     counters->loss_sum += loss_sum;
     counters->metric_sum += metric_sum;
@@ -310,39 +331,29 @@ class CpuBackend final : public Backend<T> {
     double penalty = 0.0;
     int overflowed = 0;
     const OptimizerConfig& cfg = *config;
+    // Only the flags a kind reads become compile-time constants (amsgrad for Adam, centered for
+    // RMSprop, momentum for SGD and RMSprop): a quarter of the variants to compile.
     with_optimizer(cfg.kind, [&](auto kind) {
-      with_bool(cfg.amsgrad, [&](auto amsgrad) {
-        with_bool(cfg.weight_decay != 0.0, [&](auto decay) {
-          with_bool(cfg.momentum != 0.0, [&](auto momentum) {
-           with_bool(cfg.kind == OptimizerKind::RMSprop && cfg.centered, [&](auto centered) {
-            using Flags = UpdateFlags<kind.value, amsgrad.value, decay.value, momentum.value, centered.value>;
-            if (Flags::slots != slots)  // the engine sized the state with optimizer_state_slots
-              throw std::logic_error("optimizer state has " + std::to_string(slots) + " slots, the update uses " +
-                                     std::to_string(Flags::slots));
-            for (int sgi = 0; sgi < n_segments; ++sgi) {
-              const ParamSegment seg = segments[sgi];
-              if (seg.moving_average) {  // not trained: the statistic in grads is averaged in
-                for (int64_t k = seg.offset; k < seg.offset + seg.size; ++k) {
-                  const T next = math::moving_average(params[k], grads[k], seg.momentum);
-                  if (std::isfinite(next)) params[k] = next;
-                }
-                continue;
+      constexpr OptimizerKind K = std::decay_t<decltype(kind)>::value;
+      constexpr bool adam = K == OptimizerKind::Adam || K == OptimizerKind::AdamW;
+      constexpr bool rms = K == OptimizerKind::RMSprop;
+      constexpr bool has_momentum = K == OptimizerKind::SGD || rms;
+      with_bool(adam && cfg.amsgrad, [&](auto amsgrad) {
+        with_bool(rms && cfg.centered, [&](auto centered) {
+          with_bool(has_momentum && cfg.momentum != 0.0, [&](auto momentum) {
+            with_bool(cfg.weight_decay != 0.0, [&](auto decay) {
+              if constexpr ((adam || !std::decay_t<decltype(amsgrad)>::value) && (rms || !std::decay_t<decltype(centered)>::value) &&
+                            (has_momentum || !std::decay_t<decltype(momentum)>::value)) {
+                using Flags = UpdateFlags<K, std::decay_t<decltype(amsgrad)>::value, std::decay_t<decltype(decay)>::value,
+                                          std::decay_t<decltype(momentum)>::value, std::decay_t<decltype(centered)>::value>;
+                if (Flags::slots != slots)  // the engine sized the state with optimizer_state_slots
+                  throw std::logic_error("optimizer state has " + std::to_string(slots) +
+                                         " slots, the update uses " + std::to_string(Flags::slots));
+                const auto r = update_segments<Flags>(cfg, s, params, grads, st0, st1, st2, segments, n_segments);
+                penalty += r.first;
+                overflowed |= r.second;
               }
-              const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
-              const int64_t n = seg.size;
-              const int threads = n > kParallelThreshold ? omp_get_max_threads() : 1;
-#pragma omp parallel num_threads(threads) reduction(+ : penalty) reduction(| : overflowed)
-              {
-                // Each thread updates one contiguous chunk with a plain loop.
-                const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-                const int64_t lo = seg.offset + n * t / nt, hi = seg.offset + n * (t + 1) / nt;
-                penalty += reg ? update_range<Flags, true>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(seg.l1),
-                                                           T(seg.l2), overflowed)
-                               : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi, T(0), T(0),
-                                                            overflowed);
-              }
-            }
-           });
+            });
           });
         });
       });
@@ -366,6 +377,42 @@ class CpuBackend final : public Backend<T> {
                                  : K == OptimizerKind::Adadelta ? 2
                                                                 : (kAmsgrad ? 3 : 2);
   };
+
+  // One optimizer variant over every segment: returns the penalty and whether an update overflowed.
+  template <typename Flags>
+  static std::pair<double, int> update_segments(const OptimizerConfig& cfg, const math::StepScalars& s, T* params,
+                                                const T* grads, T* st0, T* st1, T* st2,
+                                                const ParamSegment* segments, int n_segments) {
+    using Result = std::pair<double, int>;  // penalty, overflowed
+    Result total{0.0, 0};
+    for (int sgi = 0; sgi < n_segments; ++sgi) {
+      const ParamSegment seg = segments[sgi];
+      if (seg.moving_average) {  // not trained: the statistic in grads is averaged in
+        for (int64_t k = seg.offset; k < seg.offset + seg.size; ++k) {
+          const T next = math::moving_average(params[k], grads[k], seg.momentum);
+          if (std::isfinite(next)) params[k] = next;
+        }
+        continue;
+      }
+      const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
+      // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
+      const Result r = cpu::parallel_reduce(
+          seg.size, seg.size > kParallelThreshold, Result{0.0, 0},
+          [&](int64_t from, int64_t to) {
+            int bad = 0;
+            const int64_t lo = seg.offset + from, hi = seg.offset + to;
+            const double pen = reg ? update_range<Flags, true>(cfg, s, params, grads, st0, st1, st2, lo, hi,
+                                                               T(seg.l1), T(seg.l2), bad)
+                                   : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi,
+                                                                T(0), T(0), bad);
+            return Result{pen, bad};
+          },
+          [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
+      total.first += r.first;
+      total.second |= r.second;
+    }
+    return total;
+  }
 
   // Updates params[lo, hi) and returns the regularization penalty of the pre-update values.
   // The config is copied with its kind and branch-selecting flags fixed as constants, so the
@@ -405,17 +452,19 @@ class CpuBackend final : public Backend<T> {
   }
 
   static void column_sums(int rows, int cols, const T* M, T* out) {
-    // Each thread owns a band of columns, so the sums need no reduction across threads.
-#pragma omp parallel for if (int64_t(rows) * cols > kParallelThreshold)
-    for (int j0 = 0; j0 < cols; j0 += 64) {
-      const int j1 = j0 + 64 < cols ? j0 + 64 : cols;
-      T acc[64] = {};
-      for (int i = 0; i < rows; ++i) {
-        const T* row = M + int64_t(i) * cols;
-        for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
+    // Each thread owns bands of 64 columns, so the sums need no reduction across threads.
+    const int64_t bands = (cols + 63) / 64;
+    cpu::parallel_for(bands, int64_t(rows) * cols > kParallelThreshold, [&](int64_t b0, int64_t b1) {
+      for (int64_t band = b0; band < b1; ++band) {
+        const int j0 = int(band * 64), j1 = j0 + 64 < cols ? j0 + 64 : cols;
+        T acc[64] = {};
+        for (int i = 0; i < rows; ++i) {
+          const T* row = M + int64_t(i) * cols;
+          for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
+        }
+        for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
       }
-      for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
-    }
+    });
   }
 };
 

@@ -2,13 +2,13 @@
 // (libfastmlp_cuda.so next to the core) that is opened only on request, so the core
 // imports and runs on machines without an NVIDIA driver or CUDA libraries.
 #include <dlfcn.h>
-#include <omp.h>
 
 #include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "cpu/blas.h"
+#include "cpu/thread_pool.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/cuda_plugin.h"
 
@@ -111,10 +111,10 @@ template std::unique_ptr<Backend<double>> make_backend<double>(const std::string
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
-  omp_set_num_threads(n);
+  cpu::set_pool_threads(n);
   cpu::blas_set_num_threads(n);
 }
-int get_num_threads() { return omp_get_max_threads(); }
+int get_num_threads() { return cpu::pool_threads(); }
 std::string blas_info() { return cpu::blas_name(); }
 
 }  // namespace fastmlp

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/thread_pool.h"
 #include "fastmlp/engine.h"
 #include "fastmlp/random.h"
 
@@ -205,12 +206,13 @@ void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t
   }
   T* sx = stream_.staging.get();
   T* sy = sx + rows * xc;
-#pragma omp parallel for schedule(static) if (rows * (xc + yc) > (1 << 16))
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t src = order[first + i];
-    std::copy_n(data.host_x + src * xc, xc, sx + i * xc);
-    if (yc) std::copy_n(data.host_y + src * yc, yc, sy + i * yc);
-  }
+  cpu::parallel_for(rows, rows * (xc + yc) > (1 << 16), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t src = order[first + i];
+      std::copy_n(data.host_x + src * xc, xc, sx + i * xc);
+      if (yc) std::copy_n(data.host_y + src * yc, yc, sy + i * yc);
+    }
+  });
   backend_->to_backend(stream_.x.get(), sx, sizeof(T) * rows * xc);
   if (yc) backend_->to_backend(stream_.y.get(), sy, sizeof(T) * rows * yc);
 }

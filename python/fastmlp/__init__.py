@@ -9,13 +9,8 @@
 """
 from __future__ import annotations
 
-import os as _os
-
-# OpenBLAS keeps its own worker threads; OpenMP threads that spin-wait between our element-wise
-# loops steal their cores (measured: 6x slower training on 2 cores). Must be set before the
-# native module loads libgomp; an explicit user setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# The native core uses no OpenMP runtime (its element-wise loops have their own sleeping worker
+# threads, csrc/cpu/thread_pool.h), so importing fastmlp changes no OpenMP setting of the process.
 from . import _core  # noqa: E402
 from . import activations, callbacks  # noqa: E402, initializers, losses, optimizers, regularizers, schedules
 from .gradcheck import gradcheck

@@ -1,0 +1,151 @@
+// The worker threads behind parallel_for (thread_pool.h says why they are not OpenMP's).
+#include "cpu/thread_pool.h"
+
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastmlp::cpu {
+namespace {
+
+int default_threads() {
+  cpu_set_t set;  // the cores this process may use (a container or taskset may allow fewer)
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class Pool {
+ public:
+  ~Pool() { stop_workers(); }
+
+  void set_threads(int n) {
+    std::lock_guard<std::mutex> job(job_mutex_);  // not while a job runs
+    stop_workers();
+    threads_ = std::max(1, n);
+  }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
+
+  void run(int parts, const std::function<void(int)>& f) {
+    std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
+    if (!job.owns_lock()) {  // the workers are busy with another thread's job
+      for (int p = 0; p < parts; ++p) f(p);
+      return;
+    }
+    start_workers();
+    Job j;
+    {
+      std::lock_guard<std::mutex> g(m_);
+      j = {&f, parts, ++generation_};
+      job_ = j;
+      unfinished_ = parts - 1;
+      error_ = nullptr;
+      // Claims carry the job's generation, so a worker still finishing an earlier job can never
+      // take a part of this one by mistake.
+      claim_.store((j.generation << 32) | 1u, std::memory_order_release);
+    }
+    wake_.notify_all();
+    run_part(j, 0);
+    work(j);  // the caller takes the parts no worker has started yet
+    std::unique_lock<std::mutex> g(m_);
+    done_.wait(g, [&] { return unfinished_ == 0; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  struct Job {
+    const std::function<void(int)>* f = nullptr;
+    int parts = 0;
+    uint64_t generation = 0;
+  };
+
+  void run_part(const Job& j, int p) {
+    try {
+      (*j.f)(p);
+    } catch (...) {
+      std::lock_guard<std::mutex> g(m_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+
+  // Runs unclaimed parts 1..parts-1 of job j until none is left. The job (and f) stays alive
+  // until every claimed part has finished: run() waits for unfinished_ to reach 0.
+  void work(const Job& j) {
+    for (;;) {
+      // Compare-and-swap, not fetch_add: a worker late from an earlier job must not use up a part
+      // of this one that it will not run.
+      uint64_t c = claim_.load(std::memory_order_acquire);
+      do {
+        if ((c >> 32) != (j.generation & 0xffffffffu) || int(c & 0xffffffffu) >= j.parts) return;
+      } while (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      run_part(j, int(c & 0xffffffffu));
+      std::lock_guard<std::mutex> g(m_);
+      if (--unfinished_ == 0) done_.notify_one();
+    }
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      Job j;
+      {
+        std::unique_lock<std::mutex> g(m_);
+        wake_.wait(g, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+        j = job_;
+      }
+      work(j);
+    }
+  }
+
+  void start_workers() {
+    const int wanted = threads() - 1;
+    if (int(workers_.size()) == wanted) return;
+    stop_workers();
+    stopping_ = false;
+    for (int i = 0; i < wanted; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+  std::atomic<int> threads_{default_threads()};
+  std::mutex job_mutex_;  // one job at a time
+  std::mutex m_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  Job job_;                       // the current job (guarded by m_)
+  std::atomic<uint64_t> claim_{0};  // generation << 32 | next unclaimed part
+  int unfinished_ = 0;            // parts 1.. of the current job not finished yet
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
+
+Pool& pool() {
+  // Never destroyed: workers must not be joined while the process exits from another static
+  // destructor (they simply end with the process).
+  static Pool* p = new Pool;
+  return *p;
+}
+
+}  // namespace
+
+void set_pool_threads(int n) { pool().set_threads(n); }
+int pool_threads() { return pool().threads(); }
+void run_parts(int parts, const std::function<void(int)>& f) { pool().run(parts, f); }
+
+}  // namespace fastmlp::cpu
