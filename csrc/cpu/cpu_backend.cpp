@@ -430,16 +430,17 @@ class CpuBackend final : public Backend<T> {
     if constexpr (!Flags::decay) c.weight_decay = 0.0;
     if constexpr (!Flags::momentum) c.momentum = 0.0;
     double penalty = 0.0;
-    if constexpr (kRegularized) {  // penalty of the weights the forward pass used, before the update
-#pragma omp simd reduction(+ : penalty)
-      for (int64_t k = lo; k < hi; ++k) penalty += double(math::regularization_penalty(p[k], l1, l2));
-    }
     int bad = 0;
-#pragma omp simd reduction(| : bad)
+    // One pass: the penalty of the weights the forward pass used (before the update) is summed
+    // in the same loop that updates them.
+#pragma omp simd reduction(| : bad) reduction(+ : penalty)
     for (int64_t k = lo; k < hi; ++k) {
       T gk = g[k];
       T pk = p[k];
-      if constexpr (kRegularized) gk += math::regularization_grad(pk, l1, l2);
+      if constexpr (kRegularized) {
+        penalty += double(math::regularization_penalty(pk, l1, l2));
+        gk += math::regularization_grad(pk, l1, l2);
+      }
       T s0 = kSlots > 0 ? st0[k] : T(0), s1 = kSlots > 1 ? st1[k] : T(0), s2 = kSlots > 2 ? st2[k] : T(0);
       bad |= math::guarded_update(c, s, pk, gk, s0, s1, s2) ? 0 : 1;
       p[k] = pk;
