@@ -148,30 +148,29 @@ def _need(cond, path, msg):
 
 
 @contextlib.contextmanager
+def _as_value_error(path, prefix, errors):
+    """Re-raises `errors` (and ValueErrors not yet naming the file) as a ValueError
+    "{path}: {prefix} (...)": every bad file reads the same to the caller."""
+    try:
+        yield
+    except ValueError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise ValueError(f"{path}: {prefix} ({e})") from None
+    except errors as e:
+        raise ValueError(f"{path}: {prefix} ({type(e).__name__}: {e})") from None
+
+
 def _reading(path, what):
-    """Turns what a damaged archive can raise while `what` is read into a ValueError naming the file."""
-    try:
-        yield
-    except ValueError as e:
-        if str(e).startswith(f"{path}:"):
-            raise
-        raise ValueError(f"{path}: corrupt model file: {what} ({e})") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, OSError,
-            struct.error) as e:
-        raise ValueError(f"{path}: corrupt model file: {what} ({type(e).__name__}: {e})") from None
+    """What a damaged archive can raise while `what` is read, as a ValueError naming the file."""
+    return _as_value_error(path, f"corrupt model file: {what}", (
+        zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, OSError, struct.error))
 
 
-@contextlib.contextmanager
 def _config_errors(path):
-    """Errors from rebuilding the model from its config (from_config, compile) as a ValueError naming the file."""
-    try:
-        yield
-    except ValueError as e:
-        if str(e).startswith(f"{path}:"):
-            raise
-        raise ValueError(f"{path}: invalid model config ({e})") from None
-    except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
-        raise ValueError(f"{path}: invalid model config ({type(e).__name__}: {e})") from None
+    """Errors from rebuilding the model from its config (from_config, compile), naming the file."""
+    return _as_value_error(path, "invalid model config", (KeyError, TypeError, AttributeError, IndexError,
+                                                         OverflowError))
 
 
 def _check_member(info, path, where, container_size):
