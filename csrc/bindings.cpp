@@ -36,13 +36,19 @@ auto without_gil(F&& f) -> decltype(f()) {
 
 // An integer argument as int64 in [lo, hi]: a ValueError naming it instead of pybind11's
 // "incompatible function arguments" or a silent wrap-around.
-int64_t checked_int(const py::handle& h, const char* name, int64_t lo, int64_t hi) {
+// h as a Python int (NumPy integers included, bool refused).
+py::object as_index(const py::handle& h, const char* name) {
   if (PyBool_Check(h.ptr())) throw std::invalid_argument(std::string(name) + " must be an integer, got a bool");
   py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
   if (!index) {
     PyErr_Clear();
     throw std::invalid_argument(std::string(name) + " must be an integer");
   }
+  return index;
+}
+
+int64_t checked_int(const py::handle& h, const char* name, int64_t lo, int64_t hi) {
+  const py::object index = as_index(h, name);
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
   if (overflow || v < lo || v > hi)
@@ -52,11 +58,7 @@ int64_t checked_int(const py::handle& h, const char* name, int64_t lo, int64_t h
 }
 
 uint64_t checked_seed(const py::handle& h, const char* name) {
-  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
-  if (!index || PyBool_Check(h.ptr())) {
-    PyErr_Clear();
-    throw std::invalid_argument(std::string(name) + " must be an integer");
-  }
+  const py::object index = as_index(h, name);
   const unsigned long long v = PyLong_AsUnsignedLongLong(index.ptr());
   if (v == (unsigned long long)-1 && PyErr_Occurred()) {
     PyErr_Clear();

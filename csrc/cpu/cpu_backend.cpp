@@ -201,14 +201,18 @@ class CpuBackend final : public Backend<T> {
       return;
     }
     // Batch axis: one group per column. Statistics accumulate row by row (contiguous reads).
-    std::vector<T> mean(cols), inv(cols);
+    std::vector<T>&mean = col_mean_, &inv = col_inv_;  // reused: no allocation per step
+    mean.resize(cols);
+    inv.resize(cols);
     if (mean_in) {
       for (int j = 0; j < cols; ++j) {
         mean[j] = mean_in[j];
         inv[j] = math::normalize_inv_std(var_in[j], eps);
       }
     } else {
-      std::vector<double> sum(cols, 0.0), sq(cols, 0.0);
+      std::vector<double>&sum = col_sum_, &sq = col_sum2_;
+      sum.assign(cols, 0.0);
+      sq.assign(cols, 0.0);
       for (int i = 0; i < rows; ++i) {
         const T* x = X + int64_t(i) * cols;
         for (int j = 0; j < cols; ++j) sum[j] += x[j];
@@ -246,7 +250,9 @@ class CpuBackend final : public Backend<T> {
     auto g = [gamma](int j) { return gamma ? gamma[j] : T(1); };
     const T xp = T(x_act.param);
     // dgamma and dbeta sum over rows for both axes (gamma and beta are per feature).
-    std::vector<double> sum_dy(cols, 0.0), sum_dy_xhat(cols, 0.0);
+    std::vector<double>&sum_dy = col_sum_, &sum_dy_xhat = col_sum2_;  // reused: no allocation per step
+    sum_dy.assign(cols, 0.0);
+    sum_dy_xhat.assign(cols, 0.0);
     for (int i = 0; i < rows; ++i) {
       const T* dy = dY + int64_t(i) * cols;
       const T* h = xhat + int64_t(i) * cols;
@@ -365,6 +371,10 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  // Per-column scratch of the normalization ops (an engine's calls never overlap).
+  std::vector<T> col_mean_, col_inv_;
+  std::vector<double> col_sum_, col_sum2_;
+
   // Compile-time choices of one optimizer variant (see update_range).
   template <OptimizerKind K, bool kAmsgrad, bool kDecay, bool kMomentum, bool kCentered>
   struct UpdateFlags {

@@ -79,12 +79,17 @@ void Engine<T>::set_interrupt_poll(std::function<void()> poll, std::chrono::mill
 }
 
 template <typename T>
-void Engine<T>::poll_interrupt() {
-  if (!interrupt_poll_) return;
+bool Engine<T>::poll_due() {
+  if (!interrupt_poll_) return false;
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_poll_ < poll_interval_) return;
+  if (now - last_poll_ < poll_interval_) return false;
   last_poll_ = now;
-  interrupt_poll_();
+  return true;
+}
+
+template <typename T>
+void Engine<T>::poll_interrupt() {
+  if (poll_due()) interrupt_poll_();
 }
 
 template <typename T>
@@ -93,9 +98,7 @@ void Engine<T>::between_steps(Lock& held) {
     held.unlock();
     held.lock();
   }
-  const auto now = std::chrono::steady_clock::now();
-  if (interrupt_poll_ && now - last_poll_ >= poll_interval_) {
-    last_poll_ = now;
+  if (poll_due()) {
     const std::function<void()> poll = interrupt_poll_;
     // Unlocked: a signal handler may use the model (save a checkpoint, read the weights) at
     // this step boundary. If it throws (KeyboardInterrupt), the call ends here, unlocked.
@@ -129,11 +132,16 @@ int Engine<T>::state_slots() const {
 }
 
 template <typename T>
-std::vector<T> Engine<T>::get_state() const {
-  auto held = lock();
+std::vector<T> Engine<T>::download_state() const {
   std::vector<T> host(size_t(num_params_) * slots_);
   if (slots_) backend_->to_host(host.data(), state_.get(), sizeof(T) * host.size());
   return host;
+}
+
+template <typename T>
+std::vector<T> Engine<T>::get_state() const {
+  auto held = lock();
+  return download_state();
 }
 
 template <typename T>
@@ -151,8 +159,7 @@ typename Engine<T>::Snapshot Engine<T>::snapshot() const {
   Snapshot s;
   s.params.resize(num_params_);
   download_params(s.params.data());
-  s.state.resize(size_t(num_params_) * slots_);
-  if (slots_) backend_->to_host(s.state.data(), state_.get(), sizeof(T) * s.state.size());
+  s.state = download_state();
   s.step = read_counters(train_counters_).step;
   return s;
 }

@@ -227,8 +227,10 @@ class Engine {
   // first-come, first-served) and polls for an interrupt.
   void between_steps(Lock& held);
   void poll_interrupt();
+  bool poll_due();  // an interrupt poll is set and its interval has passed (then restarts it)
   // The unlocked bodies of the public methods of the same names, for calls from inside.
   void download_params(T* host) const;
+  std::vector<T> download_state() const;
   void store_step(int64_t step);
   size_t budget() const { return data_budget_ ? *data_budget_ : backend_->memory_for_data(); }
   void begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
