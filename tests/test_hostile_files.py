@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from model_files import read_parts, write_parts
 from fastmlp import _atomic_write, saving
 from fastmlp.cli import main as cli_main
 
@@ -245,25 +246,6 @@ def good(tmp_path_factory):
     return path
 
 
-def read_parts(path):
-    with zipfile.ZipFile(path) as zf:
-        cfg = json.loads(zf.read("fastmlp.json"))
-        with np.load(io.BytesIO(zf.read("arrays.npz"))) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    return cfg, arrays
-
-
-def write_parts(dst, cfg, arrays, extra=()):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("fastmlp.json", cfg if isinstance(cfg, str) else json.dumps(cfg))
-        zf.writestr("arrays.npz", buf.getvalue())
-        for name, data in extra:
-            zf.writestr(name, data)
-    return dst
-
-
 def test_unknown_members_are_rejected(tmp_path, good):
     cfg, arrays = read_parts(good)
     write_parts(tmp_path / "outer.fm", cfg, arrays, extra=[("payload.bin", b"\0" * 1000)])
@@ -292,7 +274,7 @@ def test_widths_beyond_the_engine_are_value_errors(tmp_path, good, units):
     cfg, arrays = read_parts(good)
     cfg["model"]["layers"][0]["units"] = units
     write_parts(tmp_path / "huge.fm", cfg, arrays)
-    with pytest.raises(ValueError, match=r"huge\.fm"):
+    with pytest.raises(ValueError, match=r"huge\.fm: invalid model config.*units"):
         fm.load_model(tmp_path / "huge.fm")
 
 

@@ -3,7 +3,7 @@ middle of a long native epoch, and leaves the model consistent and usable (issue
 
 Each scenario runs in a child process that sends itself SIGINT while a native call is running
 one long pass (several seconds uninterrupted), and reports how long the KeyboardInterrupt took.
-The bound asserted here (1 s) is loose on purpose, for loaded CI machines; the engine polls for
+The bound asserted here (2 s) is loose on purpose, for loaded CI machines; the engine polls for
 signals every 50 ms, between steps or batches."""
 import json
 
@@ -57,7 +57,8 @@ USABLE = {"epoch_open": False, "steps_after": 8, "finite": True, "probabilities"
 
 def check(out):
     assert out["interrupted"], f"the call ran to its end ({out.get('ran', 0):.1f} s) without seeing the signal"
-    assert out["latency"] < 1.0, f"KeyboardInterrupt came {out['latency']:.2f} s after SIGINT"
+    assert out["latency"] < 2.0, f"KeyboardInterrupt came {out['latency']:.2f} s after SIGINT"
+    assert {k: out[k] for k in USABLE} == USABLE
 
 
 def test_ctrl_c_stops_fit_mid_epoch_at_a_step_boundary():
@@ -71,7 +72,6 @@ def test_ctrl_c_stops_fit_mid_epoch_at_a_step_boundary():
     """)
     check(out)
     assert 0 < out["steps_done"] < 60_000
-    assert {k: out[k] for k in USABLE} == USABLE
 
 
 @pytest.mark.parametrize("call", ["predict", "evaluate"])
@@ -87,7 +87,6 @@ def test_ctrl_c_stops_predict_and_evaluate(call):
         print(json.dumps(r))
     """)
     check(out)
-    assert {k: out[k] for k in USABLE} == USABLE
 
 
 def test_ctrl_c_in_a_batch_callback_fit_leaves_the_model_usable():
@@ -100,7 +99,6 @@ def test_ctrl_c_in_a_batch_callback_fit_leaves_the_model_usable():
         print(json.dumps(r))
     """)
     check(out)
-    assert {k: out[k] for k in USABLE} == USABLE
 
 
 def test_a_signal_handler_may_use_the_model_between_steps_of_fit():
@@ -111,17 +109,17 @@ def test_a_signal_handler_may_use_the_model_between_steps_of_fit():
             seen.append(m._engine.get_snapshot()[2])   # the step it saw
             m.save(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastmlp-sig-{os.getpid()}.fm"))
         signal.signal(signal.SIGUSR1, handler)
-        data = m.upload(X[:20_000], Y[:20_000])
+        data = m.upload(X, Y)   # 60,000 single-row steps: far longer than the 0.3 s timer
         step0 = m._engine.step
         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
         m.fit(data, epochs=1, batch_size=1, verbose=0)
         path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fastmlp-sig-{os.getpid()}.fm")
         saved_step = fm.load_model(path)._engine.step
         os.unlink(path)
-        print(json.dumps({"handled": len(seen), "mid_fit": step0 < saved_step < step0 + 20_000,
+        print(json.dumps({"handled": len(seen), "mid_fit": step0 < saved_step < step0 + 60_000,
                           "finished": m._engine.step - step0}))
     """)
-    assert out == {"handled": 1, "mid_fit": True, "finished": 20_000}
+    assert out == {"handled": 1, "mid_fit": True, "finished": 60_000}
 
 
 def test_a_signal_handler_that_calls_the_model_during_predict_raises_instead_of_hanging():
