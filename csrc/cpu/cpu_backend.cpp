@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/elementwise.h"
 #include "cpu/thread_pool.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/math.h"
@@ -19,6 +20,7 @@ namespace {
 
 // Below this many elements a parallel region costs more than it saves.
 constexpr int64_t kParallelThreshold = 1 << 14;
+inline bool parallel_pass(int64_t elements) { return elements > kParallelThreshold; }
 
 // Calls f(std::integral_constant<Kind, k>) for the runtime value k, so the loop inside f sees
 // the activation or optimizer as a constant: the switch in math.h folds away and loops vectorize.
@@ -79,7 +81,7 @@ class CpuBackend final : public Backend<T> {
   void gather_batch(int rows, int x_cols, int y_cols, const T* x, const T* y, const int32_t* perm,
                     const TrainCounters* counters, T* x_dst, T* y_dst) override {
     const int64_t start = counters->batch_start;
-    cpu::parallel_for(rows, int64_t(rows) * x_cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    cpu::parallel_for(rows, parallel_pass(int64_t(rows) * x_cols), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t r = perm[start + i];
         std::memcpy(x_dst + i * x_cols, x + r * x_cols, sizeof(T) * x_cols);
@@ -94,12 +96,8 @@ class CpuBackend final : public Backend<T> {
     cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
-      cpu::parallel_for(rows, int64_t(rows) * out > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          T* y = Y + i * out;
-#pragma omp simd
-          for (int j = 0; j < out; ++j) y[j] = math::activate(kind.value, p, y[j] + b[j]);
-        }
+      cpu::parallel_for(rows, parallel_pass(int64_t(rows) * out), [&](int64_t lo, int64_t hi) {
+        cpu::bias_activate_rows<kind.value>(lo, hi, out, b, p, Y);
       });
     });
     return false;
@@ -115,9 +113,8 @@ class CpuBackend final : public Backend<T> {
     const T p = T(x_act.param);
     const int64_t n = int64_t(rows) * in;
     with_activation(x_act.kind, [&](auto kind) {
-      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; ++i) dX[i] *= math::activation_grad_from_output(kind.value, p, X[i]);
+      cpu::parallel_for(n, parallel_pass(n), [&](int64_t lo, int64_t hi) {
+        cpu::scale_by_activation_grad<kind.value>(lo, hi, X, p, dX);
       });
     });
     return false;
@@ -127,9 +124,8 @@ class CpuBackend final : public Backend<T> {
     const int64_t n = int64_t(rows) * cols;
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
-      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; ++i) Y[i] = math::activate(kind.value, p, X[i]);
+      cpu::parallel_for(n, parallel_pass(n), [&](int64_t lo, int64_t hi) {
+        cpu::activate_range<kind.value>(lo, hi, X, p, Y);
       });
     });
   }
@@ -140,11 +136,8 @@ class CpuBackend final : public Backend<T> {
     const T p = T(act.param), xp = T(x_act.param);
     with_activation(act.kind, [&](auto kind) {
       with_activation(x_act.kind, [&](auto x_kind) {
-        cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-          for (int64_t i = lo; i < hi; ++i)
-            dX[i] = dY[i] * math::activation_grad_from_output(kind.value, p, Y[i]) *
-                    math::activation_grad_from_output(x_kind.value, xp, X[i]);
+        cpu::parallel_for(n, parallel_pass(n), [&](int64_t lo, int64_t hi) {
+          cpu::activation_backward_range<kind.value, x_kind.value>(lo, hi, X, Y, dY, p, xp, dX);
         });
       });
     });
@@ -154,8 +147,8 @@ class CpuBackend final : public Backend<T> {
                        T* Y) override {
     const int64_t n = int64_t(rows) * cols, step = counters->step;
     const T scale = math::dropout_scale<T>(d.rate);
-    cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(d.seed, step, i, d.rate) ? X[i] * scale : T(0);
+    cpu::parallel_for(n, parallel_pass(n), [&](int64_t lo, int64_t hi) {
+      cpu::dropout_forward_range(lo, hi, X, d.seed, step, d.rate, scale, Y);
     });
   }
 
@@ -164,11 +157,8 @@ class CpuBackend final : public Backend<T> {
     const int64_t n = int64_t(rows) * cols, step = counters->step;
     const T scale = math::dropout_scale<T>(d.rate), xp = T(x_act.param);
     with_activation(x_act.kind, [&](auto x_kind) {
-      cpu::parallel_for(n, n > kParallelThreshold, [&](int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i)
-          dX[i] = math::dropout_keep(d.seed, step, i, d.rate)
-                      ? dY[i] * scale * math::activation_grad_from_output(x_kind.value, xp, X[i])
-                      : T(0);
+      cpu::parallel_for(n, parallel_pass(n), [&](int64_t lo, int64_t hi) {
+        cpu::dropout_backward_range<x_kind.value>(lo, hi, X, dY, d.seed, step, d.rate, scale, xp, dX);
       });
     });
   }
@@ -180,7 +170,7 @@ class CpuBackend final : public Backend<T> {
     auto g = [gamma](int j) { return gamma ? gamma[j] : T(1); };
     auto b = [beta](int j) { return beta ? beta[j] : T(0); };
     if (ns.axis == NormAxis::Features) {  // one group per row
-      cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      cpu::parallel_for(rows, parallel_pass(int64_t(rows) * cols), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const T* x = X + i * cols;
         double sum = 0.0;
@@ -230,7 +220,7 @@ class CpuBackend final : public Backend<T> {
         if (var_out) var_out[j] = var;
       }
     }
-    cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    cpu::parallel_for(rows, parallel_pass(int64_t(rows) * cols), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const T* x = X + i * cols;
         T* y = Y + i * cols;
@@ -269,7 +259,7 @@ class CpuBackend final : public Backend<T> {
     with_activation(x_act.kind, [&](auto x_kind) {
       if (ns.axis == NormAxis::Batch) {
         const T n = T(rows);
-        cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+        cpu::parallel_for(rows, parallel_pass(int64_t(rows) * cols), [&](int64_t lo, int64_t hi) {
           for (int64_t i = lo; i < hi; ++i) {
             const int64_t o = i * cols;
             for (int j = 0; j < cols; ++j)
@@ -281,7 +271,7 @@ class CpuBackend final : public Backend<T> {
         return;
       }
       const T n = T(cols);
-      cpu::parallel_for(rows, int64_t(rows) * cols > kParallelThreshold, [&](int64_t lo, int64_t hi) {
+      cpu::parallel_for(rows, parallel_pass(int64_t(rows) * cols), [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t o = i * cols;
         double s = 0.0, sh = 0.0;
@@ -303,7 +293,7 @@ class CpuBackend final : public Backend<T> {
     const T scale = T(1) / T(rows);
     using Sums = std::pair<double, double>;  // loss, metric
     const Sums sums = cpu::parallel_reduce(
-        rows, int64_t(rows) * n_out > kParallelThreshold, Sums{0.0, 0.0},
+        rows, parallel_pass(int64_t(rows) * n_out), Sums{0.0, 0.0},
         [&](int64_t lo, int64_t hi) {
           Sums part{0.0, 0.0};
           for (int64_t i = lo; i < hi; ++i) {
@@ -407,7 +397,7 @@ class CpuBackend final : public Backend<T> {
       const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
       const Result r = cpu::parallel_reduce(
-          seg.size, seg.size > kParallelThreshold, Result{0.0, 0},
+          seg.size, parallel_pass(seg.size), Result{0.0, 0},
           [&](int64_t from, int64_t to) {
             int bad = 0;
             const int64_t lo = seg.offset + from, hi = seg.offset + to;
@@ -429,7 +419,7 @@ class CpuBackend final : public Backend<T> {
   // shared update in math.h inlines to branch-free code the compiler vectorizes. The owned
   // state slots go through locals, so the unowned ones (null) are never read or written.
   template <typename Flags, bool kRegularized>
-  static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
+  FASTMLP_VECTOR_CLONES static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
                              const T* __restrict g, T* __restrict st0, T* __restrict st1, T* __restrict st2,
                              int64_t lo, int64_t hi, T l1, T l2, int& overflowed) {
     constexpr int kSlots = Flags::slots;
@@ -465,15 +455,10 @@ class CpuBackend final : public Backend<T> {
   static void column_sums(int rows, int cols, const T* M, T* out) {
     // Each thread owns bands of 64 columns, so the sums need no reduction across threads.
     const int64_t bands = (cols + 63) / 64;
-    cpu::parallel_for(bands, int64_t(rows) * cols > kParallelThreshold, [&](int64_t b0, int64_t b1) {
+    cpu::parallel_for(bands, parallel_pass(int64_t(rows) * cols), [&](int64_t b0, int64_t b1) {
       for (int64_t band = b0; band < b1; ++band) {
         const int j0 = int(band * 64), j1 = j0 + 64 < cols ? j0 + 64 : cols;
-        T acc[64] = {};
-        for (int i = 0; i < rows; ++i) {
-          const T* row = M + int64_t(i) * cols;
-          for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
-        }
-        for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
+        cpu::column_sums_band(rows, cols, M, j0, j1, out);
       }
     });
   }

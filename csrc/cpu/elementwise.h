@@ -1,0 +1,84 @@
+// The CPU backend's element-wise loops over one thread's piece [lo, hi) of a pass. Each is
+// compiled once per vector width (vector_clones.h); cpu_backend.cpp splits passes over threads
+// and calls these. The per-element formulas are math.h's.
+//
+// Included by cpu_backend.cpp only (internal linkage: the clones stay private to it).
+#pragma once
+#include <cstdint>
+
+#include "cpu/vector_clones.h"
+#include "fastmlp/math.h"
+
+namespace fastmlp::cpu {
+namespace {
+
+// Y[i, :] = act(Y[i, :] + b) for rows [lo, hi) of a rows x out matrix (Y holds X W).
+template <Activation K, typename T>
+FASTMLP_VECTOR_CLONES void bias_activate_rows(int64_t lo, int64_t hi, int out, const T* __restrict b, T param,
+                                              T* __restrict Y) {
+  for (int64_t i = lo; i < hi; ++i) {
+    T* y = Y + i * out;
+#pragma omp simd
+    for (int j = 0; j < out; ++j) y[j] = math::activate(K, param, y[j] + b[j]);
+  }
+}
+
+// Y = act(X).
+template <Activation K, typename T>
+FASTMLP_VECTOR_CLONES void activate_range(int64_t lo, int64_t hi, const T* __restrict X, T param, T* __restrict Y) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) Y[i] = math::activate(K, param, X[i]);
+}
+
+// dX *= act'(X), the derivative taken from the activation's output X.
+template <Activation K, typename T>
+FASTMLP_VECTOR_CLONES void scale_by_activation_grad(int64_t lo, int64_t hi, const T* __restrict X, T param,
+                                                    T* __restrict dX) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) dX[i] *= math::activation_grad_from_output(K, param, X[i]);
+}
+
+// dX = dY * act'(Y) * x_act'(X). dX may be dY (no __restrict on those two).
+template <Activation K, Activation XK, typename T>
+FASTMLP_VECTOR_CLONES void activation_backward_range(int64_t lo, int64_t hi, const T* X, const T* Y, const T* dY,
+                                                     T param, T x_param, T* dX) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i)
+    dX[i] = dY[i] * math::activation_grad_from_output(K, param, Y[i]) *
+            math::activation_grad_from_output(XK, x_param, X[i]);
+}
+
+// Y = X * keep / (1 - rate); element i of the batch is kept by math::dropout_keep.
+template <typename T>
+FASTMLP_VECTOR_CLONES void dropout_forward_range(int64_t lo, int64_t hi, const T* __restrict X, uint64_t seed,
+                                                 int64_t step, double rate, T scale, T* __restrict Y) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(seed, step, i, rate) ? X[i] * scale : T(0);
+}
+
+// dX = dY * keep / (1 - rate) * x_act'(X), the forward pass's mask drawn again.
+template <Activation XK, typename T>
+FASTMLP_VECTOR_CLONES void dropout_backward_range(int64_t lo, int64_t hi, const T* X, const T* dY, uint64_t seed,
+                                                  int64_t step, double rate, T scale, T x_param, T* dX) {
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i)
+    dX[i] = math::dropout_keep(seed, step, i, rate)
+                ? dY[i] * scale * math::activation_grad_from_output(XK, x_param, X[i])
+                : T(0);
+}
+
+// out[j] = sum over rows of M[i, j] for the columns [j0, j1) of one band (at most 64 wide).
+template <typename T>
+FASTMLP_VECTOR_CLONES void column_sums_band(int rows, int cols, const T* __restrict M, int j0, int j1,
+                                            T* __restrict out) {
+  T acc[64] = {};
+  for (int i = 0; i < rows; ++i) {
+    const T* row = M + int64_t(i) * cols;
+#pragma omp simd
+    for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
+  }
+  for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
+}
+
+}  // namespace
+}  // namespace fastmlp::cpu
