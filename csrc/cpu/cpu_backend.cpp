@@ -398,17 +398,20 @@ class CpuBackend final : public Backend<T> {
         }
         continue;
       }
-      const bool reg = seg.l1 != 0.0 || seg.l2 != 0.0;
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
       const Result r = cpu::parallel_reduce(
           seg.size, parallel_pass(seg.size), Result{0.0, 0},
           [&](int64_t from, int64_t to) {
             int bad = 0;
             const int64_t lo = seg.offset + from, hi = seg.offset + to;
-            const double pen = reg ? update_range<Flags, true>(cfg, s, params, grads, st0, st1, st2, lo, hi,
-                                                               T(seg.l1), T(seg.l2), bad)
-                                   : update_range<Flags, false>(cfg, s, params, grads, st0, st1, st2, lo, hi,
-                                                                T(0), T(0), bad);
+            const T l1 = T(seg.l1), l2 = T(seg.l2);
+            double pen = 0.0;
+            if (seg.l1 != 0.0)
+              pen = update_range<Flags, Regularizer::L1L2>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2, bad);
+            else if (seg.l2 != 0.0)
+              pen = update_range<Flags, Regularizer::L2>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2, bad);
+            else
+              pen = update_range<Flags, Regularizer::None>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2, bad);
             return Result{pen, bad};
           },
           [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
@@ -422,7 +425,9 @@ class CpuBackend final : public Backend<T> {
   // The config is copied with its kind and branch-selecting flags fixed as constants, so the
   // shared update in math.h inlines to branch-free code the compiler vectorizes. The owned
   // state slots go through locals, so the unowned ones (null) are never read or written.
-  template <typename Flags, bool kRegularized>
+  enum class Regularizer { None, L2, L1L2 };  // L2 alone skips sign(w)
+
+  template <typename Flags, Regularizer kReg>
   FASTMLP_VECTOR_CLONES static double update_range(const OptimizerConfig& cfg, const math::StepScalars& s, T* __restrict p,
                              const T* __restrict g, T* __restrict st0, T* __restrict st1, T* __restrict st2,
                              int64_t lo, int64_t hi, T l1, T l2, int& overflowed) {
@@ -436,21 +441,32 @@ class CpuBackend final : public Backend<T> {
     double penalty = 0.0;
     int bad = 0;
     // One pass: the penalty of the weights the forward pass used (before the update) is summed
-    // in the same loop that updates them.
-#pragma omp simd reduction(| : bad) reduction(+ : penalty)
-    for (int64_t k = lo; k < hi; ++k) {
-      T gk = g[k];
-      T pk = p[k];
-      if constexpr (kRegularized) {
-        penalty += double(math::regularization_penalty(pk, l1, l2));
-        gk += math::regularization_grad(pk, l1, l2);
+    // in the same loop that updates them, in T within blocks of kPenaltyBlock elements and in
+    // double across blocks (a double sum per element halved the vector width: at batch 1 the
+    // L2 step cost 1.9x the plain one).
+    constexpr int64_t kPenaltyBlock = 512;
+    for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
+      const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;
+      T block_penalty = T(0);
+#pragma omp simd reduction(| : bad) reduction(+ : block_penalty)
+      for (int64_t k = b0; k < b1; ++k) {
+        T gk = g[k];
+        T pk = p[k];
+        if constexpr (kReg == Regularizer::L2) {
+          block_penalty += math::l2_regularization_penalty(pk, l2);
+          gk += math::l2_regularization_grad(pk, l2);
+        } else if constexpr (kReg == Regularizer::L1L2) {
+          block_penalty += math::regularization_penalty(pk, l1, l2);
+          gk += math::regularization_grad(pk, l1, l2);
+        }
+        T s0 = kSlots > 0 ? st0[k] : T(0), s1 = kSlots > 1 ? st1[k] : T(0), s2 = kSlots > 2 ? st2[k] : T(0);
+        bad |= math::guarded_update(c, s, pk, gk, s0, s1, s2) ? 0 : 1;
+        p[k] = pk;
+        if constexpr (kSlots > 0) st0[k] = s0;
+        if constexpr (kSlots > 1) st1[k] = s1;
+        if constexpr (kSlots > 2) st2[k] = s2;
       }
-      T s0 = kSlots > 0 ? st0[k] : T(0), s1 = kSlots > 1 ? st1[k] : T(0), s2 = kSlots > 2 ? st2[k] : T(0);
-      bad |= math::guarded_update(c, s, pk, gk, s0, s1, s2) ? 0 : 1;
-      p[k] = pk;
-      if constexpr (kSlots > 0) st0[k] = s0;
-      if constexpr (kSlots > 1) st1[k] = s1;
-      if constexpr (kSlots > 2) st2[k] = s2;
+      penalty += double(block_penalty);
     }
     overflowed |= bad;
     return penalty;

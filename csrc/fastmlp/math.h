@@ -265,16 +265,28 @@ FASTMLP_HD T moving_average(T moving, T batch_value, double momentum) {
 }
 
 // ----------------------------------------------------------- regularization
+// Keras's L1L2: the penalty l1 * |w| + l2 * w^2 is added to the loss. The l2-only forms let a
+// loop without L1 skip the sign, and equal the full ones with l1 = 0.
+template <typename T>
+FASTMLP_HD T l2_regularization_grad(T w, T l2) {
+  return T(2) * l2 * w;
+}
+
 template <typename T>
 FASTMLP_HD T regularization_grad(T w, T l1, T l2) {
   // sign(w) as arithmetic, not branches: the CPU's fused update loop stays vectorizable.
   const T sign = T(w > T(0)) - T(w < T(0));
-  return T(2) * l2 * w + l1 * sign;
+  return l2_regularization_grad(w, l2) + l1 * sign;
+}
+
+template <typename T>
+FASTMLP_HD T l2_regularization_penalty(T w, T l2) {
+  return l2 * w * w;
 }
 
 template <typename T>
 FASTMLP_HD T regularization_penalty(T w, T l1, T l2) {
-  return l2 * w * w + l1 * fabs(w);
+  return l2_regularization_penalty(w, l2) + l1 * fabs(w);
 }
 
 // ------------------------------------------------------ learning-rate schedule
