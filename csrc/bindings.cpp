@@ -361,7 +361,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const OptimizerConfig& c) { return int(c.kind); },
-          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind::AdamW); })
+          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind(kOptimizerKinds - 1)); })
       .def_readwrite("lr", &OptimizerConfig::lr)
       .def_readwrite("momentum", &OptimizerConfig::momentum)
       .def_readwrite("dampening", &OptimizerConfig::dampening)
@@ -376,6 +376,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("rho", &OptimizerConfig::rho)
       .def_readwrite("lr_decay", &OptimizerConfig::lr_decay)
       .def_readwrite("initial_accumulator_value", &OptimizerConfig::initial_accumulator_value)
+      .def_readwrite("momentum_decay", &OptimizerConfig::momentum_decay)
+      .def_readwrite("decoupled_weight_decay", &OptimizerConfig::decoupled_weight_decay)
+      .def_readwrite("clipvalue", &OptimizerConfig::clipvalue)
+      .def_readwrite("clipnorm", &OptimizerConfig::clipnorm)
+      .def_readwrite("global_clipnorm", &OptimizerConfig::global_clipnorm)
       .def_readwrite("schedule", &OptimizerConfig::schedule);
 
   bind_engine<float>(m, "Engine32");
@@ -405,7 +410,13 @@ PYBIND11_MODULE(_core, m) {
   layer_kinds["layer_normalization"] = int(LayerKind::LayerNormalization);
   layer_kinds["activation"] = int(LayerKind::Activation);
   m.attr("LAYER_KINDS") = layer_kinds;
-  m.def("optimizer_state_slots", &optimizer_state_slots,
+  // The optimizer kinds by name, from types.h's list.
+  py::dict optimizer_kinds;
+#define FASTMLP_OPTIMIZER_NAME(name, python_name) optimizer_kinds[python_name] = int(OptimizerKind::name);
+  FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_NAME)
+#undef FASTMLP_OPTIMIZER_NAME
+  m.attr("OPTIMIZER_KINDS") = optimizer_kinds;
+  m.def("optimizer_state_slots", static_cast<int (*)(const OptimizerConfig&)>(&optimizer_state_slots),
         "per-parameter state slots the engine keeps for this optimizer config");
   m.def("derive_seed", [](const py::object& seed, const py::object& stream) {
     return derive_seed(checked_seed(seed, "seed"), checked_seed(stream, "stream"));

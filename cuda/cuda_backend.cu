@@ -231,10 +231,11 @@ void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int 
 
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                                  const ParamSegment* segments, int n_segments, bool any_regularizer,
-                                 const OptimizerConfig* config, TrainCounters* counters, int rows) {
+                                 const OptimizerConfig* config, int norm_passes, double* segment_norms,
+                                 TrainCounters* counters, int rows) {
   bind();
-  launch_optimizer(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, config, counters,
-                   rows, stream_);
+  launch_optimizer(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, config,
+                   norm_passes, segment_norms, counters, rows, stream_);
 }
 
 // Records the step's work without running it. cuBLASLt plans for new shapes are made during the

@@ -56,7 +56,8 @@ class CudaBackend final : public Backend<float> {
             ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
-                      const OptimizerConfig* config, TrainCounters* counters, int rows) override;
+                      const OptimizerConfig* config, int norm_passes, double* segment_norms,
+                      TrainCounters* counters, int rows) override;
   void run_step(int rows, const std::function<void()>& ops) override;
   void reset_captures() override;
 

@@ -42,6 +42,7 @@ void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols
                  ActivationSpec out_act, float* dZ, TrainCounters* counters, cudaStream_t s);
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
-                      const OptimizerConfig* config, TrainCounters* counters, int rows, cudaStream_t s);
+                      const OptimizerConfig* config, int norm_passes, double* segment_norms,
+                      TrainCounters* counters, int rows, cudaStream_t s);
 
 }  // namespace fastmlp::cuda

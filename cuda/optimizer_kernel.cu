@@ -3,7 +3,8 @@
 // math::optimizer_update (math::moving_average in a moving-average segment). Config and step
 // come from device memory, so a captured graph always uses the current learning rate and step
 // count. The last block to finish ends the step (advances step and batch_start), which saves a
-// separate one-thread launch per step.
+// separate one-thread launch per step. Norm clipping and LAMB need sums over whole segments
+// first: segment_norms_kernel reduces them into the engine's scratch before the update.
 #include "check.h"
 #include "fastmlp/math.h"
 #include "kernels.h"
@@ -14,6 +15,72 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The regularized gradient of parameter k in segment seg (what clipping and the update see).
+__device__ __forceinline__ float regularized_gradient(const ParamSegment& seg, float p, float g) {
+  return g + math::regularization_grad(p, float(seg.l1), float(seg.l2));
+}
+
+// Sums of squares per segment into norms (math::segment_scale's layout), with double atomics:
+// kPhase 0 the regularized gradients (and their global sum) for norm clipping; kPhase 1, for
+// LAMB, the parameters and the direction of the clipped gradient, from the moments this step's
+// update will compute (not stored here). Each thread flushes its sums when its segment changes.
+template <int kPhase>
+__global__ void segment_norms_kernel(int64_t n_params, const float* __restrict__ params,
+                                     const float* __restrict__ grads, const float* __restrict__ st0,
+                                     const float* __restrict__ st1, const ParamSegment* __restrict__ segments,
+                                     int n_segments, const OptimizerConfig* config, const TrainCounters* counters,
+                                     double* norms) {
+  __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
+  __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
+  __shared__ bool skip_shared;
+  OptimizerConfig& c = *reinterpret_cast<OptimizerConfig*>(c_raw);
+  math::StepScalars& s = *reinterpret_cast<math::StepScalars*>(s_raw);
+  if (threadIdx.x == 0) {
+    c = *config;
+    s = math::step_scalars(c, counters->step, counters->mu_product);
+    skip_shared = counters->nonfinite != 0;
+  }
+  __syncthreads();
+  if (skip_shared) return;
+  int seg = -1;
+  double a = 0.0, b = 0.0;
+  float grad_scale = 1.0f;
+  auto flush = [&]() {
+    if (seg < 0 || segments[seg].moving_average) return;
+    if (kPhase == 0) {
+      atomicAdd(&norms[seg], a);
+      atomicAdd(&norms[kSegmentNormSlots * n_segments], a);
+    } else {
+      atomicAdd(&norms[n_segments + seg], a);
+      atomicAdd(&norms[2 * n_segments + seg], b);
+    }
+  };
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n_params; k += int64_t(gridDim.x) * blockDim.x) {
+    int next = seg < 0 ? 0 : seg;
+    while (next + 1 < n_segments && k >= segments[next + 1].offset) ++next;  // k only grows
+    if (next != seg) {
+      flush();
+      seg = next;
+      a = b = 0.0;
+      if (kPhase == 1) grad_scale = float(math::segment_scale(c, norms, n_segments, seg).grad);
+    }
+    const ParamSegment& sg = segments[seg];
+    if (sg.moving_average) continue;
+    const float p = params[k], g = regularized_gradient(sg, p, grads[k]);
+    if (kPhase == 0) {
+      a += double(g) * double(g);
+    } else {
+      const float gc = math::clipped_gradient(c, g, grad_scale);
+      const float m = float(c.beta1) * st0[k] + float(1.0 - c.beta1) * gc;
+      const float v = float(c.beta2) * st1[k] + float(1.0 - c.beta2) * gc * gc;
+      const double r = double(math::lamb_direction(c, s, p, m, v));
+      a += double(p) * double(p);
+      b += r * r;
+    }
+  }
+  flush();
+}
+
 // kSlots: the state slots this optimizer owns. Only those are read and written, from registers,
 // so no pointer aliases another (the unused ones would alias slot 0 or the parameters) and the
 // compiler may overlap one element's loads with the previous element's stores.
@@ -21,7 +88,8 @@ template <int kSlots>
 __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, const float* __restrict__ grads,
                                  float* __restrict__ st0, float* __restrict__ st1, float* __restrict__ st2,
                                  const ParamSegment* __restrict__ segments, int n_segments, bool any_regularizer,
-                                 const OptimizerConfig* config, TrainCounters* counters, int rows) {
+                                 const OptimizerConfig* config, const double* norms, TrainCounters* counters,
+                                 int rows) {
   // Raw shared storage: __shared__ variables cannot have constructors.
   __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
   __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
@@ -30,7 +98,7 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   math::StepScalars& s = *reinterpret_cast<math::StepScalars*>(s_raw);
   if (threadIdx.x == 0) {  // once per block, not per element: pow/cos of the schedule
     c = *config;
-    s = math::step_scalars(c, counters->step);
+    s = math::step_scalars(c, counters->step, counters->mu_product);
     // Read once for the block: another block may set the flag meanwhile, and threads that read
     // it at different times would disagree about the block_sum barrier below.
     skip_shared = counters->nonfinite != 0;  // keep the last good weights
@@ -39,10 +107,16 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   const bool skip = skip_shared;
   double penalty = 0.0;
   bool overflowed = false;
-  int seg = 0;
+  int seg = -1;
+  math::SegmentScale scale;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; !skip && k < n_params;
        k += int64_t(gridDim.x) * blockDim.x) {
-    while (seg + 1 < n_segments && k >= segments[seg + 1].offset) ++seg;  // k only grows
+    int next = seg < 0 ? 0 : seg;
+    while (next + 1 < n_segments && k >= segments[next + 1].offset) ++next;  // k only grows
+    if (next != seg) {
+      seg = next;
+      scale = math::segment_scale(c, norms, n_segments, seg);
+    }
     if (segments[seg].moving_average) {
       // BatchNormalization's moving statistics: grads[k] holds the batch statistic. Not trained,
       // so no optimizer state, decay or penalty; a non-finite average keeps the old value.
@@ -58,7 +132,8 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
       penalty += double(math::regularization_penalty(p, l1, l2));
       g += math::regularization_grad(p, l1, l2);
     }
-    overflowed |= !math::guarded_update(c, s, p, g, s0, s1, s2);
+    g = math::clipped_gradient(c, g, float(scale.grad));
+    overflowed |= !math::guarded_update(c, s, p, g, s0, s1, s2, float(scale.trust));
     params[k] = p;
     if (kSlots > 0) st0[k] = s0;
     if (kSlots > 1) st1[k] = s1;
@@ -83,7 +158,10 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
   __syncthreads();
   if (last && threadIdx.x == 0) {
     counters->blocks_done = 0;
-    if (!skip) counters->step += 1;
+    if (!skip) {
+      counters->step += 1;
+      counters->mu_product *= s.mu;  // NAdam's running product (unused by the others)
+    }
     counters->batch_start += rows;
     volatile int32_t* overflow = &counters->update_overflow;  // written by other blocks
     if (*overflow) {
@@ -97,7 +175,8 @@ __global__ void optimizer_kernel(int64_t n_params, float* __restrict__ params, c
 
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
-                      const OptimizerConfig* config, TrainCounters* counters, int rows, cudaStream_t s) {
+                      const OptimizerConfig* config, int norm_passes, double* segment_norms,
+                      TrainCounters* counters, int rows, cudaStream_t s) {
   // Slots the optimizer does not own are null: the kernel for `slots` never touches them.
   float* st0 = slots > 0 ? state : nullptr;
   float* st1 = slots > 1 ? state + n_params : nullptr;
@@ -113,12 +192,28 @@ void launch_optimizer(int64_t n_params, float* params, const float* grads, float
   }();
   int64_t blocks = (n_params + kThreads - 1) / kThreads;
   if (blocks > max_blocks) blocks = max_blocks;
+  const double* norms = norm_passes ? segment_norms : nullptr;
+  if (norm_passes) {
+    // The passes a config needs run before the update (the clipping pass first: LAMB's reads
+    // its factor); sums it does not need stay 0 and segment_scale ignores them.
+    FASTMLP_CUDA_CHECK(cudaMemsetAsync(segment_norms, 0, sizeof(double) * (kSegmentNormSlots * n_segments + 1), s));
+    if (norm_passes & kClipNormPass) {
+      segment_norms_kernel<0><<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, segments,
+                                                                n_segments, config, counters, segment_norms);
+      FASTMLP_LAUNCH_CHECK("segment_norms_kernel<0>");
+    }
+    if (norm_passes & kTrustRatioPass) {
+      segment_norms_kernel<1><<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, segments,
+                                                                n_segments, config, counters, segment_norms);
+      FASTMLP_LAUNCH_CHECK("segment_norms_kernel<1>");
+    }
+  }
   const auto kernel = slots == 0 ? optimizer_kernel<0>
                       : slots == 1 ? optimizer_kernel<1>
                       : slots == 2 ? optimizer_kernel<2>
                                    : optimizer_kernel<3>;
   kernel<<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, st2, segments, n_segments,
-                                          any_regularizer, config, counters, rows);
+                                          any_regularizer, config, norms, counters, rows);
   FASTMLP_LAUNCH_CHECK("optimizer_kernel");
 }
 

@@ -453,11 +453,29 @@ class Optimizer:
         elif self.kind == "adadelta":
             st["sq"] = [a.copy() for a in z]
             st["u"] = [a.copy() for a in z]
-        elif self.kind in ("adam", "adamw"):
+        elif self.kind in ("adam", "adamw", "nadam", "radam", "lamb"):
             st["m"] = [a.copy() for a in z]
             st["v"] = [a.copy() for a in z]
             st["vmax"] = [a.copy() for a in z]
+        st["mu_product"] = 1.0  # NAdam
         self.state = st
+
+    def clip(self, grads):
+        """Keras's clipping of the whole gradient list (at most one of the three is set):
+        clipvalue per element, clipnorm per tensor (clip_by_norm: g * c / max(||g||, c)),
+        global_clipnorm over all tensors (torch.nn.utils.clip_grad_norm_: g * min(1, c / (||g|| + 1e-6)))."""
+        hp = self.hp
+        if hp.get("clipvalue"):
+            c = hp["clipvalue"]
+            return [np.clip(g, -c, c) for g in grads]
+        if hp.get("clipnorm"):
+            c = hp["clipnorm"]
+            return [g * (c / max(np.sqrt(np.sum(g * g)), c)) for g in grads]
+        if hp.get("global_clipnorm"):
+            c = hp["global_clipnorm"]
+            total = np.sqrt(sum(np.sum(g * g) for g in grads))
+            return [g * min(1.0, c / (total + 1e-6)) for g in grads]
+        return [g.copy() for g in grads]
 
     def step(self, params, grads):
         """Returns the updated parameters (new arrays)."""
@@ -468,11 +486,22 @@ class Optimizer:
         t = self.t  # torch counts from 1
         hp, st = self.hp, self.state
         wd = hp.get("weight_decay", 0.0)
+        decoupled = self.kind == "adamw" or (self.kind in ("nadam", "radam") and hp.get("decoupled_weight_decay"))
+        grads = self.clip(grads)
+        if self.kind == "nadam":  # torch.optim.NAdam keeps one running product per step
+            psi = hp.get("momentum_decay", 4e-3)
+            b1 = hp.get("betas", (0.9, 0.999))[0]
+            mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+            mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+            st["mu_product"] *= mu
+            mu_product_next = st["mu_product"] * mu_next
         out = []
         for i, (p, g) in enumerate(zip(params, grads)):
             p = p.copy()
             g = g.copy()
-            if self.kind != "adamw" and wd != 0.0:
+            if wd != 0.0 and decoupled:
+                p = p * (1 - lr * wd)
+            elif wd != 0.0 and self.kind != "lamb":
                 g = g + wd * p
             if self.kind == "sgd":
                 mu, tau, nest = hp.get("momentum", 0.0), hp.get("dampening", 0.0), hp.get("nesterov", False)
@@ -512,8 +541,6 @@ class Optimizer:
             elif self.kind in ("adam", "adamw"):
                 b1, b2 = hp.get("betas", (0.9, 0.999))
                 eps, ams = hp.get("eps", 1e-8), hp.get("amsgrad", False)
-                if self.kind == "adamw":
-                    p = p * (1 - lr * wd)
                 st["m"][i] = b1 * st["m"][i] + (1 - b1) * g
                 st["v"][i] = b2 * st["v"][i] + (1 - b2) * g * g
                 m_hat = st["m"][i] / (1 - b1 ** t)
@@ -523,6 +550,37 @@ class Optimizer:
                 else:
                     v_hat = st["v"][i] / (1 - b2 ** t)
                 p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+            elif self.kind == "nadam":  # torch.optim.NAdam (Dozat 2016)
+                b1, b2 = hp.get("betas", (0.9, 0.999))
+                eps = hp.get("eps", 1e-8)
+                st["m"][i] = b1 * st["m"][i] + (1 - b1) * g
+                st["v"][i] = b2 * st["v"][i] + (1 - b2) * g * g
+                denom = np.sqrt(st["v"][i] / (1 - b2 ** t)) + eps
+                p = p - lr * (1 - mu) / (1 - st["mu_product"]) * g / denom
+                p = p - lr * mu_next / (1 - mu_product_next) * st["m"][i] / denom
+            elif self.kind == "radam":  # torch.optim.RAdam (Liu et al. 2020)
+                b1, b2 = hp.get("betas", (0.9, 0.999))
+                eps = hp.get("eps", 1e-8)
+                st["m"][i] = b1 * st["m"][i] + (1 - b1) * g
+                st["v"][i] = b2 * st["v"][i] + (1 - b2) * g * g
+                m_hat = st["m"][i] / (1 - b1 ** t)
+                rho_inf = 2 / (1 - b2) - 1
+                rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+                if rho_t > 5:
+                    rect = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                    adaptive = np.sqrt(1 - b2 ** t) / (np.sqrt(st["v"][i]) + eps)
+                    p = p - m_hat * lr * adaptive * rect
+                else:
+                    p = p - m_hat * lr
+            elif self.kind == "lamb":  # You et al. 2019, Algorithm 2; trust ratio per tensor
+                b1, b2 = hp.get("betas", (0.9, 0.999))
+                eps = hp.get("eps", 1e-6)
+                st["m"][i] = b1 * st["m"][i] + (1 - b1) * g
+                st["v"][i] = b2 * st["v"][i] + (1 - b2) * g * g
+                r = (st["m"][i] / (1 - b1 ** t)) / (np.sqrt(st["v"][i] / (1 - b2 ** t)) + eps) + wd * p
+                w_norm, r_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(r * r))
+                trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
+                p = p - lr * trust * r
             else:
                 raise KeyError(self.kind)
             out.append(p)

@@ -75,6 +75,15 @@ OPTIMIZERS = {
     "adam_amsgrad_wd": lambda: fm.optimizers.Adam(lr=1e-3, amsgrad=True, weight_decay=1e-2),
     "adamw": lambda: fm.optimizers.AdamW(lr=1e-3),
     "adam_cosine_warmup": lambda: fm.optimizers.Adam(lr=fm.schedules.CosineDecay(1e-3, 40, warmup_steps=5)),
+    "nadam": lambda: fm.optimizers.NAdam(lr=2e-3, weight_decay=1e-3),
+    "nadam_decoupled": lambda: fm.optimizers.NAdam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True),
+    "radam": lambda: fm.optimizers.RAdam(lr=1e-3, betas=(0.9, 0.99)),
+    "lamb": lambda: fm.optimizers.LAMB(lr=1e-2, weight_decay=1e-2),
+    # clipping: the norm passes (segment_norms_kernel) and the per-element clip
+    "sgd_clipvalue": lambda: fm.optimizers.SGD(lr=0.05, momentum=0.9, clipvalue=0.01),
+    "adam_clipnorm": lambda: fm.optimizers.Adam(lr=1e-3, clipnorm=0.05),
+    "rmsprop_global_clipnorm": lambda: fm.optimizers.RMSprop(lr=1e-3, global_clipnorm=0.05),
+    "lamb_clipnorm": lambda: fm.optimizers.LAMB(lr=1e-2, clipnorm=0.05),
 }
 
 

@@ -352,6 +352,9 @@ def _set_slot(slot, value):
     (fm.optimizers.Adadelta(), 0, -0.5),
     (fm.optimizers.Adadelta(), 1, -0.5),
     (fm.optimizers.SGD(momentum=0.9), 0, np.nan),
+    (fm.optimizers.NAdam(), 1, -0.5),
+    (fm.optimizers.RAdam(), 1, -0.5),
+    (fm.optimizers.LAMB(), 1, -0.5),
 ])
 def test_bad_optimizer_state_is_rejected(tmp_path, optimizer, slot, value):
     path = with_state(tmp_path, optimizer, _set_slot(slot, value))

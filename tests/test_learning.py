@@ -122,7 +122,8 @@ def test_multiclass_hinge_classifier(out):
 
 @pytest.mark.parametrize("opt", [fm.optimizers.SGD(lr=0.1, momentum=0.9, nesterov=True), fm.optimizers.Adagrad(0.1),
                                  fm.optimizers.RMSprop(1e-2), fm.optimizers.Adadelta(1.0),
-                                 fm.optimizers.AdamW(1e-2)], ids=lambda o: type(o).__name__)
+                                 fm.optimizers.AdamW(1e-2), fm.optimizers.NAdam(1e-2), fm.optimizers.RAdam(1e-2),
+                                 fm.optimizers.LAMB(1e-2)], ids=lambda o: type(o).__name__)
 def test_every_optimizer_learns_digits_subset(opt):
     d = load_digits()
     x, y = d.data[:600] / 16.0, d.target[:600]

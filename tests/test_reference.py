@@ -196,12 +196,34 @@ OPTIMIZERS = [
     ("adamw", dict(lr=0.01)),
     ("adamw", dict(lr=0.01, weight_decay=0.3, amsgrad=True)),
     ("adamw", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.0)),
+    ("nadam", dict(lr=0.01)),
+    ("nadam", dict(lr=0.01, betas=(0.8, 0.95), momentum_decay=0.05, weight_decay=0.1)),
+    ("nadam", dict(lr=0.01, weight_decay=0.2, decoupled_weight_decay=True)),
+    ("radam", dict(lr=0.01)),
+    ("radam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+    ("radam", dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.3, decoupled_weight_decay=True)),
+    ("lamb", dict(lr=0.01)),
+    ("lamb", dict(lr=0.02, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1)),
 ]
+# Gradient clipping (each with an optimizer it is often paired with); the thresholds are below
+# the gradients' sizes here, so every step is clipped (test_clipping_binds checks that).
+CLIPPED = [
+    ("sgd", dict(lr=0.1, clipvalue=0.02)),
+    ("sgd", dict(lr=0.05, momentum=0.9, global_clipnorm=0.05)),
+    ("adam", dict(lr=0.01, clipnorm=0.02)),
+    ("adam", dict(lr=0.01, weight_decay=0.1, clipvalue=0.01)),
+    ("nadam", dict(lr=0.01, weight_decay=0.1, global_clipnorm=0.05)),
+    ("lamb", dict(lr=0.01, weight_decay=0.1, clipnorm=0.02)),
+    ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True, clipnorm=0.02)),
+]
+OPTIMIZERS += CLIPPED
 OPT_CLASS = {"sgd": fm.optimizers.SGD, "adagrad": fm.optimizers.Adagrad, "rmsprop": fm.optimizers.RMSprop,
-             "adadelta": fm.optimizers.Adadelta, "adam": fm.optimizers.Adam, "adamw": fm.optimizers.AdamW}
+             "adadelta": fm.optimizers.Adadelta, "adam": fm.optimizers.Adam, "adamw": fm.optimizers.AdamW,
+             "nadam": fm.optimizers.NAdam, "radam": fm.optimizers.RAdam, "lamb": fm.optimizers.LAMB}
 # Torch defaults for keyword arguments left out (the reference takes explicit values)
 DEFAULTS = {"sgd": dict(lr=1e-3), "adagrad": dict(lr=1e-2), "rmsprop": dict(lr=1e-2), "adadelta": dict(lr=1.0),
-            "adam": dict(lr=1e-3), "adamw": dict(lr=1e-3, weight_decay=1e-2)}
+            "adam": dict(lr=1e-3), "adamw": dict(lr=1e-3, weight_decay=1e-2), "nadam": dict(lr=2e-3),
+            "radam": dict(lr=1e-3), "lamb": dict(lr=1e-3, eps=1e-6)}
 
 
 def ref_optimizer(kind, kwargs, lr=None):
@@ -231,7 +253,8 @@ def test_optimizer_steps_match_reference_float64(opt):
     m = build(SPEC_OPT, 4, "sparse_categorical_crossentropy", optimizer=OPT_CLASS[kind](**kwargs))
     w0 = random_weights(SPEC_OPT, 4, rng)
     m.set_weights(w0)
-    data = batches(rng, 5)
+    # RAdam's rectified step starts at step 6 with beta2 = 0.99 (at 7 with the default 0.999... later)
+    data = batches(rng, 8 if kind == "radam" else 5)
     losses = [m.train_on_batch(x, y) for x, y in data]
     want_w, want_losses = ref.train_steps(SPEC_OPT, w0, data, "sparse_categorical_crossentropy",
                                           ref_optimizer(kind, kwargs))
@@ -239,6 +262,33 @@ def test_optimizer_steps_match_reference_float64(opt):
     np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
     # the weights really moved (a no-op optimizer would otherwise pass trivially for lr -> 0)
     assert max(np.abs(a - b).max() for a, b in zip(m.get_weights(), w0)) > 1e-4
+
+
+@pytest.mark.parametrize("opt", CLIPPED, ids=[opt_id(o) for o in CLIPPED])
+def test_clipping_binds(opt):
+    # The clipped cases above would pass trivially if their thresholds never bit: the reference
+    # without clipping must end elsewhere.
+    kind, kwargs = opt
+    rng = np.random.default_rng(6)
+    w0 = random_weights(SPEC_OPT, 4, rng)
+    data = batches(rng, 5)
+    unclipped = {k: v for k, v in kwargs.items() if k not in ("clipvalue", "clipnorm", "global_clipnorm")}
+    clipped_w, _ = ref.train_steps(SPEC_OPT, w0, data, "sparse_categorical_crossentropy", ref_optimizer(kind, kwargs))
+    plain_w, _ = ref.train_steps(SPEC_OPT, w0, data, "sparse_categorical_crossentropy", ref_optimizer(kind, unclipped))
+    assert max(np.abs(a - b).max() for a, b in zip(clipped_w, plain_w)) > 1e-4
+
+
+def test_radam_cases_reach_the_rectified_step():
+    # rho_t > 5 must happen within the 8 steps the RAdam cases take, or only SGD-with-momentum is tested.
+    for kind, kwargs in OPTIMIZERS:
+        if kind != "radam":
+            continue
+        b2 = kwargs.get("betas", (0.9, 0.999))[1]
+        rho_inf = 2 / (1 - b2) - 1
+        rho = [rho_inf - 2 * t * b2 ** t / (1 - b2 ** t) for t in range(1, 9)]
+        assert min(rho) <= 5 or b2 == 0.999, kwargs  # the unrectified start is tested too
+        if b2 != 0.999:
+            assert max(rho) > 5, kwargs
 
 
 @pytest.mark.parametrize("opt", OPTIMIZERS[::2], ids=[opt_id(o) for o in OPTIMIZERS[::2]])
@@ -249,7 +299,7 @@ def test_optimizer_steps_match_reference_float32(opt):
               dtype="float32")
     w0 = [a.astype(np.float32).astype(np.float64) for a in random_weights(SPEC_OPT, 4, rng)]
     m.set_weights(w0)
-    data = [(x.astype(np.float32).astype(np.float64), y) for x, y in batches(rng, 5)]
+    data = [(x.astype(np.float32).astype(np.float64), y) for x, y in batches(rng, 8 if kind == "radam" else 5)]
     losses = [m.train_on_batch(x, y) for x, y in data]
     want_w, want_losses = ref.train_steps(SPEC_OPT, w0, data, "sparse_categorical_crossentropy",
                                           ref_optimizer(kind, kwargs))
@@ -348,6 +398,21 @@ def test_fit_continues_optimizer_state_across_calls():
     want_w, _ = ref.train_steps(spec, w0, [(x, y)] * 5, "sparse_categorical_crossentropy",
                                 ref.Optimizer("adam", 0.05))
     assert_all_close(m.get_weights(), want_w, 1e-10, "two fit calls")
+
+
+def test_nadam_resumes_exactly_after_save_and_load(tmp_path):
+    # NAdam's running product of momentum coefficients is not saved: it follows from the step
+    # count on load, and must continue the product exactly.
+    m, spec, w0, x, y = _fit_model("nadam", 0.05)
+    m.fit(x, y, epochs=3, batch_size=10, shuffle=False, verbose=0)
+    m.save(tmp_path / "nadam.fm")
+    back = fm.load_model(tmp_path / "nadam.fm")
+    back.fit(x, y, epochs=4, batch_size=10, shuffle=False, verbose=0)
+    m.fit(x, y, epochs=4, batch_size=10, shuffle=False, verbose=0)
+    for a, b in zip(back.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    want_w, _ = ref.train_steps(spec, w0, [(x, y)] * 7, "sparse_categorical_crossentropy", ref.Optimizer("nadam", 0.05))
+    assert_all_close(m.get_weights(), want_w, 1e-10, "NAdam after 7 steps")
 
 
 # ----------------------------------------------------------------------- schedules

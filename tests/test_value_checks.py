@@ -100,7 +100,10 @@ def test_optimizer_from_config_rejects_what_the_constructors_reject():
 
 def test_optimizer_from_config_round_trips():
     for opt in (O.SGD(0.1, momentum=0.9, nesterov=True), O.Adagrad(0.1, lr_decay=0.1), O.RMSprop(centered=True),
-                O.Adadelta(rho=0.8), O.Adam(lr=S.StepDecay(0.1, 3)), O.AdamW(amsgrad=True), O.SGD(lr=0.0)):
+                O.Adadelta(rho=0.8), O.Adam(lr=S.StepDecay(0.1, 3)), O.AdamW(amsgrad=True), O.SGD(lr=0.0),
+                O.NAdam(momentum_decay=0.01, decoupled_weight_decay=True, weight_decay=0.1),
+                O.RAdam(betas=(0.8, 0.99)), O.LAMB(weight_decay=0.01, clipnorm=1.0), O.SGD(clipvalue=0.5),
+                O.Adam(global_clipnorm=2.0)):
         back = O.from_config(opt.get_config())
         assert type(back) is type(opt) and back.get_config() == opt.get_config()
 

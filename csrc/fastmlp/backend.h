@@ -120,9 +120,14 @@ class Backend {
   // state holds `slots` buffers of n_params each, back to back. The update is skipped when
   // counters->nonfinite; a parameter the update would make NaN/Inf keeps its value and sets it. Then ends the step: counters->step += 1 (unless nonfinite) and
   // counters->batch_start += rows.
+  // Gradient clipping (config's clipvalue, clipnorm or global_clipnorm) applies to the gradient
+  // plus regularizer before the update. norm_passes (optimizer_norm_passes of the config, known
+  // on the host) says which sums over whole segments the step reduces first, into segment_norms:
+  // backend memory for kSegmentNormSlots * n_segments + 1 doubles (math::segment_scale's layout).
   virtual void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                               const ParamSegment* segments, int n_segments, bool any_regularizer,
-                              const OptimizerConfig* config, TrainCounters* counters, int rows) = 0;
+                              const OptimizerConfig* config, int norm_passes, double* segment_norms,
+                              TrainCounters* counters, int rows) = 0;
 
   // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them
   // once per `rows` and replays the capture; reset_captures() drops captures after buffers move.

@@ -50,6 +50,7 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
   grads_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
   segments_dev_ = BackendBuffer<T>(be, sizeof(ParamSegment) * segments_.size());
   be->to_backend(segments_dev_.get(), segments_.data(), sizeof(ParamSegment) * segments_.size());
+  segment_norms_ = BackendBuffer<T>(be, sizeof(double) * (kSegmentNormSlots * segments_.size() + 1));
   config_dev_ = BackendBuffer<T>(be, sizeof(OptimizerConfig));
   train_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
   eval_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
@@ -68,7 +69,7 @@ Engine<T>::~Engine() {
   inv_std_.clear();
   x_batch_.reset(); y_batch_.reset(); perm_.reset();
   params_.reset(); grads_.reset(); state_.reset(); undo_.reset();
-  segments_dev_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
+  segments_dev_.reset(); segment_norms_.reset(); config_dev_.reset(); train_counters_.reset(); eval_counters_.reset();
 }
 
 template <typename T>
@@ -180,6 +181,8 @@ template <typename T>
 void Engine<T>::store_step(int64_t step) {
   TrainCounters c = read_counters(train_counters_);
   c.step = step;
+  // NAdam's running product follows from the step (one pass here, then one factor per update).
+  c.mu_product = config_.kind == OptimizerKind::NAdam ? math::nadam_mu_product(config_, step) : 1.0;
   write_counters(train_counters_, c);
 }
 
@@ -236,6 +239,11 @@ void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
   auto held = lock();
   const int slots = optimizer_state_slots(config);
   const bool layout_changed = slots != slots_ || config.kind != config_.kind;
+  // A captured step has the norm passes or not: re-record it when that changes.
+  if (optimizer_norm_passes(config) != optimizer_norm_passes(config_)) {
+    backend_->reset_captures();
+    captured_dataset_ = 0;
+  }
   // The new state first: if it cannot be allocated, the engine keeps its optimizer whole.
   BackendBuffer<T> new_state;
   if (slots != slots_) new_state = BackendBuffer<T>(backend_.get(), sizeof(T) * num_params_ * slots);
@@ -252,6 +260,8 @@ void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
     if (config_.kind == OptimizerKind::Adagrad)
       backend_->fill(state_.get(), T(config_.initial_accumulator_value), num_params_);
     store_step(0);
+  } else {
+    store_step(read_counters(train_counters_).step);  // the same step under the new config
   }
 }
 
@@ -274,13 +284,18 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data) {
            counters);
   backward(rows, x_batch_.get(), counters);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
-                     int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(), counters, rows);
+                     int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(),
+                     optimizer_norm_passes(config_), segment_norms_.template as<double>(), counters, rows);
 }
 
 template <typename T>
 void Engine<T>::reset_counters(BackendBuffer<T>& counters, bool keep_step) {
   TrainCounters c;
-  if (keep_step) c.step = read_counters(counters).step;
+  if (keep_step) {
+    const TrainCounters old = read_counters(counters);
+    c.step = old.step;
+    c.mu_product = old.mu_product;
+  }
   write_counters(counters, c);
 }
 
@@ -509,7 +524,9 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
   ensure_workspace(rows);
   // Counters at the current step: it keys the dropout masks, as in the next training step.
   TrainCounters start;
-  start.step = read_counters(train_counters_).step;
+  const TrainCounters trained = read_counters(train_counters_);
+  start.step = trained.step;
+  start.mu_product = trained.mu_product;
   write_counters(counters, start);
   auto* c = counters.template as<TrainCounters>();
   forward(rows, data.x, true, c);
@@ -549,7 +566,7 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   auto held = lock();
   // It would reset the counters that carry the open epoch's position and sums.
   if (epoch_.open) throw std::logic_error("train_on_batch cannot run while an epoch is in progress");
-  const int64_t step_before = gradients_of_whole(data, train_counters_).step;
+  const TrainCounters before = gradients_of_whole(data, train_counters_);
   // A step whose update overflows some weights leaves those as they were but applies the rest;
   // a copy in backend memory (no host transfer) lets such a step be undone whole.
   Backend<T>* be = backend_.get();
@@ -561,7 +578,8 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   auto* counters = train_counters_.template as<TrainCounters>();
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
                      segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
-                     config_dev_.template as<OptimizerConfig>(), counters, rows);
+                     config_dev_.template as<OptimizerConfig>(), optimizer_norm_passes(config_),
+                     segment_norms_.template as<double>(), counters, rows);
   TrainCounters c = read_counters(train_counters_);
   EpochResult r;
   r.steps = 1;
@@ -571,7 +589,8 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   if (r.nonfinite) {
     be->copy(params_.get(), undo_.get(), p_bytes);
     if (s_bytes) be->copy(state_.get(), undo_.get() + num_params_, s_bytes);
-    c.step = step_before;
+    c.step = before.step;
+    c.mu_product = before.mu_product;
     c.nonfinite = 0;
     write_counters(train_counters_, c);
   }

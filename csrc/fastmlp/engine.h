@@ -292,6 +292,7 @@ class Engine {
   int slots_ = 0;
 
   BackendBuffer<T> params_, grads_, state_, segments_dev_, config_dev_;
+  BackendBuffer<T> segment_norms_;  // the optimizer's per-segment norm scratch (doubles)
   BackendBuffer<T> undo_;  // train_on_batch: parameters and state before the step
   BackendBuffer<T> train_counters_, eval_counters_;
   // Workspace for `capacity_` rows.

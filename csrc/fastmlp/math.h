@@ -319,32 +319,126 @@ FASTMLP_HD double scheduled_lr(const Schedule& s, double lr, int64_t t) {
 struct StepScalars {
   double lr;         // scheduled learning rate
   double step_size;  // Adam: lr / (1 - beta1^t)
-  double sqrt_bc2;   // Adam: sqrt(1 - beta2^t)
+  double bc1;        // 1 - beta1^t (RAdam, LAMB)
+  double bc2;        // 1 - beta2^t (NAdam, LAMB)
+  double sqrt_bc2;   // Adam, RAdam: sqrt(1 - beta2^t)
   double clr;        // Adagrad's decayed rate lr / (1 + (t-1) * lr_decay)
-  double decay;      // AdamW: 1 - lr * weight_decay
+  double decay;      // AdamW and decoupled weight decay: 1 - lr * weight_decay
   bool first;        // first update: SGD momentum buffers start at g
+  double mu;              // NAdam: this step's momentum coefficient mu_t
+  double nadam_grad;      // NAdam: lr * (1 - mu_t) / (1 - mu_1...mu_t)
+  double nadam_momentum;  // NAdam: lr * mu_{t+1} / (1 - mu_1...mu_{t+1})
+  bool radam_rectified;   // RAdam: rho_t > 5, the variance is tractable
+  double radam_rect;      // RAdam: the rectification term r_t
 };
 
-FASTMLP_HD StepScalars step_scalars(const OptimizerConfig& c, int64_t t0) {
+// NAdam's momentum coefficient for step t (1-based): beta1 * (1 - 0.5 * 0.96^(t * psi)).
+FASTMLP_HD double nadam_mu(const OptimizerConfig& c, double t) {
+  return c.beta1 * (1.0 - 0.5 * pow(0.96, t * c.momentum_decay));
+}
+
+// The product mu_1...mu_steps (TrainCounters::mu_product after `steps` updates), for an engine
+// whose step count is set rather than counted (a loaded model, a new config).
+FASTMLP_HD double nadam_mu_product(const OptimizerConfig& c, int64_t steps) {
+  double product = 1.0;
+  for (int64_t t = 1; t <= steps; ++t) product *= nadam_mu(c, static_cast<double>(t));
+  return product;
+}
+
+// mu_product: the product mu_1...mu_{t0} of the steps already taken (TrainCounters::mu_product).
+FASTMLP_HD StepScalars step_scalars(const OptimizerConfig& c, int64_t t0, double mu_product = 1.0) {
   StepScalars s;
   s.lr = scheduled_lr(c.schedule, c.lr, t0);
   const double t = static_cast<double>(t0 + 1);  // torch counts steps from 1
-  s.step_size = s.lr / (1.0 - pow(c.beta1, t));
-  s.sqrt_bc2 = sqrt(1.0 - pow(c.beta2, t));
+  s.bc1 = 1.0 - pow(c.beta1, t);
+  s.bc2 = 1.0 - pow(c.beta2, t);
+  s.step_size = s.lr / s.bc1;
+  s.sqrt_bc2 = sqrt(s.bc2);
   s.clr = s.lr / (1.0 + (t - 1.0) * c.lr_decay);
   s.decay = 1.0 - s.lr * c.weight_decay;
   s.first = t0 == 0;
+  s.mu = nadam_mu(c, t);
+  const double product = mu_product * s.mu, product_next = product * nadam_mu(c, t + 1.0);
+  s.nadam_grad = s.lr * (1.0 - s.mu) / (1.0 - product);
+  s.nadam_momentum = s.lr * nadam_mu(c, t + 1.0) / (1.0 - product_next);
+  const double rho_inf = 2.0 / (1.0 - c.beta2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * t * pow(c.beta2, t) / s.bc2;
+  s.radam_rectified = rho_t > 5.0;
+  s.radam_rect = s.radam_rectified
+                     ? sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                     : 1.0;
   return s;
 }
 
-// One parameter's update. g already holds the data gradient plus the layer regularizer;
-// st0..st2 are this parameter's optimizer-state slots (unused ones may alias st0).
+// Whether weight decay shrinks the parameter (p *= 1 - lr * wd) instead of adding wd * p to
+// the gradient: AdamW always, NAdam and RAdam when asked; LAMB puts it in its direction.
+FASTMLP_HD bool decoupled_decay(const OptimizerConfig& c) {
+  return c.kind == OptimizerKind::AdamW ||
+         (c.decoupled_weight_decay && (c.kind == OptimizerKind::NAdam || c.kind == OptimizerKind::RAdam));
+}
+
+// The gradient the optimizer sees: data gradient plus regularizer g, clipped to
+// [-clipvalue, clipvalue] and scaled by the segment's norm clipping (grad_scale, 1 when off).
+template <typename T>
+FASTMLP_HD T clipped_gradient(const OptimizerConfig& c, T g, T grad_scale) {
+  if (c.clipvalue > 0.0) {
+    const T v = T(c.clipvalue);
+    g = g > v ? v : (g < -v ? -v : g);
+  }
+  return g * grad_scale;
+}
+
+// Norm clipping's factor for a gradient of norm `norm`: Keras's clip_by_norm per segment
+// (clipnorm / max(norm, clipnorm)), torch's clip_grad_norm_ over all (max / (norm + 1e-6), at most 1).
+FASTMLP_HD double clip_scale(const OptimizerConfig& c, double segment_norm, double global_norm) {
+  if (c.clipnorm > 0.0) return c.clipnorm / (segment_norm > c.clipnorm ? segment_norm : c.clipnorm);
+  if (c.global_clipnorm > 0.0) {
+    const double f = c.global_clipnorm / (global_norm + 1e-6);
+    return f < 1.0 ? f : 1.0;
+  }
+  return 1.0;
+}
+
+// LAMB's direction for one parameter from its moments m, v (already updated this step):
+// m_hat / (sqrt(v_hat) + eps) + weight_decay * p.
+template <typename T>
+FASTMLP_HD T lamb_direction(const OptimizerConfig& c, const StepScalars& s, T p, T m, T v) {
+  return (m / T(s.bc1)) / (sqrt(v / T(s.bc2)) + T(c.eps)) + T(c.weight_decay) * p;
+}
+
+// LAMB's trust ratio of a segment: ||p|| / ||direction||, 1 when either is 0.
+FASTMLP_HD double lamb_trust(double p_norm, double direction_norm) {
+  return p_norm > 0.0 && direction_norm > 0.0 ? p_norm / direction_norm : 1.0;
+}
+
+// What the norm passes found for segment i: the factor of norm clipping and LAMB's trust ratio.
+// norms is the scratch of Backend::optimizer_step: kSegmentNormSlots sums of squares per segment
+// (gradient, parameters, LAMB direction), laid out slot by slot, then the global gradient sum.
+struct SegmentScale {
+  double grad = 1.0;
+  double trust = 1.0;
+};
+FASTMLP_HD SegmentScale segment_scale(const OptimizerConfig& c, const double* norms, int n_segments, int i) {
+  SegmentScale out;
+  if (norms == nullptr) return out;
+  if (c.clipnorm > 0.0 || c.global_clipnorm > 0.0)
+    out.grad = clip_scale(c, sqrt(norms[i]), sqrt(norms[kSegmentNormSlots * n_segments]));
+  if (c.kind == OptimizerKind::LAMB) out.trust = lamb_trust(sqrt(norms[n_segments + i]), sqrt(norms[2 * n_segments + i]));
+  return out;
+}
+
+// One parameter's update. g already holds the data gradient plus the layer regularizer, clipped;
+// st0..st2 are this parameter's optimizer-state slots (unused ones may alias st0); trust is
+// LAMB's trust ratio of the parameter's segment (1 for the others).
 // Formulas are torch.optim's (see docs/formulas.md).
 template <typename T>
 FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1,
-                                 T& st2) {
+                                 T& st2, T trust = T(1)) {
   const T lr = T(s.lr);
-  if (c.kind != OptimizerKind::AdamW && c.weight_decay != 0.0) g += T(c.weight_decay) * p;
+  if (c.weight_decay != 0.0) {
+    if (decoupled_decay(c)) p *= T(s.decay);
+    else if (c.kind != OptimizerKind::LAMB) g += T(c.weight_decay) * p;
+  }
   switch (c.kind) {
     case OptimizerKind::SGD: {
       if (c.momentum != 0.0) {
@@ -392,7 +486,6 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
     }
     case OptimizerKind::Adam:
     case OptimizerKind::AdamW: {
-      if (c.kind == OptimizerKind::AdamW) p *= T(s.decay);
       T& m = st0;
       T& v = st1;
       m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
@@ -406,6 +499,36 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
       p -= T(s.step_size) * m / denom;
       return;
     }
+    case OptimizerKind::NAdam: {  // torch.optim.NAdam: Dozat's Nesterov-momentum Adam
+      T& m = st0;
+      T& v = st1;
+      m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
+      v = T(c.beta2) * v + T(1.0 - c.beta2) * g * g;
+      const T denom = sqrt(v / T(s.bc2)) + T(c.eps);
+      p -= T(s.nadam_grad) * g / denom;
+      p -= T(s.nadam_momentum) * m / denom;
+      return;
+    }
+    case OptimizerKind::RAdam: {  // torch.optim.RAdam: Adam with the variance rectified
+      T& m = st0;
+      T& v = st1;
+      m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
+      v = T(c.beta2) * v + T(1.0 - c.beta2) * g * g;
+      const T m_hat = m / T(s.bc1);
+      if (s.radam_rectified)
+        p -= m_hat * lr * (T(s.sqrt_bc2) / (sqrt(v) + T(c.eps))) * T(s.radam_rect);
+      else
+        p -= m_hat * lr;
+      return;
+    }
+    case OptimizerKind::LAMB: {  // You et al. 2019, Algorithm 2, trust ratio per segment
+      T& m = st0;
+      T& v = st1;
+      m = T(c.beta1) * m + T(1.0 - c.beta1) * g;
+      v = T(c.beta2) * v + T(1.0 - c.beta2) * g * g;
+      p -= lr * trust * lamb_direction(c, s, p, m, v);
+      return;
+    }
   }
 }
 
@@ -413,9 +536,10 @@ FASTMLP_HD void optimizer_update(const OptimizerConfig& c, const StepScalars& s,
 // far too large) keeps its value and state; returns false then, so training can stop with
 // finite weights. Callers pass locals for the slots the optimizer does not own.
 template <typename T>
-FASTMLP_HD bool guarded_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1, T& st2) {
+FASTMLP_HD bool guarded_update(const OptimizerConfig& c, const StepScalars& s, T& p, T g, T& st0, T& st1, T& st2,
+                               T trust = T(1)) {
   T np = p, n0 = st0, n1 = st1, n2 = st2;
-  optimizer_update(c, s, np, g, n0, n1, n2);
+  optimizer_update(c, s, np, g, n0, n1, n2, trust);
   const bool ok = isfinite(np);
   st2 = ok ? n2 : st2;
   st1 = ok ? n1 : st1;

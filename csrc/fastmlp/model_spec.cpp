@@ -150,7 +150,7 @@ void validate(const OptimizerConfig& c) {
   };
   auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0.0; };
   auto in_unit = [](double v) { return v >= 0.0 && v <= 1.0; };
-  need(int(c.kind) >= 0 && c.kind <= OptimizerKind::AdamW, "unknown optimizer kind");
+  need(int(c.kind) >= 0 && int(c.kind) < kOptimizerKinds, "unknown optimizer kind");
   need(finite_nonneg(c.lr), "lr must be a finite number >= 0");
   need(finite_nonneg(c.weight_decay), "weight_decay must be a finite number >= 0");
   need(finite_nonneg(c.momentum), "momentum must be a finite number >= 0");
@@ -161,6 +161,12 @@ void validate(const OptimizerConfig& c) {
   need(in_unit(c.rho), "rho must be in [0, 1]");
   need(finite_nonneg(c.lr_decay), "lr_decay must be a finite number >= 0");
   need(finite_nonneg(c.initial_accumulator_value), "initial_accumulator_value must be a finite number >= 0");
+  need(finite_nonneg(c.momentum_decay), "momentum_decay must be a finite number >= 0");
+  need(finite_nonneg(c.clipvalue), "clipvalue must be a finite number > 0 (0: off)");
+  need(finite_nonneg(c.clipnorm), "clipnorm must be a finite number > 0 (0: off)");
+  need(finite_nonneg(c.global_clipnorm), "global_clipnorm must be a finite number > 0 (0: off)");
+  need((c.clipvalue > 0.0) + (c.clipnorm > 0.0) + (c.global_clipnorm > 0.0) <= 1,
+       "only one of clipvalue, clipnorm and global_clipnorm may be set");
   const Schedule& s = c.schedule;
   need(int(s.kind) >= 0 && s.kind <= ScheduleKind::Cosine, "unknown schedule kind");
   need(std::isfinite(s.decay_steps) && s.decay_steps > 0.0, "schedule decay_steps must be a finite number > 0");

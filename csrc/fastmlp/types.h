@@ -20,7 +20,23 @@ enum class Loss : int32_t {
 // Metric accumulated next to the loss: accuracy for classifiers, mean absolute error otherwise.
 enum class Metric : int32_t { None = 0, Accuracy, BinaryAccuracy, MeanAbsoluteError };
 
-enum class OptimizerKind : int32_t { SGD = 0, Adagrad, RMSprop, Adadelta, Adam, AdamW };
+// Every optimizer, once: X(enum name, Python name). The enum, the bindings' OPTIMIZER_KINDS (which
+// Python reads instead of copying ids) and the CPU backend's dispatch are generated from this
+// list. An optimizer's hyper-parameters are fields of OptimizerConfig, its state slots a case of
+// optimizer_state_slots, its per-element update a case of math::optimizer_update (both switches
+// have no default, so -Wswitch names a case that is missing), and its class in optimizers.py.
+#define FASTMLP_OPTIMIZERS(X)                                                                        \
+  X(SGD, "sgd") X(Adagrad, "adagrad") X(RMSprop, "rmsprop") X(Adadelta, "adadelta") X(Adam, "adam") \
+  X(AdamW, "adamw") X(NAdam, "nadam") X(RAdam, "radam") X(LAMB, "lamb")
+
+enum class OptimizerKind : int32_t {
+#define FASTMLP_OPTIMIZER_ENUM(name, python_name) name,
+  FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_ENUM)
+#undef FASTMLP_OPTIMIZER_ENUM
+};
+#define FASTMLP_OPTIMIZER_COUNT(name, python_name) +1
+constexpr int kOptimizerKinds = 0 FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_COUNT);
+#undef FASTMLP_OPTIMIZER_COUNT
 
 enum class ScheduleKind : int32_t { Constant = 0, StepDecay, ExponentialDecay, InverseTimeDecay, Cosine };
 
@@ -67,9 +83,15 @@ struct OptimizerConfig {
   double dampening = 0.0;     // SGD
   bool nesterov = false;      // SGD
   double weight_decay = 0.0;  // L2 added to the gradient of every parameter (AdamW: decoupled)
-  double beta1 = 0.9, beta2 = 0.999;  // Adam, AdamW
-  double eps = 1e-8;          // Adam(W), RMSprop, Adagrad (1e-10), Adadelta (1e-6)
+  double beta1 = 0.9, beta2 = 0.999;  // Adam, AdamW, NAdam, RAdam, LAMB
+  double eps = 1e-8;          // Adam(W), NAdam, RAdam, RMSprop, Adagrad (1e-10), Adadelta (1e-6), LAMB (1e-6)
   bool amsgrad = false;       // Adam, AdamW
+  double momentum_decay = 4e-3;       // NAdam (psi)
+  bool decoupled_weight_decay = false;  // NAdam, RAdam: p *= 1 - lr * weight_decay instead of L2
+  // Gradient clipping before the optimizer (0: off), as Keras's optimizer arguments: each
+  // element to [-clipvalue, clipvalue]; each segment (a kernel, a bias) to norm clipnorm; all
+  // gradients together to norm global_clipnorm (torch.nn.utils.clip_grad_norm_).
+  double clipvalue = 0.0, clipnorm = 0.0, global_clipnorm = 0.0;
   double alpha = 0.99;        // RMSprop smoothing
   bool centered = false;      // RMSprop
   double rho = 0.9;           // Adadelta
@@ -79,16 +101,36 @@ struct OptimizerConfig {
 };
 
 // Number of per-parameter state slots each optimizer keeps (each slot is one flat buffer).
-inline int optimizer_state_slots(const OptimizerConfig& c) {
-  switch (c.kind) {
-    case OptimizerKind::SGD: return c.momentum != 0.0 ? 1 : 0;
+// From the kind and the flags that add slots; constexpr, so the CPU backend's compile-time
+// variants size their state with the same function.
+constexpr int optimizer_state_slots(OptimizerKind kind, bool momentum, bool centered, bool amsgrad) {
+  switch (kind) {
+    case OptimizerKind::SGD: return momentum ? 1 : 0;
     case OptimizerKind::Adagrad: return 1;
-    case OptimizerKind::RMSprop: return 1 + (c.centered ? 1 : 0) + (c.momentum > 0.0 ? 1 : 0);
+    case OptimizerKind::RMSprop: return 1 + (centered ? 1 : 0) + (momentum ? 1 : 0);
     case OptimizerKind::Adadelta: return 2;
     case OptimizerKind::Adam:
-    case OptimizerKind::AdamW: return c.amsgrad ? 3 : 2;
+    case OptimizerKind::AdamW: return amsgrad ? 3 : 2;
+    case OptimizerKind::NAdam:
+    case OptimizerKind::RAdam:
+    case OptimizerKind::LAMB: return 2;
   }
   return 0;
+}
+inline int optimizer_state_slots(const OptimizerConfig& c) {
+  return optimizer_state_slots(c.kind, c.momentum != 0.0, c.centered, c.amsgrad);
+}
+
+// Doubles per segment in the optimizer's norm scratch: the sums of squares of its clipped-to-be
+// gradient, of its parameters and of LAMB's direction (then one for the global sum).
+constexpr int kSegmentNormSlots = 3;
+
+// The passes over whole segments a config needs before its update (bits): the gradients' norms
+// for norm clipping, and LAMB's parameter and direction norms for its trust ratio.
+constexpr int kClipNormPass = 1, kTrustRatioPass = 2;
+inline int optimizer_norm_passes(const OptimizerConfig& c) {
+  return (c.clipnorm > 0.0 || c.global_clipnorm > 0.0 ? kClipNormPass : 0) |
+         (c.kind == OptimizerKind::LAMB ? kTrustRatioPass : 0);
 }
 
 // A contiguous run of parameters (one layer's kernel, bias, gamma, ...) and its regularization.
@@ -116,6 +158,7 @@ struct TrainCounters {
   uint32_t blocks_done = 0;  // CUDA: blocks of the optimizer kernel finished this step
   int32_t update_overflow = 0;  // CUDA: a block's update overflowed this step; the last block
                                 // moves it to nonfinite, so every block skips or runs alike
+  double mu_product = 1.0;  // NAdam: the product of its momentum coefficients mu_1..mu_step
 };
 
 }  // namespace fastmlp

@@ -1,5 +1,5 @@
 """Integer ids shared with the native core (must match csrc/fastmlp/types.h)."""
-from ._core import LAYER_KINDS
+from ._core import LAYER_KINDS, OPTIMIZER_KINDS
 
 LAYER_IDS = dict(LAYER_KINDS)  # exported by the core itself
 
@@ -12,5 +12,5 @@ LOSS_IDS = {
     "multiclass_hinge": 4,
 }
 METRIC_IDS = {None: 0, "accuracy": 1, "binary_accuracy": 2, "mae": 3}
-OPTIMIZER_IDS = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adadelta": 3, "adam": 4, "adamw": 5}
+OPTIMIZER_IDS = dict(OPTIMIZER_KINDS)  # exported by the core from its list of optimizers
 SCHEDULE_IDS = {"constant": 0, "step": 1, "exponential": 2, "inverse_time": 3, "cosine": 4}

@@ -20,6 +20,12 @@ import time
 import numpy as np
 
 
+def _optimizer_names():
+    from .optimizers import _BY_NAME
+
+    return _BY_NAME
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
@@ -303,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-norm", action="store_true",
                    help="BatchNormalization in each hidden layer, Keras style: Dense (no activation) -> "
                         "BatchNormalization -> Activation")
-    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw, rmsprop, adagrad, adadelta (default adam)")
+    t.add_argument("--optimizer", default="adam",
+                   help=", ".join(sorted(_optimizer_names())) + " (default adam)")
     t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the optimizer's)")
     t.add_argument("--epochs", type=_non_negative_int, default=10, help="epochs (default 10)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")

@@ -5,6 +5,12 @@ optimizer_update); docs/formulas.md writes every formula out. `weight_decay` add
 weight_decay * p to the gradient of every parameter, as PyTorch does (AdamW decouples it:
 p *= 1 - lr * weight_decay before the Adam step). Layer regularizers are separate and act on
 kernels only. `lr` may be a number or an fm.schedules schedule; `learning_rate` is an alias.
+
+Every optimizer also takes Keras's gradient clipping, applied to the gradient (loss plus
+regularizers) before the optimizer's own weight decay and momentum: `clipvalue` clips each
+element to [-clipvalue, clipvalue], `clipnorm` each parameter tensor (a kernel, a bias) to that
+L2 norm, `global_clipnorm` all gradients together, as torch.nn.utils.clip_grad_norm_ does. At
+most one of them may be set.
 """
 from __future__ import annotations
 
@@ -21,11 +27,14 @@ def _number(name, v, low=0.0, low_inclusive=True, high=None, high_inclusive=Fals
     return real_number(v, name, low, low_inclusive, high, high_inclusive)
 
 
+_CLIPPING = ("clipvalue", "clipnorm", "global_clipnorm")
+
+
 class Optimizer:
     kind = "sgd"
     _fields: tuple = ()
 
-    def __init__(self, lr, learning_rate=None, weight_decay=0.0):
+    def __init__(self, lr, learning_rate=None, weight_decay=0.0, **clipping):
         if learning_rate is not None:
             lr = learning_rate
         # lr >= 0: PyTorch and Keras accept 0 (warm-up schedules start there); negative is an error
@@ -34,6 +43,16 @@ class Optimizer:
         else:
             self.schedule = Constant(_number("lr", lr))
         self.weight_decay = _number("weight_decay", weight_decay)
+        self._set_clipping(**clipping)
+
+    def _set_clipping(self, clipvalue=None, clipnorm=None, global_clipnorm=None):
+        # None (or absent) is off; a value must be > 0, as in Keras.
+        values = {"clipvalue": clipvalue, "clipnorm": clipnorm, "global_clipnorm": global_clipnorm}
+        for name, v in values.items():
+            setattr(self, name, None if v is None else _number(name, v, low=0.0, low_inclusive=False))
+        chosen = [name for name in _CLIPPING if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"only one of clipvalue, clipnorm and global_clipnorm may be set, got {', '.join(chosen)}")
 
     @property
     def lr(self) -> float:
@@ -54,6 +73,8 @@ class Optimizer:
         c.lr = self.schedule.initial_lr
         c.schedule = self.schedule.native()
         c.weight_decay = self.weight_decay
+        for name in _CLIPPING:
+            setattr(c, name, getattr(self, name) or 0.0)
         self._fill(c)
         return c
 
@@ -68,6 +89,7 @@ class Optimizer:
     def get_config(self) -> dict:
         cfg = {"kind": self.kind, "schedule": self.schedule.get_config(), "weight_decay": self.weight_decay}
         cfg.update({f: getattr(self, f) for f in self._fields})
+        cfg.update({name: getattr(self, name) for name in _CLIPPING if getattr(self, name) is not None})
         return cfg
 
     def __repr__(self):
@@ -80,8 +102,9 @@ class SGD(Optimizer):
     kind = "sgd"
     _fields = ("momentum", "dampening", "nesterov")
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, *, learning_rate=None):
-        super().__init__(lr, learning_rate, weight_decay)
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, *, learning_rate=None,
+                 **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
         self.momentum = _number("momentum", momentum)
         self.dampening = _number("dampening", dampening)
         self.nesterov = boolean(nesterov, "nesterov")
@@ -99,8 +122,8 @@ class Adagrad(Optimizer):
     _fields = ("lr_decay", "initial_accumulator_value", "eps")
 
     def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
-                 learning_rate=None):
-        super().__init__(lr, learning_rate, weight_decay)
+                 learning_rate=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
         self.lr_decay = _number("lr_decay", lr_decay)
         self.initial_accumulator_value = _number("initial_accumulator_value", initial_accumulator_value)
         self.eps = _number("eps", eps)
@@ -119,8 +142,8 @@ class RMSprop(Optimizer):
     _fields = ("alpha", "eps", "momentum", "centered")
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 learning_rate=None):
-        super().__init__(lr, learning_rate, weight_decay)
+                 learning_rate=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
         self.alpha = _number("alpha", alpha, high=1.0, high_inclusive=True)
         self.eps = _number("eps", eps)
         self.momentum = _number("momentum", momentum)
@@ -139,8 +162,8 @@ class Adadelta(Optimizer):
     kind = "adadelta"
     _fields = ("rho", "eps")
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, learning_rate=None):
-        super().__init__(lr, learning_rate, weight_decay)
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, learning_rate=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
         self.rho = _number("rho", rho, high=1.0, high_inclusive=True)
         self.eps = _number("eps", eps)
 
@@ -158,14 +181,9 @@ class Adam(Optimizer):
     _fields = ("betas", "eps", "amsgrad")
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 learning_rate=None, beta_1=None, beta_2=None):
-        super().__init__(lr, learning_rate, weight_decay)
-        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        b1, b2 = betas
-        b1 = b1 if beta_1 is None else beta_1
-        b2 = b2 if beta_2 is None else beta_2
-        self.betas = (_number("beta1", b1, high=1.0), _number("beta2", b2, high=1.0))
+                 learning_rate=None, beta_1=None, beta_2=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
+        self.betas = _betas(betas, beta_1, beta_2)
         self.eps = _number("eps", eps)
         self.amsgrad = boolean(amsgrad, "amsgrad")
 
@@ -188,12 +206,96 @@ class AdamW(Adam):
     kind = "adamw"
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 learning_rate=None, beta_1=None, beta_2=None):
+                 learning_rate=None, beta_1=None, beta_2=None, **clipping):
         super().__init__(lr, betas, eps, weight_decay, amsgrad, learning_rate=learning_rate, beta_1=beta_1,
-                         beta_2=beta_2)
+                         beta_2=beta_2, **clipping)
 
 
-_BY_NAME = {c.kind: c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}
+class _AdamFamily(Optimizer):
+    """Shared by NAdam, RAdam and LAMB: betas, eps and their two moment slots."""
+
+    _fields = ("betas", "eps")
+
+    def _init_moments(self, betas, eps, beta_1, beta_2):
+        self.betas = _betas(betas, beta_1, beta_2)
+        self.eps = _number("eps", eps)
+
+    def _fill(self, c):
+        c.beta1, c.beta2 = self.betas
+        c.eps = self.eps
+
+    def nonnegative_state_slots(self) -> dict:
+        return {1: "second moment v"}
+
+    def get_config(self) -> dict:
+        cfg = super().get_config()
+        cfg["betas"] = list(self.betas)
+        return cfg
+
+
+class NAdam(_AdamFamily):
+    """torch.optim.NAdam: Adam with Nesterov momentum, mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay));
+    p -= lr (1 - mu_t) / (1 - prod mu) * g / d + lr mu_{t+1} / (1 - prod mu ... mu_{t+1}) * m / d,
+    d = sqrt(v / (1 - beta2^t)) + eps."""
+
+    kind = "nadam"
+    _fields = ("betas", "eps", "momentum_decay", "decoupled_weight_decay")
+
+    def __init__(self, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, learning_rate=None, beta_1=None, beta_2=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
+        self._init_moments(betas, eps, beta_1, beta_2)
+        self.momentum_decay = _number("momentum_decay", momentum_decay)
+        self.decoupled_weight_decay = boolean(decoupled_weight_decay, "decoupled_weight_decay")
+
+    def _fill(self, c):
+        super()._fill(c)
+        c.momentum_decay, c.decoupled_weight_decay = self.momentum_decay, self.decoupled_weight_decay
+
+
+class RAdam(_AdamFamily):
+    """torch.optim.RAdam: Adam whose adaptive step is used only once the variance of its rate is
+    tractable (rho_t > 5), then scaled by the rectification term r_t; before that, SGD with momentum."""
+
+    kind = "radam"
+    _fields = ("betas", "eps", "decoupled_weight_decay")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
+                 learning_rate=None, beta_1=None, beta_2=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
+        self._init_moments(betas, eps, beta_1, beta_2)
+        self.decoupled_weight_decay = boolean(decoupled_weight_decay, "decoupled_weight_decay")
+
+    def _fill(self, c):
+        super()._fill(c)
+        c.decoupled_weight_decay = self.decoupled_weight_decay
+
+
+class LAMB(_AdamFamily):
+    """LAMB (You et al. 2019, Algorithm 2): r = m_hat / (sqrt(v_hat) + eps) + weight_decay * p, and
+    p -= lr * (||p|| / ||r||) * r with the trust ratio taken per kernel and per bias (1 when either
+    norm is 0)."""
+
+    kind = "lamb"
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, learning_rate=None, beta_1=None,
+                 beta_2=None, **clipping):
+        super().__init__(lr, learning_rate, weight_decay, **clipping)
+        self._init_moments(betas, eps, beta_1, beta_2)
+
+
+def _betas(betas, beta_1=None, beta_2=None):
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    b1, b2 = betas
+    b1 = b1 if beta_1 is None else beta_1
+    b2 = b2 if beta_2 is None else beta_2
+    return (_number("beta1", b1, high=1.0), _number("beta2", b2, high=1.0))
+
+
+_BY_NAME = {c.kind: c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, LAMB)}
+# Every native kind has its class here (types.h's list is the source of both).
+assert set(_BY_NAME) == set(OPTIMIZER_IDS), "optimizers.py and the core's optimizer list disagree"
 
 
 def get(identifier) -> Optimizer:
@@ -215,7 +317,7 @@ def from_config(config: dict) -> Optimizer:
     from .schedules import from_config as schedule_from_config
 
     cls = config_class(config, "optimizer", "kind", _BY_NAME,
-                       lambda cls: {"kind", "schedule", "weight_decay", *cls._fields})
+                       lambda cls: {"kind", "schedule", "weight_decay", *cls._fields, *_CLIPPING})
     kind = config["kind"]
     if "schedule" not in config:
         raise ValueError("optimizer config is missing the field 'schedule'")
@@ -232,4 +334,4 @@ def from_config(config: dict) -> Optimizer:
         raise ValueError(f"optimizer config ({kind!r}): {exc}") from None
 
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "RAdam", "LAMB", "get"]

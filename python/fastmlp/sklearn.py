@@ -30,8 +30,8 @@ loss_curve_         fastmlp's training loss per epoch: the mean over the epoch's
                     loss plus the penalty (for the regressor, mean squared error, not its half).
 solver              "sgd" (momentum, nesterovs_momentum), "adam" (beta_1, beta_2, epsilon),
                     "adamw" (as adam, plus fastmlp's default decoupled weight_decay=1e-2),
-                    "rmsprop", "adagrad", "adadelta" (their torch defaults except lr =
-                    learning_rate_init). "lbfgs" and scikit-learn's learning_rate schedules
+                    any other fm.optimizers name ("rmsprop", "adagrad", "adadelta", "nadam",
+                    "radam", "lamb": their torch defaults except lr = learning_rate_init). "lbfgs" and scikit-learn's learning_rate schedules
                     ("invscaling", "adaptive") are not available (use fastmlp.Sequential with
                     fm.schedules for schedules).
 batch_size          "auto" = min(200, n_samples); larger values are clipped with a warning.
@@ -79,7 +79,13 @@ from .callbacks import Callback
 
 _ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "linear": "linear", "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "elu": "elu"}
-_SOLVERS = ("adam", "sgd", "adagrad", "rmsprop", "adadelta", "adamw")
+def _solvers():
+    from .optimizers import _BY_NAME
+
+    return ("adam", "sgd", *sorted(k for k in _BY_NAME if k not in ("adam", "sgd")))
+
+
+_SOLVERS = _solvers()
 
 
 def _is_number(v) -> bool:
@@ -224,7 +230,7 @@ class _BaseMLP(BaseEstimator):
         if self.solver in ("adam", "adamw"):
             cls = O.Adam if self.solver == "adam" else O.AdamW
             return cls(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=float(self.epsilon))
-        return {"rmsprop": O.RMSprop, "adagrad": O.Adagrad, "adadelta": O.Adadelta}[self.solver](lr=lr)
+        return O.get(self.solver).__class__(lr=lr)
 
     def _build_model(self, n_features, n_out, batch, hidden, device, seed):
         import fastmlp as fm
