@@ -329,6 +329,19 @@ void bind_engine(py::module_& m, const char* name) {
            })
       .def("training_loss", [](E& e, const D& d) { return without_gil([&] { return e.training_loss(d); }); },
            "mean loss + penalty in training mode, the one compute_gradients differentiates")
+      .def("lbfgs_step",
+           [](E& e, const D& d, const LbfgsConfig& config) {
+             const LbfgsConfig c = config;
+             const auto r = without_gil([&] { return e.lbfgs_step(d, c); });
+             py::dict out;
+             out["loss"] = r.loss;
+             out["metric"] = r.metric;
+             out["evaluations"] = r.evaluations;
+             out["nonfinite"] = r.nonfinite;
+             return out;
+           },
+           "one torch.optim.LBFGS step over all of the data: {loss (at the start), evaluations, nonfinite}")
+      .def("reset_lbfgs", [](E& e) { without_gil([&] { e.reset_lbfgs(); }); })
       .def("train_on_batch",
            [](E& e, const D& d) { return epoch_dict(without_gil([&] { return e.train_on_batch(d); })); });
 }
@@ -357,6 +370,15 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("staircase", &Schedule::staircase)
       .def_readwrite("warmup_steps", &Schedule::warmup_steps);
 
+  py::class_<LbfgsConfig>(m, "LbfgsConfig")
+      .def(py::init<>())
+      .def_readwrite("lr", &LbfgsConfig::lr)
+      .def_readwrite("max_iter", &LbfgsConfig::max_iter)
+      .def_readwrite("max_eval", &LbfgsConfig::max_eval)
+      .def_readwrite("tolerance_grad", &LbfgsConfig::tolerance_grad)
+      .def_readwrite("tolerance_change", &LbfgsConfig::tolerance_change)
+      .def_readwrite("history_size", &LbfgsConfig::history_size)
+      .def_readwrite("strong_wolfe", &LbfgsConfig::strong_wolfe);
   py::class_<OptimizerConfig>(m, "OptimizerConfig")
       .def(py::init<>())
       .def_property(

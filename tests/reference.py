@@ -650,3 +650,145 @@ LOSS_OUTPUTS = [
     ("multiclass_hinge", "softmax", False),
     ("multiclass_hinge", "tanh", False),
 ]
+
+
+# ----------------------------------------------------------------------------- L-BFGS
+
+
+def _cubic_min(x1, f1, g1, x2, f2, g2, bounds=None):
+    """Minimizer of the cubic through two points with slopes, clamped to bounds (torch's
+    _cubic_interpolate, after minFunc)."""
+    lo, hi = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
+    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+    d2_square = d1 * d1 - g1 * g2
+    if d2_square < 0:
+        return (lo + hi) / 2.0
+    d2 = np.sqrt(d2_square)
+    if x1 <= x2:
+        pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+    else:
+        pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+    return min(max(pos, lo), hi)
+
+
+def _strong_wolfe(fun, x, t, d, f, g, gtd, tolerance_change, max_ls, c1=1e-4, c2=0.9):
+    """Nocedal & Wright's line search with zoom, as torch.optim.LBFGS runs it. fun(w) -> (f, g)."""
+    d_norm = np.abs(d).max()
+    f_new, g_new = fun(x + t * d)
+    evals, gtd_new = 1, g_new @ d
+    t_prev, f_prev, g_prev, gtd_prev = 0.0, f, g, gtd
+    done, ls_iter = False, 0
+    while ls_iter < max_ls:
+        if f_new > f + c1 * t * gtd or (ls_iter > 1 and f_new >= f_prev):
+            br, br_f, br_g, br_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], [gtd_prev, gtd_new]
+            break
+        if abs(gtd_new) <= -c2 * gtd:
+            br, br_f, br_g, done = [t], [f_new], [g_new], True
+            break
+        if gtd_new >= 0:
+            br, br_f, br_g, br_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], [gtd_prev, gtd_new]
+            break
+        nxt = _cubic_min(t_prev, f_prev, gtd_prev, t, f_new, gtd_new, bounds=(t + 0.01 * (t - t_prev), t * 10))
+        t_prev, f_prev, g_prev, gtd_prev = t, f_new, g_new, gtd_new
+        t = nxt
+        f_new, g_new = fun(x + t * d)
+        evals, gtd_new, ls_iter = evals + 1, g_new @ d, ls_iter + 1
+    if ls_iter == max_ls:
+        br, br_f, br_g = [0.0, t], [f, f_new], [g, g_new]
+    insufficient = False
+    low, high = (0, 1) if br_f[0] <= br_f[-1] else (1, 0)
+    while not done and ls_iter < max_ls:
+        if abs(br[1] - br[0]) * d_norm < tolerance_change:
+            break
+        t = _cubic_min(br[0], br_f[0], br_gtd[0], br[1], br_f[1], br_gtd[1])
+        eps = 0.1 * (max(br) - min(br))
+        if min(max(br) - t, t - min(br)) < eps:
+            if insufficient or t >= max(br) or t <= min(br):
+                t = max(br) - eps if abs(t - max(br)) < abs(t - min(br)) else min(br) + eps
+                insufficient = False
+            else:
+                insufficient = True
+        else:
+            insufficient = False
+        f_new, g_new = fun(x + t * d)
+        evals, gtd_new, ls_iter = evals + 1, g_new @ d, ls_iter + 1
+        if f_new > f + c1 * t * gtd or f_new >= br_f[low]:
+            br[high], br_f[high], br_g[high], br_gtd[high] = t, f_new, g_new, gtd_new
+            low, high = (0, 1) if br_f[0] <= br_f[1] else (1, 0)
+        else:
+            if abs(gtd_new) <= -c2 * gtd:
+                done = True
+            elif gtd_new * (br[high] - br[low]) >= 0:
+                br[high], br_f[high], br_g[high], br_gtd[high] = br[low], br_f[low], br_g[low], br_gtd[low]
+            br[low], br_f[low], br_g[low], br_gtd[low] = t, f_new, g_new, gtd_new
+    return br_f[low], br_g[low], br[low], evals
+
+
+class LBFGS:
+    """torch.optim.LBFGS on a flat float64 vector: step(w, fun) with fun(w) -> (loss, grad) returns
+    (new w, loss at w). The history persists between steps, as torch's optimizer state."""
+
+    def __init__(self, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
+                 history_size=100, line_search_fn=None):
+        self.lr, self.max_iter = lr, max_iter
+        self.max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
+        self.tol_grad, self.tol_change, self.history_size = tolerance_grad, tolerance_change, history_size
+        self.line_search = line_search_fn
+        self.n_iter, self.d, self.t, self.prev_g, self.prev_loss = 0, None, None, None, None
+        self.dirs, self.stps, self.ro, self.h_diag = [], [], [], 1.0
+
+    def step(self, w, fun):
+        w = np.array(w, dtype=np.float64)
+        loss, g = fun(w)
+        orig_loss, evals = loss, 1
+        if np.abs(g).max() <= self.tol_grad:
+            return w, orig_loss
+        n_iter, opt_cond = 0, False
+        while n_iter < self.max_iter:
+            n_iter += 1
+            self.n_iter += 1
+            if self.n_iter == 1:
+                self.d, self.dirs, self.stps, self.ro, self.h_diag = -g, [], [], [], 1.0
+            else:
+                y, s = g - self.prev_g, self.d * self.t
+                ys = y @ s
+                if ys > 1e-10:
+                    if len(self.dirs) == self.history_size:
+                        self.dirs.pop(0), self.stps.pop(0), self.ro.pop(0)
+                    self.dirs.append(y), self.stps.append(s), self.ro.append(1.0 / ys)
+                    self.h_diag = ys / (y @ y)
+                q = -g
+                al = [0.0] * len(self.dirs)
+                for i in range(len(self.dirs) - 1, -1, -1):
+                    al[i] = (self.stps[i] @ q) * self.ro[i]
+                    q = q - al[i] * self.dirs[i]
+                r = q * self.h_diag
+                for i in range(len(self.dirs)):
+                    be = (self.dirs[i] @ r) * self.ro[i]
+                    r = r + (al[i] - be) * self.stps[i]
+                self.d = r
+            self.prev_g, self.prev_loss = g.copy(), loss
+            self.t = min(1.0, 1.0 / np.abs(g).sum()) * self.lr if self.n_iter == 1 else self.lr
+            gtd = g @ self.d
+            if gtd > -self.tol_change:
+                break
+            ls_evals = 0
+            if self.line_search == "strong_wolfe":
+                loss, g, self.t, ls_evals = _strong_wolfe(fun, w, self.t, self.d, loss, g, gtd, self.tol_change,
+                                                          self.max_eval - evals)
+                w = w + self.t * self.d
+                opt_cond = np.abs(g).max() <= self.tol_grad
+            else:
+                w = w + self.t * self.d
+                if n_iter != self.max_iter:
+                    loss, g = fun(w)
+                    opt_cond = np.abs(g).max() <= self.tol_grad
+                    ls_evals = 1
+            evals += ls_evals
+            if n_iter == self.max_iter or evals >= self.max_eval or opt_cond:
+                break
+            if np.abs(self.d * self.t).max() <= self.tol_change:
+                break
+            if abs(loss - self.prev_loss) < self.tol_change:
+                break
+        return w, orig_loss

@@ -151,7 +151,7 @@ def test_harmless_inputs_are_converted():
 
 @pytest.mark.parametrize("kwargs,word", [
     (dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"), (dict(batch_size=2.0), "batch_size"),
-    (dict(batch_size="4"), "batch_size"), (dict(batch_size=True), "batch_size"), (dict(batch_size=None), "batch_size"),
+    (dict(batch_size="4"), "batch_size"), (dict(batch_size=True), "batch_size"),
     (dict(epochs=-1), "epochs"), (dict(epochs=1.5), "epochs"), (dict(epochs="2"), "epochs"),
     (dict(initial_epoch=-1), "initial_epoch"),
     (dict(validation_split=-0.1), "validation_split"), (dict(validation_split=1.0), "validation_split"),

@@ -260,6 +260,7 @@ void Engine<T>::set_optimizer(const OptimizerConfig& config, bool reset) {
     if (config_.kind == OptimizerKind::Adagrad)
       backend_->fill(state_.get(), T(config_.initial_accumulator_value), num_params_);
     store_step(0);
+    lbfgs_ = LbfgsState{};
   } else {
     store_step(read_counters(train_counters_).step);  // the same step under the new config
   }
@@ -539,7 +540,13 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
 template <typename T>
 double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
   auto held = lock();
+  return loss_and_gradients(data, grads_host);
+}
+
+template <typename T>
+double Engine<T>::loss_and_gradients(const Dataset<T>& data, T* grads_host, double* metric_mean) {
   const TrainCounters c = gradients_of_whole(data, eval_counters_);
+  if (metric_mean) *metric_mean = c.metric_sum / double(data.rows);
   backend_->to_host(grads_host, grads_.get(), sizeof(T) * num_params_);
   // Moving statistics are not trained: their slots hold the batch statistics, not gradients.
   for (const ParamSegment& s : segments_)
@@ -552,6 +559,54 @@ double Engine<T>::compute_gradients(const Dataset<T>& data, T* grads_host) {
         grads_host[k] += math::regularization_grad(p[k], T(s.l1), T(s.l2));
   }
   return c.loss_sum / double(data.rows) + regularization_penalty();
+}
+
+template <typename T>
+typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, const LbfgsConfig& config) {
+  auto held = lock();
+  if (epoch_.open) throw std::logic_error("lbfgs_step cannot run while an epoch is in progress");
+  std::vector<T> start(num_params_), p(num_params_), g(num_params_);
+  download_params(start.data());
+  std::vector<double> x(start.begin(), start.end());
+  LbfgsState state = lbfgs_;  // committed only when the step succeeds
+  bool nonfinite = false;
+  LbfgsOutcome out;
+  int calls = 0;
+  auto objective = [&](const std::vector<double>& at, std::vector<double>& grad) {
+    for (int64_t k = 0; k < num_params_; ++k) p[k] = T(at[k]);
+    backend_->to_backend(params_.get(), p.data(), sizeof(T) * num_params_);
+    const double loss = loss_and_gradients(data, g.data(), calls++ == 0 ? &out.metric : nullptr);
+    grad.assign(g.begin(), g.end());
+    if (!std::isfinite(loss)) nonfinite = true;
+    return loss;
+  };
+  try {
+    const LbfgsResult r = fastmlp::lbfgs_step(config, state, x, objective);
+    out.loss = r.loss;
+    out.evaluations = r.evaluations;
+    for (double v : x) nonfinite = nonfinite || !std::isfinite(v);
+  } catch (...) {
+    backend_->to_backend(params_.get(), start.data(), sizeof(T) * num_params_);
+    throw;
+  }
+  if (nonfinite) {  // the weights of the call's start, as a non-finite training step leaves them
+    backend_->to_backend(params_.get(), start.data(), sizeof(T) * num_params_);
+    out.nonfinite = true;
+    return out;
+  }
+  for (int64_t k = 0; k < num_params_; ++k) p[k] = T(x[k]);
+  backend_->to_backend(params_.get(), p.data(), sizeof(T) * num_params_);
+  lbfgs_ = std::move(state);
+  TrainCounters c = read_counters(train_counters_);
+  c.step += 1;  // one optimizer step, as torch counts step() calls
+  write_counters(train_counters_, c);
+  return out;
+}
+
+template <typename T>
+void Engine<T>::reset_lbfgs() {
+  auto held = lock();
+  lbfgs_ = LbfgsState{};
 }
 
 template <typename T>

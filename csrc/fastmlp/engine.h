@@ -22,6 +22,7 @@
 
 #include "fastmlp/backend.h"
 #include "fastmlp/fair_mutex.h"
+#include "fastmlp/lbfgs.h"
 #include "fastmlp/model_spec.h"
 #include "fastmlp/types.h"
 
@@ -191,6 +192,19 @@ class Engine {
   // Mean loss + penalty over all rows as one batch in training mode, exactly the loss that
   // compute_gradients differentiates (gradcheck's finite differences); nothing updated.
   double training_loss(const Dataset<T>& data);
+
+  // One torch.optim.LBFGS step over the whole of `data` (lbfgs.h): up to config.max_iter
+  // iterations, each a full-batch forward and backward pass in training mode. The history is
+  // kept between calls until reset_lbfgs (or a new optimizer) clears it. A non-finite loss or
+  // step leaves the parameters as the call found them and sets `nonfinite`; so does an error.
+  struct LbfgsOutcome {
+    double loss = 0.0;    // at the parameters the call started from
+    double metric = 0.0;  // the model's metric there
+    int evaluations = 0;
+    bool nonfinite = false;
+  };
+  LbfgsOutcome lbfgs_step(const Dataset<T>& data, const LbfgsConfig& config);
+  void reset_lbfgs();
   // One optimizer step on exactly these rows; returns the loss before the step. A step whose
   // loss or update is not finite is undone whole (weights, state and step as before; nonfinite set
   // in the result).
@@ -255,6 +269,9 @@ class Engine {
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
   void write_counters(BackendBuffer<T>& counters, const TrainCounters& c);
   double regularization_penalty() const;
+  // Mean loss + penalty of `data` in training mode and its gradient (host), the lock held.
+  double loss_and_gradients(const Dataset<T>& data, T* grads_host, double* metric_mean = nullptr);
+  LbfgsState lbfgs_;
   void upload_config();
   // Copies host rows into new backend memory of d (x_storage, y_storage), whatever the budget.
   void make_resident(Dataset<T>& d, const T* x, const T* y) const;

@@ -21,9 +21,9 @@ import numpy as np
 
 
 def _optimizer_names():
-    from .optimizers import _BY_NAME
+    from .optimizers import _PER_STEP
 
-    return _BY_NAME
+    return _PER_STEP
 
 
 class CLIError(Exception):

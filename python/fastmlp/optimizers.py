@@ -18,7 +18,7 @@ import copy
 
 from . import _core
 from ._enums import OPTIMIZER_IDS
-from ._validation import boolean, config_class, real_number
+from ._validation import boolean, config_class, positive_int, real_number
 from .schedules import Constant, Schedule
 
 
@@ -284,6 +284,53 @@ class LAMB(_AdamFamily):
         self._init_moments(betas, eps, beta_1, beta_2)
 
 
+class LBFGS(Optimizer):
+    """torch.optim.LBFGS, run natively over the full batch: each fit epoch (or train_on_batch
+    call) is one `step`, up to max_iter iterations of the two-loop recursion over the last
+    history_size curvature pairs, with a fixed step lr (the very first scaled by min(1, 1/|g|_1))
+    or line_search_fn="strong_wolfe". The loss must be deterministic, so models with Dropout or
+    BatchNormalization are refused. The curvature history lives with the compiled model; it is
+    not saved with it (a loaded model starts a new history)."""
+
+    kind = "lbfgs"
+    _fields = ("max_iter", "max_eval", "tolerance_grad", "tolerance_change", "history_size", "line_search_fn")
+
+    def __init__(self, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
+                 history_size=100, line_search_fn=None, *, learning_rate=None):
+        super().__init__(lr, learning_rate, 0.0)
+        if not isinstance(self.schedule, Constant) or self.schedule.warmup_steps:
+            raise ValueError("LBFGS takes a number for lr, not a schedule")
+        self.max_iter = positive_int(max_iter, "max_iter")
+        self.max_eval = self.max_iter * 5 // 4 if max_eval is None else positive_int(max_eval, "max_eval")
+        self.tolerance_grad = _number("tolerance_grad", tolerance_grad)
+        self.tolerance_change = _number("tolerance_change", tolerance_change)
+        self.history_size = positive_int(history_size, "history_size")
+        if line_search_fn not in (None, "strong_wolfe"):
+            raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+        self.line_search_fn = line_search_fn
+
+    def native(self):
+        # The engine's per-step update is not used (fit and train_on_batch call lbfgs_step);
+        # a stateless SGD config with lr 0 keeps it harmless.
+        c = _core.OptimizerConfig()
+        c.kind = OPTIMIZER_IDS["sgd"]
+        c.lr = 0.0
+        return c
+
+    def get_config(self) -> dict:
+        cfg = super().get_config()
+        del cfg["weight_decay"]  # LBFGS has none (torch's neither)
+        return cfg
+
+    def lbfgs_config(self):
+        c = _core.LbfgsConfig()
+        c.lr = self.lr
+        c.max_iter, c.max_eval, c.history_size = self.max_iter, self.max_eval, self.history_size
+        c.tolerance_grad, c.tolerance_change = self.tolerance_grad, self.tolerance_change
+        c.strong_wolfe = self.line_search_fn == "strong_wolfe"
+        return c
+
+
 def _betas(betas, beta_1=None, beta_2=None):
     if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -293,9 +340,11 @@ def _betas(betas, beta_1=None, beta_2=None):
     return (_number("beta1", b1, high=1.0), _number("beta2", b2, high=1.0))
 
 
-_BY_NAME = {c.kind: c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, LAMB)}
-# Every native kind has its class here (types.h's list is the source of both).
-assert set(_BY_NAME) == set(OPTIMIZER_IDS), "optimizers.py and the core's optimizer list disagree"
+# The per-step optimizers, one per native kind (types.h's list is the source of both), and the
+# full-batch methods that run their own native loop.
+_PER_STEP = {c.kind: c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, LAMB)}
+assert set(_PER_STEP) == set(OPTIMIZER_IDS), "optimizers.py and the core's optimizer list disagree"
+_BY_NAME = {**_PER_STEP, "lbfgs": LBFGS}
 
 
 def get(identifier) -> Optimizer:
@@ -334,4 +383,5 @@ def from_config(config: dict) -> Optimizer:
         raise ValueError(f"optimizer config ({kind!r}): {exc}") from None
 
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "RAdam", "LAMB", "get"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "RAdam", "LAMB", "LBFGS",
+           "get"]

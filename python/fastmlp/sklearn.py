@@ -80,9 +80,9 @@ from .callbacks import Callback
 _ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "linear": "linear", "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "elu": "elu"}
 def _solvers():
-    from .optimizers import _BY_NAME
+    from .optimizers import _PER_STEP
 
-    return ("adam", "sgd", *sorted(k for k in _BY_NAME if k not in ("adam", "sgd")))
+    return ("adam", "sgd", *sorted(k for k in _PER_STEP if k not in ("adam", "sgd")))
 
 
 _SOLVERS = _solvers()

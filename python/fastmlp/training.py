@@ -31,7 +31,11 @@ def metric_logs(model, result: dict, prefix="") -> dict:
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
          initial_epoch):
-    batch_size = positive_int(batch_size, "batch_size")
+    from .optimizers import LBFGS
+
+    lbfgs = isinstance(model.optimizer, LBFGS)
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size")
     epochs = non_negative_int(epochs, "epochs")
     initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
     if verbose not in (0, 1, 2, "auto", True, False):
@@ -62,6 +66,11 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             validation_data = (x[-n_val:], y[-n_val:])
             x, y = x[:-n_val], y[:-n_val]
     train_data, n_train = model._data(x, y)
+    if batch_size is None:
+        batch_size = n_train if lbfgs else 32
+    elif lbfgs and batch_size < n_train:
+        raise ValueError(f"LBFGS runs on the whole training set ({n_train} rows); leave batch_size=None, got "
+                         f"{batch_size}")
     val_data = None
     if isinstance(validation_data, ResidentDataset):
         if not validation_data.has_targets:
@@ -87,7 +96,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             progress.begin(epoch)
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
             started = time.perf_counter()
-            result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
+            if lbfgs:  # one step of the full-batch method, natively (shuffling changes nothing)
+                result = engine.lbfgs_step(train_data, model.optimizer.lbfgs_config())
+            else:
+                result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
             seconds = time.perf_counter() - started
             model._epochs_seen += 1
             if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
