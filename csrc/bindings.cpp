@@ -337,6 +337,7 @@ void bind_engine(py::module_& m, const char* name) {
              out["loss"] = r.loss;
              out["metric"] = r.metric;
              out["evaluations"] = r.evaluations;
+             out["iterations"] = r.iterations;
              out["nonfinite"] = r.nonfinite;
              return out;
            },

@@ -120,7 +120,7 @@ def test_partial_fit():
 
 
 @pytest.mark.parametrize("params, word", [
-    (dict(solver="lbfgs"), "lbfgs"), (dict(solver="newton"), "solver"), (dict(activation="swish"), "activation"),
+    (dict(max_fun=0), "max_fun"), (dict(solver="newton"), "solver"), (dict(activation="swish"), "activation"),
     (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"), (dict(alpha=-1.0), "alpha"),
     (dict(batch_size=0), "batch_size"), (dict(learning_rate_init=0.0), "learning_rate_init"),
     (dict(max_iter=0), "max_iter"), (dict(validation_fraction=1.0), "validation_fraction"),
@@ -162,3 +162,39 @@ def test_pipeline_and_grid_search():
         warnings.simplefilter("ignore", ConvergenceWarning)
         rs.fit(X, YR)
     assert len(rs.cv_results_["params"]) == 3 and np.isfinite(rs.best_score_)
+
+
+# ------------------------------------------------------------------ solver="lbfgs"
+
+@pytest.mark.parametrize("load", ["load_digits", "load_breast_cancer"])
+def test_lbfgs_solver_matches_scikit_learns_fit(load):
+    from sklearn import datasets
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = getattr(datasets, load)(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    ours = fm.MLPClassifier(hidden_layer_sizes=(30,), solver="lbfgs", random_state=0).fit(x, y)
+    theirs = MLPClassifier(hidden_layer_sizes=(30,), solver="lbfgs", random_state=0).fit(x, y)
+    assert ours.score(x, y) >= theirs.score(x, y) - 0.01
+    assert ours.loss_ < 0.05 and ours.loss_curve_ is None
+    assert 1 <= ours.n_iter_ <= 200
+    assert not hasattr(ours, "partial_fit")  # scikit-learn hides it for lbfgs too
+    with pytest.raises(AttributeError, match="partial_fit") as info:
+        ours.partial_fit(x, y)
+    assert "not stochastic" in str(info.value.__cause__)  # scikit-learn's wording, chained as there
+
+
+def test_lbfgs_solver_warns_at_max_iter_and_honours_max_fun():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 6)), rng.normal(size=200)
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        r = fm.MLPRegressor(hidden_layer_sizes=(20,), solver="lbfgs", max_iter=5, random_state=0).fit(x, y)
+    assert r.n_iter_ == 5
+    with pytest.warns(ConvergenceWarning, match="max_fun=3"):
+        fm.MLPRegressor(hidden_layer_sizes=(20,), solver="lbfgs", max_fun=3, random_state=0).fit(x, y)
+
+
+def test_lbfgs_solver_refuses_dropout():
+    x, y = np.random.default_rng(1).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="Dropout"):
+        fm.MLPClassifier(solver="lbfgs", dropout=0.2).fit(x, y)

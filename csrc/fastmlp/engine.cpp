@@ -584,6 +584,7 @@ typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, c
     const LbfgsResult r = fastmlp::lbfgs_step(config, state, x, objective);
     out.loss = r.loss;
     out.evaluations = r.evaluations;
+    out.iterations = r.iterations;
     for (double v : x) nonfinite = nonfinite || !std::isfinite(v);
   } catch (...) {
     backend_->to_backend(params_.get(), start.data(), sizeof(T) * num_params_);

@@ -201,6 +201,7 @@ class Engine {
     double loss = 0.0;    // at the parameters the call started from
     double metric = 0.0;  // the model's metric there
     int evaluations = 0;
+    int iterations = 0;
     bool nonfinite = false;
   };
   LbfgsOutcome lbfgs_step(const Dataset<T>& data, const LbfgsConfig& config);

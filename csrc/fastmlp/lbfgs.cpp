@@ -233,6 +233,7 @@ LbfgsResult lbfgs_step(const LbfgsConfig& cfg, LbfgsState& st, std::vector<doubl
     if (std::fabs(loss - st.prev_loss) < cfg.tolerance_change) break;
   }
   result.evaluations = current_evals;
+  result.iterations = n_iter;
   return result;
 }
 

@@ -39,6 +39,7 @@ using LbfgsObjective = std::function<double(const std::vector<double>& x, std::v
 struct LbfgsResult {
   double loss = 0.0;  // at the parameters the call started from (torch returns this)
   int evaluations = 0;
+  int iterations = 0;
 };
 
 // One step from x (updated in place); on return the objective's last call may have left the

@@ -31,7 +31,12 @@ loss_curve_         fastmlp's training loss per epoch: the mean over the epoch's
 solver              "sgd" (momentum, nesterovs_momentum), "adam" (beta_1, beta_2, epsilon),
                     "adamw" (as adam, plus fastmlp's default decoupled weight_decay=1e-2),
                     any other fm.optimizers name ("rmsprop", "adagrad", "adadelta", "nadam",
-                    "radam", "lamb": their torch defaults except lr = learning_rate_init). "lbfgs" and scikit-learn's learning_rate schedules
+                    "radam", "lamb": their torch defaults except lr = learning_rate_init).
+                    "lbfgs": full-batch L-BFGS (fm.optimizers.LBFGS with the strong-Wolfe line
+                    search, history 10), at most max_iter iterations and max_fun loss
+                    evaluations, stopping when max |gradient| <= tol (scipy's gtol); n_iter_ counts
+                    its iterations, loss_ is the final training loss; no loss_curve_, partial_fit,
+                    early stopping or dropout (its loss must be deterministic). scikit-learn's learning_rate schedules
                     ("invscaling", "adaptive") are not available (use fastmlp.Sequential with
                     fm.schedules for schedules).
 batch_size          "auto" = min(200, n_samples); larger values are clipped with a warning.
@@ -66,6 +71,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
@@ -82,10 +88,17 @@ _ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "re
 def _solvers():
     from .optimizers import _PER_STEP
 
-    return ("adam", "sgd", *sorted(k for k in _PER_STEP if k not in ("adam", "sgd")))
+    return ("adam", "sgd", "lbfgs", *sorted(k for k in _PER_STEP if k not in ("adam", "sgd")))
 
 
 _SOLVERS = _solvers()
+
+
+def _stochastic_solver(est):
+    # scikit-learn hides partial_fit for lbfgs, with this message.
+    if est.solver == "lbfgs":
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. {est.solver} is not stochastic.")
+    return True
 
 
 def _is_number(v) -> bool:
@@ -136,7 +149,7 @@ class _BaseMLP(BaseEstimator):
                  batch_size="auto", learning_rate_init=1e-3, max_iter=200, shuffle=True, random_state=None,
                  tol=1e-4, verbose=False, warm_start=False, momentum=0.9, nesterovs_momentum=True,
                  early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, device="auto"):
+                 n_iter_no_change=10, max_fun=15000, device="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -158,6 +171,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.device = device
 
     # ---------------------------------------------------------------- validation
@@ -178,8 +192,6 @@ class _BaseMLP(BaseEstimator):
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not supported; choose one of "
                              f"{', '.join(sorted(_ACTIVATIONS))}")
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not supported by fastmlp; choose one of " + ", ".join(_SOLVERS))
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver {self.solver!r} is not supported; choose one of {', '.join(_SOLVERS)}")
         for name, low in (("alpha", 0.0), ("tol", 0.0)):
@@ -190,7 +202,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not _is_number(self.learning_rate_init) or self.learning_rate_init <= 0:
             raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
-        for name in ("max_iter", "n_iter_no_change"):
+        for name in ("max_iter", "n_iter_no_change", "max_fun"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -212,6 +224,8 @@ class _BaseMLP(BaseEstimator):
         return self._hidden(), resolve_device(self.device)
 
     def _effective_batch(self, n):
+        if self.solver == "lbfgs":  # full batch; batch_size is ignored, as in scikit-learn
+            return n
         if self.batch_size == "auto":
             return min(200, n)
         if self.batch_size > n:
@@ -224,6 +238,11 @@ class _BaseMLP(BaseEstimator):
         from . import optimizers as O
 
         lr = float(self.learning_rate_init)
+        if self.solver == "lbfgs":
+            # scipy's L-BFGS-B as scikit-learn calls it: history 10, gtol = tol, maxiter, maxfun,
+            # and its default relative loss tolerance (2.2e-9, here absolute).
+            return O.LBFGS(max_iter=int(self.max_iter), max_eval=int(self.max_fun), tolerance_grad=float(self.tol),
+                           tolerance_change=2.220446049250313e-09, history_size=10, line_search_fn="strong_wolfe")
         if self.solver == "sgd":
             nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
             return O.SGD(lr=lr, momentum=float(self.momentum), nesterov=nesterov)
@@ -274,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         hidden, device = self._check_params()
         rs = check_random_state(self.random_state)
         reuse = hasattr(self, "model_") and (incremental or self.warm_start)
-        early = self.early_stopping and not incremental
+        early = self.early_stopping and not incremental and self.solver != "lbfgs"  # as scikit-learn
         X_val = y_val = None
         if early:
             from sklearn.model_selection import train_test_split
@@ -300,6 +319,8 @@ class _BaseMLP(BaseEstimator):
                 from sklearn.metrics import r2_score
 
                 score_fn = lambda logs: r2_score(y_val, self.model_.predict(X_val))  # noqa: E731
+        if self.solver == "lbfgs":
+            return self._train_lbfgs(X, y_fit)
         stopper = _Convergence(self, score_fn)
         epochs = 1 if incremental else int(self.max_iter)
         self.model_.fit(X, y_fit, batch_size=batch, epochs=epochs, verbose=2 if self.verbose else 0,
@@ -309,6 +330,21 @@ class _BaseMLP(BaseEstimator):
         if not incremental and not stopper.converged:
             warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached and the optimization "
                           "hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        self._set_weight_attrs()
+        return self
+
+    def _train_lbfgs(self, X, y_fit):
+        """One full-batch L-BFGS run of up to max_iter iterations (scikit-learn's _fit_lbfgs)."""
+        self.model_.fit(X, y_fit, epochs=1, verbose=0)
+        result = self.model_._lbfgs_result
+        self.n_iter_ = int(result["iterations"])
+        self.t_ = X.shape[0] * self.n_iter_
+        self.loss_ = float(self.model_.evaluate(X, y_fit)["loss"])
+        self.loss_curve_ = None  # scikit-learn keeps none for lbfgs either
+        if self.n_iter_ >= self.max_iter or result["evaluations"] >= self.max_fun:
+            warnings.warn(f"lbfgs failed to converge after {self.n_iter_} iterations (max_iter={self.max_iter}, "
+                          f"max_fun={self.max_fun}): increase them or scale the data", ConvergenceWarning,
+                          stacklevel=3)
         self._set_weight_attrs()
         return self
 
@@ -399,6 +435,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._set_classes(classes)
         return self._train(X, self._encode(y), y, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y). The first call needs `classes`, every label that can appear."""
         first = not hasattr(self, "model_")
@@ -471,6 +508,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.out_activation_ = "identity"
         return self._train(X, y, y, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y):
         """One epoch over (X, y); the first call builds the network."""
         first = not hasattr(self, "model_")

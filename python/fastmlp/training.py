@@ -98,6 +98,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             started = time.perf_counter()
             if lbfgs:  # one step of the full-batch method, natively (shuffling changes nothing)
                 result = engine.lbfgs_step(train_data, model.optimizer.lbfgs_config())
+                model._lbfgs_result = result  # iterations and evaluations, for the estimators
             else:
                 result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
             seconds = time.perf_counter() - started
