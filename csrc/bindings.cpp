@@ -343,6 +343,18 @@ void bind_engine(py::module_& m, const char* name) {
            },
            "one torch.optim.LBFGS step over all of the data: {loss (at the start), evaluations, nonfinite}")
       .def("reset_lbfgs", [](E& e) { without_gil([&] { e.reset_lbfgs(); }); })
+      .def("hessian_vector_product",
+           [](E& e, const D& d, const Array<T>& v) {
+             if (v.ndim() != 1 || v.shape(0) != e.num_params())
+               throw std::invalid_argument("v must be a flat array of " + std::to_string(e.num_params()) +
+                                           " values (the model's parameters)");
+             Array<T> hv(e.num_params());
+             const T* vp = v.data();
+             T* out = hv.mutable_data();
+             const double loss = without_gil([&] { return e.hessian_vector_product(d, vp, out); });
+             return py::make_tuple(loss, hv);
+           },
+           "(loss, H v) for the Hessian of mean loss + penalty over the data, exactly (R-operator)")
       .def("train_on_batch",
            [](E& e, const D& d) { return epoch_dict(without_gil([&] { return e.train_on_batch(d); })); });
 }

@@ -238,6 +238,28 @@ void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* g
                    norm_passes, segment_norms, counters, rows, stream_);
 }
 
+void CudaBackend::matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C) {
+  bind();
+  gemm_->matmul(ta, tb, m, n, k, A, B, C);
+}
+
+void CudaBackend::axpy(int64_t n, float alpha, const float* X, float* Y) {
+  bind();
+  launch_axpy(n, alpha, X, Y, stream_);
+}
+
+void CudaBackend::activation_second_order(int64_t n, const float* A, const float* G, const float* RG,
+                                          const float* RZ, ActivationSpec act, float* RD) {
+  bind();
+  launch_activation_second_order(n, A, G, RG, RZ, act, RD, stream_);
+}
+
+void CudaBackend::loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss,
+                                      ActivationSpec out_act, const float* RZ, float* RDZ) {
+  bind();
+  launch_loss_hessian_vector(rows, n_out, Z, Y, y_cols, loss, out_act, RZ, RDZ, stream_);
+}
+
 // Records the step's work without running it. cuBLASLt plans for new shapes are made during the
 // capture: they are host-side queries and launch nothing.
 cudaGraphExec_t CudaBackend::capture(const std::function<void()>& ops) {

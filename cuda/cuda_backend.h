@@ -58,6 +58,12 @@ class CudaBackend final : public Backend<float> {
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, int norm_passes, double* segment_norms,
                       TrainCounters* counters, int rows) override;
+  void matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C) override;
+  void axpy(int64_t n, float alpha, const float* X, float* Y) override;
+  void activation_second_order(int64_t n, const float* A, const float* G, const float* RG, const float* RZ,
+                               ActivationSpec act, float* RD) override;
+  void loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss,
+                           ActivationSpec out_act, const float* RZ, float* RDZ) override;
   void run_step(int rows, const std::function<void()>& ops) override;
   void reset_captures() override;
 

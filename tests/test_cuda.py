@@ -271,3 +271,17 @@ def test_gpu_uses_device_arrays_in_place():
     cpu_model.compile(loss="sparse_categorical_crossentropy", device="cpu")
     with pytest.raises(TypeError, match="GPU"):
         cpu_model.predict(xd)
+
+
+@gpu
+def test_gpu_hvp_matches_cpu():
+    # The R-operator's backend passes (matmul, axpy, the second-order chain, the loss Hessian) on CUDA.
+    rng = np.random.default_rng(7)
+    for loss, out in (("sparse_categorical_crossentropy", "softmax"), ("binary_crossentropy", "sigmoid"),
+                      ("mse", "tanh")):
+        x, y = data_for(loss, 40, 6, 3, rng)
+        layers = [dict(units=9, activation="tanh", input_dim=6, kernel_regularizer=fm.regularizers.L2(1e-2)),
+                  dict(units=3, activation=out)]
+        cpu, gpu_model = make_pair(layers, loss, OPTIMIZERS["adam"])
+        v = rng.normal(size=cpu.count_params()).astype(np.float32)
+        assert rel(fm.hvp(gpu_model, x, y, v), fm.hvp(cpu, x, y, v)) <= 1e-4

@@ -290,6 +290,30 @@ class CpuBackend final : public Backend<T> {
     counters->metric_sum += metric_sum;
   }
 
+  void matmul(bool ta, bool tb, int m, int n, int k, const T* A, const T* B, T* C) override {
+    cpu::gemm(ta, tb, m, n, k, T(1), A, ta ? m : k, B, tb ? k : n, T(0), C, n);
+  }
+
+  void axpy(int64_t n, T alpha, const T* X, T* Y) override {
+    for (int64_t i = 0; i < n; ++i) Y[i] += alpha * X[i];
+  }
+
+  void activation_second_order(int64_t n, const T* A, const T* G, const T* RG, const T* RZ, ActivationSpec act,
+                               T* RD) override {
+    const T p = T(act.param);
+    for (int64_t i = 0; i < n; ++i)
+      RD[i] = RG[i] * math::activation_grad_from_output(act.kind, p, A[i]) +
+              G[i] * math::activation_second_grad_from_output(act.kind, p, A[i]) * RZ[i];
+  }
+
+  void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss,
+                           ActivationSpec out_act, const T* RZ, T* RDZ) override {
+    const T scale = T(1) / T(rows);
+    for (int i = 0; i < rows; ++i)
+      math::loss_row_hessian_vector(loss, out_act, n_out, Z + int64_t(i) * n_out, Y + int64_t(i) * y_cols,
+                                    RZ + int64_t(i) * n_out, scale, RDZ + int64_t(i) * n_out);
+  }
+
   void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, int norm_passes, double* segment_norms,

@@ -129,6 +129,19 @@ class Backend {
                               const OptimizerConfig* config, int norm_passes, double* segment_norms,
                               TrainCounters* counters, int rows) = 0;
 
+  // ---- curvature: the R-operator passes of Engine::hessian_vector_product
+  // C = op(A) op(B), row-major and densely packed (C is m x n, the inner size k).
+  virtual void matmul(bool ta, bool tb, int m, int n, int k, const T* A, const T* B, T* C) = 0;
+  // Y += alpha * X over n elements.
+  virtual void axpy(int64_t n, T alpha, const T* X, T* Y) = 0;
+  // RD = RG * act'(A) + G * act''(A) * RZ over n elements (A the activation's output): the
+  // R-operator of dZ = G * act'(A).
+  virtual void activation_second_order(int64_t n, const T* A, const T* G, const T* RG, const T* RZ,
+                                       ActivationSpec act, T* RD) = 0;
+  // RDZ = (1/rows) * H_z(loss) RZ, row by row (math::loss_row_hessian_vector).
+  virtual void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss,
+                                   ActivationSpec out_act, const T* RZ, T* RDZ) = 0;
+
   // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them
   // once per `rows` and replays the capture; reset_captures() drops captures after buffers move.
   virtual void run_step(int /*rows*/, const std::function<void()>& ops) { ops(); }

@@ -69,6 +69,18 @@ FASTMLP_HD T activation_grad_from_output(Activation kind, T param, T a) {
   }
 }
 
+// f''(z) written through the output a, for Hessian-vector products: 0 where f is piecewise
+// linear (ReLU and leaky ReLU have no second derivative at 0 and 0 elsewhere; the same at ELU's z=0).
+template <typename T>
+FASTMLP_HD T activation_second_grad_from_output(Activation kind, T param, T a) {
+  switch (kind) {
+    case Activation::Sigmoid: return a * (T(1) - a) * (T(1) - T(2) * a);
+    case Activation::Tanh: return T(-2) * a * (T(1) - a * a);
+    case Activation::Elu: return a > T(0) ? T(0) : a + param;
+    default: return T(0);
+  }
+}
+
 // ------------------------------------------------------------------- losses
 // Row helpers: n outputs of one sample. Every loss starts from the pre-activation z.
 
@@ -203,6 +215,62 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
     }
   }
   return r;
+}
+
+// One sample's (loss's Hessian w.r.t. z) times rz, times scale, into rdz: the R-operator of
+// loss_row's gradient. Every Hessian here is diagonal except softmax cross-entropy's
+// ysum * (diag(p) - p p^T). MSE and hinge on a softmax output are not handled (the engine refuses
+// them); hinge's own term is 0 (piecewise linear), only its output activation's curvature remains.
+template <typename T>
+FASTMLP_HD void loss_row_hessian_vector(Loss loss, const ActivationSpec& out, int n, const T* z, const T* y,
+                                        const T* rz, T scale, T* rdz) {
+  switch (loss) {
+    case Loss::SparseCategoricalCrossentropy:
+    case Loss::CategoricalCrossentropy: {
+      T ysum = T(1);
+      if (loss == Loss::CategoricalCrossentropy) {
+        ysum = T(0);
+        for (int j = 0; j < n; ++j) ysum += y[j];
+      }
+      const T lse = row_logsumexp(n, z);
+      T p_rz = T(0);
+      for (int j = 0; j < n; ++j) p_rz += exp(z[j] - lse) * rz[j];
+      for (int j = 0; j < n; ++j) rdz[j] = ysum * exp(z[j] - lse) * (rz[j] - p_rz) * scale;
+      return;
+    }
+    case Loss::BinaryCrossentropy: {
+      const T inv_n = T(1) / T(n);
+      for (int j = 0; j < n; ++j) {
+        const T p = sigmoid(z[j]);
+        rdz[j] = p * (T(1) - p) * inv_n * rz[j] * scale;
+      }
+      return;
+    }
+    case Loss::MeanSquaredError: {  // (2/n) (f'^2 + (a - y) f'') per element
+      const T inv_n = T(1) / T(n), param = T(out.param);
+      for (int j = 0; j < n; ++j) {
+        const T a = activate(out.kind, param, z[j]);
+        const T d1 = activation_grad_from_output(out.kind, param, a);
+        const T d2 = activation_second_grad_from_output(out.kind, param, a);
+        rdz[j] = T(2) * inv_n * (d1 * d1 + (a - y[j]) * d2) * rz[j] * scale;
+      }
+      return;
+    }
+    case Loss::MulticlassHinge: {  // sum over active margins of +-f''(z_j)
+      const int c = static_cast<int>(y[0]);
+      const T param = T(out.param);
+      const T ac = activate(out.kind, param, z[c]);
+      T active = T(0);
+      for (int j = 0; j < n; ++j) {
+        const T a = activate(out.kind, param, z[j]);
+        const bool on = j != c && a - ac + T(1) > T(0);
+        active += on ? T(1) : T(0);
+        rdz[j] = on ? activation_second_grad_from_output(out.kind, param, a) * rz[j] * scale : T(0);
+      }
+      rdz[c] = -active * activation_second_grad_from_output(out.kind, param, ac) * rz[c] * scale;
+      return;
+    }
+  }
 }
 
 // -------------------------------------------------------------------- dropout

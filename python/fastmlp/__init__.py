@@ -13,6 +13,7 @@ from __future__ import annotations
 # threads, csrc/cpu/thread_pool.h), so importing fastmlp changes no OpenMP setting of the process.
 from . import _core  # noqa: E402
 from . import activations, callbacks  # noqa: E402, initializers, losses, optimizers, regularizers, schedules
+from .curvature import hessian, hvp
 from .gradcheck import gradcheck
 from .layers import Activation, BatchNormalization, Dense, Dropout, LayerNormalization
 from .models import NonFiniteLossError, Sequential, cuda_is_available
@@ -63,6 +64,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
 
 
-__all__ = ["Sequential", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "NonFiniteLossError", "gradcheck", "set_num_threads", "get_num_threads",
+__all__ = ["Sequential", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "NonFiniteLossError", "gradcheck", "hvp", "hessian", "set_num_threads", "get_num_threads",
            "build_info", "cuda_is_available", "activations", "callbacks", "initializers", "losses",
            "optimizers", "regularizers", "schedules"]

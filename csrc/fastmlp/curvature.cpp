@@ -1,0 +1,124 @@
+// Exact Hessian-vector products (Pearlmutter's R-operator, "Fast exact multiplication by the
+// Hessian", 1994): after the ordinary forward and backward passes, a forward pass carries the
+// directional derivatives R{z} = d z(theta + r v)/dr at r = 0 of every pre-activation, the loss
+// turns R{z_out} into R{dL/dz_out} through its Hessian, and a backward pass carries R{dL/dz} down,
+// giving R{dL/dtheta} = H v. Built from backend GEMMs and two fused element-wise passes, so CPU
+// and CUDA share it. Engine members, defined here (see network.cpp for the other passes).
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fastmlp/engine.h"
+
+namespace fastmlp {
+namespace {
+
+const char* layer_name(LayerKind kind) {
+  switch (kind) {
+    case LayerKind::Dense: return "Dense";
+    case LayerKind::Dropout: return "Dropout";
+    case LayerKind::BatchNormalization: return "BatchNormalization";
+    case LayerKind::LayerNormalization: return "LayerNormalization";
+    case LayerKind::Activation: return "Activation";
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+template <typename T>
+double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host, T* hv_host) {
+  auto held = lock();
+  for (const Op& op : ops_)
+    if (op.kind != LayerKind::Dense)
+      throw std::invalid_argument("Hessian-vector products support models of Dense layers (activations included); "
+                                  "this one has a " + std::string(layer_name(op.kind)) + " layer");
+  if (logits_activated_)
+    throw std::invalid_argument("Hessian-vector products need the output activation on the last Dense layer "
+                                "itself, not in a separate Activation layer after it");
+  if ((spec_.loss == Loss::MeanSquaredError || spec_.loss == Loss::MulticlassHinge) &&
+      out_act_.kind == Activation::Softmax)
+    throw std::invalid_argument("Hessian-vector products of mean squared error or hinge on a softmax output are "
+                                "not supported");
+  if (data.streamed)
+    throw std::invalid_argument("Hessian-vector products need the data in backend memory (it was streamed)");
+  if (!data.has_targets()) throw std::invalid_argument("Hessian-vector products need targets");
+  // The ordinary passes: activations a_i in outputs_, dL/dz_i in dz_, the loss in the counters.
+  const TrainCounters counters = gradients_of_whole(data, eval_counters_);
+  Backend<T>* be = backend_.get();
+  const int rows = int(data.rows);
+  const size_t L = ops_.size();
+  int widest = spec_.input_dim;
+  int64_t largest_kernel = 0;
+  for (const Op& op : ops_) {
+    widest = std::max(widest, op.out);
+    largest_kernel = std::max(largest_kernel, int64_t(op.in) * op.out);
+  }
+  const size_t p_bytes = sizeof(T) * num_params_;
+  BackendBuffer<T> V(be, p_bytes), HV(be, p_bytes), ones(be, sizeof(T) * rows);
+  BackendBuffer<T> tmp(be, sizeof(T) * std::max<int64_t>(int64_t(rows) * widest, largest_kernel));
+  BackendBuffer<T> G(be, sizeof(T) * size_t(rows) * widest), RG(be, sizeof(T) * size_t(rows) * widest);
+  std::vector<BackendBuffer<T>> Rz, Ra, Rd;  // R{z_i}, R{a_i} and R{dL/dz_i}, rows x out_i each
+  for (const Op& op : ops_) {
+    const size_t bytes = sizeof(T) * size_t(rows) * op.out;
+    Rz.emplace_back(be, bytes);
+    Ra.emplace_back(be, bytes);
+    Rd.emplace_back(be, bytes);
+  }
+  be->to_backend(V.get(), v_host, p_bytes);
+  be->fill(ones.get(), T(1), rows);
+  const T* P = params_.get();
+  T* t = tmp.get();
+  // Forward: R{z_i} = R{x_i} W_i + x_i V_W + V_b, R{a_i} = act'(a_i) R{z_i}.
+  for (size_t i = 0; i < L; ++i) {
+    const Op& op = ops_[i];
+    const T* x = i ? outputs_[i - 1] : data.x;
+    const int64_t cells = int64_t(rows) * op.out;
+    be->matmul(false, false, rows, op.out, op.in, x, V.get() + op.params.w, Rz[i].get());
+    be->matmul(false, false, rows, op.out, 1, ones.get(), V.get() + op.params.b, t);
+    be->axpy(cells, T(1), t, Rz[i].get());
+    if (i > 0) {
+      be->matmul(false, false, rows, op.out, op.in, Ra[i - 1].get(), P + op.params.w, t);
+      be->axpy(cells, T(1), t, Rz[i].get());
+    }
+    if (i + 1 < L)
+      be->activation_backward(rows, op.out, outputs_[i], outputs_[i], Rz[i].get(), op.act, ActivationSpec{},
+                              Ra[i].get());
+  }
+  // The loss: R{dL/dz_out} = H_z(loss) R{z_out} / rows.
+  be->loss_hessian_vector(rows, n_out(), logits(), data.y, data.y_cols, spec_.loss, out_act_, Rz[L - 1].get(),
+                          Rd[L - 1].get());
+  // Backward: R{dW_i} = R{x_i}^T d_i + x_i^T R{d_i}, R{db_i} = column sums of R{d_i}, and with
+  // g = d_i W_i^T: R{d_{i-1}} = (R{d_i} W_i^T + d_i V_W^T) act'(a_{i-1}) + g act''(a_{i-1}) R{z_{i-1}}.
+  for (size_t i = L; i-- > 0;) {
+    const Op& op = ops_[i];
+    const T* x = i ? outputs_[i - 1] : data.x;
+    T* hw = HV.get() + op.params.w;
+    be->matmul(true, false, op.in, op.out, rows, x, Rd[i].get(), hw);
+    if (i > 0) {
+      be->matmul(true, false, op.in, op.out, rows, Ra[i - 1].get(), dz_[i].get(), t);
+      be->axpy(int64_t(op.in) * op.out, T(1), t, hw);
+    }
+    be->matmul(true, false, 1, op.out, rows, ones.get(), Rd[i].get(), HV.get() + op.params.b);
+    if (i == 0) break;
+    const int64_t cells = int64_t(rows) * op.in;
+    be->matmul(false, true, rows, op.in, op.out, dz_[i].get(), P + op.params.w, G.get());
+    be->matmul(false, true, rows, op.in, op.out, Rd[i].get(), P + op.params.w, RG.get());
+    be->matmul(false, true, rows, op.in, op.out, dz_[i].get(), V.get() + op.params.w, t);
+    be->axpy(cells, T(1), t, RG.get());
+    be->activation_second_order(cells, outputs_[i - 1], G.get(), RG.get(), Rz[i - 1].get(), ops_[i - 1].act,
+                                Rd[i - 1].get());
+  }
+  be->to_host(hv_host, HV.get(), p_bytes);
+  // The penalty's Hessian: 2 l2 on the kernels (L1's is 0 wherever it is defined).
+  for (const ParamSegment& s : segments_)
+    if (s.l2 != 0.0)
+      for (int64_t k = s.offset; k < s.offset + s.size; ++k) hv_host[k] += T(2.0 * s.l2) * v_host[k];
+  return counters.loss_sum / double(data.rows) + regularization_penalty();
+}
+
+template double Engine<float>::hessian_vector_product(const Dataset<float>&, const float*, float*);
+template double Engine<double>::hessian_vector_product(const Dataset<double>&, const double*, double*);
+
+}  // namespace fastmlp
