@@ -99,3 +99,77 @@ def test_hvp_and_hessian_refuse_bad_input_leaving_the_model_alone():
         fm.hvp(dropout, x, y, np.ones(dropout.count_params()))
     for a, b in zip(m.get_weights(), w):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------- Newton, HessianFree
+
+def softmax_regression(opt, seed=0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(200, 5)), rng.integers(0, 3, 200)
+    m = fm.Sequential([fm.Dense(3, "softmax", input_dim=5, kernel_regularizer=fm.regularizers.L2(1e-2))], seed=0)
+    m.compile(optimizer=opt, loss="sparse_categorical_crossentropy", device="cpu", dtype="float64")
+    return m, x, y
+
+
+def grad_norm(m, x, y):
+    return float(np.linalg.norm(np.concatenate([a.ravel() for a in m.compute_gradients(x, y)])))
+
+
+def test_newton_converges_quadratically_on_softmax_regression():
+    # Convex (L2 makes it strictly so) but with a nearly singular direction (adding a constant to
+    # every class's logit changes nothing but the penalty): pure Newton is unstable there, the
+    # damped steps converge, and the last ones square the gradient norm.
+    m, x, y = softmax_regression(fm.optimizers.Newton())
+    norms, losses = [], []
+    for _ in range(10):
+        losses.append(m.train_on_batch(x, y))
+        norms.append(grad_norm(m, x, y))
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    first = next(i for i, n in enumerate(norms) if n < 1e-10)
+    assert first <= 8, norms
+    # quadratic: from 1e-2-ish to below 1e-10 in at most three steps
+    assert norms[first - 3] < 1e-1 and norms[first - 1] < 1e-4, norms
+
+
+def test_hessian_free_lowers_the_loss_every_step_and_reaches_a_small_gradient():
+    m, x, y = softmax_regression(fm.optimizers.HessianFree(cg_iters=30, damping=1e-3))
+    losses = [m.train_on_batch(x, y) for _ in range(8)]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert grad_norm(m, x, y) < 1e-6
+
+
+def test_second_order_methods_train_a_small_tanh_net_through_fit():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    for opt in (fm.optimizers.Newton(max_params=200), fm.optimizers.HessianFree()):
+        m = fm.Sequential([fm.Dense(8, "tanh", input_dim=4), fm.Dense(2, "softmax")], seed=1)
+        m.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+        h = m.fit(x, y, epochs=15, verbose=0)
+        assert h.history["loss"][-1] < 0.5 * h.history["loss"][0], (type(opt).__name__, h.history["loss"])
+
+
+def test_second_order_bad_settings_and_models_raise_leaving_the_model_alone():
+    for make, word in [(lambda: fm.optimizers.Newton(damping=0.0), "damping"),
+                       (lambda: fm.optimizers.Newton(max_params=0), "max_params"),
+                       (lambda: fm.optimizers.HessianFree(cg_iters=0), "cg_iters"),
+                       (lambda: fm.optimizers.HessianFree(damping=-1.0), "damping")]:
+        with pytest.raises(ValueError, match=word):
+            make()
+    m = fm.Sequential([fm.Dense(40, "tanh", input_dim=60), fm.Dense(3, "softmax")], seed=0)  # 2563 > 2000
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
+    w = m.get_weights()
+    with pytest.raises(ValueError, match="max_params"):
+        m.compile(optimizer=fm.optimizers.Newton(), loss="sparse_categorical_crossentropy", device="cpu")
+    assert isinstance(m.optimizer, fm.optimizers.Adam)
+    for a, b in zip(m.get_weights(), w):
+        np.testing.assert_array_equal(a, b)
+    bn = fm.Sequential([fm.Dense(4, input_dim=3), fm.LayerNormalization(), fm.Dense(2, "softmax")], seed=0)
+    with pytest.raises(ValueError, match="Dense layers only"):
+        bn.compile(optimizer=fm.optimizers.HessianFree(), loss="sparse_categorical_crossentropy", device="cpu")
+
+
+def test_second_order_configs_round_trip():
+    for opt in (fm.optimizers.Newton(damping=1e-3, max_params=500), fm.optimizers.HessianFree(cg_iters=7)):
+        back = fm.optimizers.from_config(opt.get_config())
+        assert type(back) is type(opt) and back.get_config() == opt.get_config()

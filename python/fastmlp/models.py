@@ -185,14 +185,9 @@ class Sequential:
             raise ValueError("compile needs a loss, e.g. loss='sparse_categorical_crossentropy'")
         loss_obj = _losses.get(loss)
         opt = _optimizers.get(optimizer)
-        if isinstance(opt, _optimizers.LBFGS):
-            from .layers import BatchNormalization, Dropout
-
-            random = [type(layer).__name__ for layer in self.layers if isinstance(layer, (Dropout, BatchNormalization))]
-            if random:
-                raise ValueError(f"LBFGS needs a deterministic loss, but the model has {', '.join(random)} (its line "
-                                 "search and curvature pairs compare losses of one batch); remove them or use "
-                                 "another optimizer")
+        if isinstance(opt, _optimizers.FullBatchOptimizer):
+            opt.check_model(self)
+            opt.reset()
         metric_native, metric_key = _resolve_metric(metrics, loss_obj)
         device = resolve_device(device)
         if dtype not in ("float32", "float64", np.float32, np.float64):
@@ -342,7 +337,8 @@ class Sequential:
     def fit(self, x, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0):
         """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
-        batch_size: None means 32 (Keras), or all training rows with fm.optimizers.LBFGS.
+        batch_size: None means 32 (Keras), or all training rows with a full-batch method (LBFGS,
+        Newton, HessianFree: one step of it per epoch).
         x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
         validation_data: a tuple (x_val, y_val) or a ResidentDataset with targets."""
         self._require_compiled("fit")
@@ -395,8 +391,8 @@ class Sequential:
         with self._lock:  # concurrent calls take turns; a fit in another thread makes them raise
             self._check_not_fitting("train_on_batch")
             data, _ = self._data(x, y)
-            if isinstance(self.optimizer, _optimizers.LBFGS):  # one torch.optim.LBFGS step on this batch
-                result = self._engine.lbfgs_step(data, self.optimizer.lbfgs_config())
+            if isinstance(self.optimizer, _optimizers.FullBatchOptimizer):  # one step of it on this batch
+                result = self.optimizer.step(self._engine, data)
             else:
                 result = self._engine.train_on_batch(data)  # a non-finite step is undone natively, whole
         if result["nonfinite"]:

@@ -284,7 +284,42 @@ class LAMB(_AdamFamily):
         self._init_moments(betas, eps, beta_1, beta_2)
 
 
-class LBFGS(Optimizer):
+class FullBatchOptimizer(Optimizer):
+    """A method that takes whole steps over all training rows (each fit epoch, or train_on_batch
+    call, is one `step`), natively or from native passes; the per-step engine update is unused."""
+
+    full_batch = True
+
+    def native(self):
+        # The engine's per-step update is not used; a stateless SGD config with lr 0 keeps it harmless.
+        c = _core.OptimizerConfig()
+        c.kind = OPTIMIZER_IDS["sgd"]
+        c.lr = 0.0
+        return c
+
+    def get_config(self) -> dict:
+        cfg = super().get_config()
+        del cfg["weight_decay"]  # none of them has one (the layers' regularizers still apply)
+        return cfg
+
+    def check_model(self, model):
+        """Raises ValueError when the method cannot train this model (called by compile)."""
+        from .layers import BatchNormalization, Dropout
+
+        random = [type(layer).__name__ for layer in model.layers if isinstance(layer, (Dropout, BatchNormalization))]
+        if random:
+            raise ValueError(f"{type(self).__name__} needs a deterministic loss, but the model has {', '.join(random)} "
+                             "(its steps compare losses of one batch); remove them or use another optimizer")
+
+    def reset(self):
+        """Forgets the state kept between steps (a new compile)."""
+
+    def step(self, engine, data) -> dict:
+        """One step over `data`: {"loss": at the start, "metric": there, "nonfinite": bool}."""
+        raise NotImplementedError
+
+
+class LBFGS(FullBatchOptimizer):
     """torch.optim.LBFGS, run natively over the full batch: each fit epoch (or train_on_batch
     call) is one `step`, up to max_iter iterations of the two-loop recursion over the last
     history_size curvature pairs, with a fixed step lr (the very first scaled by min(1, 1/|g|_1))
@@ -309,18 +344,8 @@ class LBFGS(Optimizer):
             raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
         self.line_search_fn = line_search_fn
 
-    def native(self):
-        # The engine's per-step update is not used (fit and train_on_batch call lbfgs_step);
-        # a stateless SGD config with lr 0 keeps it harmless.
-        c = _core.OptimizerConfig()
-        c.kind = OPTIMIZER_IDS["sgd"]
-        c.lr = 0.0
-        return c
-
-    def get_config(self) -> dict:
-        cfg = super().get_config()
-        del cfg["weight_decay"]  # LBFGS has none (torch's neither)
-        return cfg
+    def step(self, engine, data) -> dict:
+        return engine.lbfgs_step(data, self.lbfgs_config())
 
     def lbfgs_config(self):
         c = _core.LbfgsConfig()
@@ -329,6 +354,192 @@ class LBFGS(Optimizer):
         c.tolerance_grad, c.tolerance_change = self.tolerance_grad, self.tolerance_change
         c.strong_wolfe = self.line_search_fn == "strong_wolfe"
         return c
+
+
+class _SecondOrder(FullBatchOptimizer):
+    """Shared by Newton and HessianFree: Levenberg-Marquardt damping kept between steps, and the
+    full-batch loss, gradient and Hessian-vector products of the engine (fm.hvp's R-operator).
+    lr scales the step (1: the full step of the damped model)."""
+
+    def reset(self):
+        self.damping_ = self.damping
+
+    def check_model(self, model):
+        super().check_model(model)
+        bad = [type(layer).__name__ for layer in model.layers if type(layer).__name__ != "Dense"
+               and type(layer).__name__ != "Activation"]
+        if bad:
+            raise ValueError(f"{type(self).__name__} needs Hessian-vector products, which support Dense layers only "
+                             f"(the model has {', '.join(bad)})")
+
+    @staticmethod
+    def _loss(engine, data, theta):
+        engine.set_params(theta)
+        return engine.training_loss(data)
+
+    def _descend(self, engine, data, theta0, loss0, slope, direction, max_halvings=12):
+        """Backtracking (Armijo) along theta0 + a * direction, a = lr, lr/2, ...: the first point
+        whose loss is below loss0 + 1e-4 * a * slope (slope = g . direction < 0), with its loss;
+        (None, loss at a = lr) when none is."""
+        import numpy as np
+
+        a, first = self.lr, None
+        for _ in range(max_halvings):
+            theta = (theta0 + a * direction).astype(theta0.dtype)
+            loss = self._loss(engine, data, theta)
+            first = loss if first is None else first
+            if np.isfinite(loss) and loss <= loss0 + 1e-4 * a * slope:
+                return theta, loss, first
+            a /= 2
+        return None, None, first
+
+    def _finish(self, engine, theta0, loss0, metric0, theta, loss):
+        import numpy as np
+
+        if not np.isfinite(loss) or not np.all(np.isfinite(theta)):
+            engine.set_params(theta0)
+            return {"loss": loss0, "metric": metric0, "nonfinite": True}
+        engine.set_params(theta)
+        return {"loss": loss0, "metric": metric0, "nonfinite": False}
+
+
+class Newton(_SecondOrder):
+    """Damped Newton steps over the full batch, for small models: d = -(|H| + lambda I)^-1 g with
+    the exact Hessian (one Hessian-vector product per parameter, then its eigendecomposition; |H|
+    takes the eigenvalues' sizes, which is H itself where the loss is convex and the saddle-free
+    step of Dauphin et al. 2014 where it is not), then backtrack along lr * d (Armijo) until the
+    loss drops; when it never does, lambda grows tenfold and the step is recomputed. lambda adapts
+    as in Levenberg-Marquardt to the ratio rho of the full step's actual to predicted reduction
+    (rho > 3/4: lambda / 3, not below min_damping; rho < 1/4: lambda * 3). Pure Newton (lambda = 0) fails on softmax regression, whose Hessian is singular
+    along the shared-logit direction. Refused above max_params parameters."""
+
+    kind = "newton"
+    _fields = ("damping", "min_damping", "max_tries", "max_params")
+
+    def __init__(self, damping=1e-4, min_damping=1e-12, max_tries=20, max_params=2000, *, lr=1.0, learning_rate=None):
+        super().__init__(lr, learning_rate, 0.0)
+        self.damping = _number("damping", damping, low=0.0, low_inclusive=False)
+        self.min_damping = _number("min_damping", min_damping)
+        self.max_tries = positive_int(max_tries, "max_tries")
+        self.max_params = positive_int(max_params, "max_params")
+        self.reset()
+
+    def check_model(self, model):
+        super().check_model(model)
+        try:
+            n = model.count_params()
+        except (RuntimeError, ValueError):  # not built yet: step checks
+            return
+        if n > self.max_params:
+            raise ValueError(f"Newton needs the {n} x {n} Hessian of this model, above max_params={self.max_params}; "
+                             "use HessianFree (Hessian-vector products only) or raise max_params")
+
+    def step(self, engine, data) -> dict:
+        import numpy as np
+
+        theta0 = np.array(engine.get_params())
+        n = theta0.size
+        if n > self.max_params:
+            raise ValueError(f"Newton needs the {n} x {n} Hessian of this model, above max_params={self.max_params}; "
+                             "use HessianFree (Hessian-vector products only) or raise max_params")
+        loss0, g = engine.compute_gradients(data)
+        metric0 = engine.evaluate(data, 1 << 30)["metric"]
+        H = np.empty((n, n))
+        e = np.zeros(n, dtype=theta0.dtype)
+        for j in range(n):
+            e[j] = 1
+            H[:, j] = engine.hessian_vector_product(data, e)[1]
+            e[j] = 0
+        H = (H + H.T) / 2
+        g = np.asarray(g, dtype=np.float64)
+        # Where the loss is not convex, negative eigenvalues count by their size (|H|, the
+        # saddle-free Newton step of Dauphin et al. 2014), so d is a descent direction that moves
+        # away from saddles; for a convex loss this is (H + lambda I)^-1 applied to -g.
+        eigenvalues, vectors = np.linalg.eigh(H)
+        coords = vectors.T @ g
+        for _ in range(self.max_tries):
+            d = -vectors @ (coords / (np.abs(eigenvalues) + self.damping_))
+            slope = float(g @ d)
+            if np.all(np.isfinite(d)) and slope < 0:
+                theta, loss, full_step_loss = self._descend(engine, data, theta0, loss0, slope, d)
+                # Levenberg-Marquardt: compare the full step's actual and predicted reductions.
+                predicted = self.lr * slope + 0.5 * self.lr ** 2 * float(d @ H @ d)
+                rho = (full_step_loss - loss0) / predicted if predicted < 0 and np.isfinite(full_step_loss) else -1.0
+                if rho > 0.75:
+                    self.damping_ = max(self.damping_ / 3, self.min_damping)
+                elif rho < 0.25:
+                    self.damping_ *= 3
+                if theta is not None:
+                    return self._finish(engine, theta0, loss0, metric0, theta, loss)
+            self.damping_ *= 10
+        return self._finish(engine, theta0, loss0, metric0, theta0, loss0)  # no descent found: unchanged
+
+
+class HessianFree(_SecondOrder):
+    """Truncated Newton (Martens 2010): each step runs up to cg_iters conjugate-gradient iterations
+    on (H + lambda I) d = -g with exact Hessian-vector products (never forming H), starting from
+    the previous direction times 0.95, backtracks along it (Armijo) until the loss drops, and
+    adapts lambda by the ratio rho of the actual to the predicted reduction of the full step
+    (rho < 1/4: lambda * 3/2; rho > 3/4: lambda * 2/3). No step is taken when none lowers the loss."""
+
+    kind = "hessian_free"
+    _fields = ("cg_iters", "damping", "cg_tol")
+
+    def __init__(self, cg_iters=50, damping=1.0, cg_tol=1e-10, *, lr=1.0, learning_rate=None):
+        super().__init__(lr, learning_rate, 0.0)
+        self.cg_iters = positive_int(cg_iters, "cg_iters")
+        self.damping = _number("damping", damping, low=0.0, low_inclusive=False)
+        self.cg_tol = _number("cg_tol", cg_tol)
+        self.reset()
+
+    def reset(self):
+        super().reset()
+        self._previous = None
+
+    def step(self, engine, data) -> dict:
+        import numpy as np
+
+        theta0 = np.array(engine.get_params())
+        dtype = theta0.dtype
+        loss0, g = engine.compute_gradients(data)
+        metric0 = engine.evaluate(data, 1 << 30)["metric"]
+        g = np.asarray(g, dtype=np.float64)
+        lam = self.damping_
+
+        def Av(v):  # (H + lambda I) v at theta0 (the parameters are theta0 while CG runs)
+            return engine.hessian_vector_product(data, v.astype(dtype))[1].astype(np.float64) + lam * v
+
+        x = 0.95 * self._previous if self._previous is not None and self._previous.size == g.size else np.zeros_like(g)
+        r = -g - Av(x)
+        p = r.copy()
+        rr = r @ r
+        for _ in range(self.cg_iters):
+            if rr <= self.cg_tol * self.cg_tol:
+                break
+            Ap = Av(p)
+            pAp = p @ Ap
+            if not pAp > 0:  # negative curvature even with the damping: stop at the current x
+                break
+            alpha = rr / pAp
+            x += alpha * p
+            r -= alpha * Ap
+            rr_new = r @ r
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+        predicted = g @ x + 0.5 * (x @ Av(x))  # the damped quadratic model's change for the full step
+        slope = float(g @ x)
+        theta, loss, full_step_loss = (None, None, np.inf) if not slope < 0 else \
+            self._descend(engine, data, theta0, loss0, slope, x)
+        rho = (full_step_loss - loss0) / predicted if predicted < 0 and np.isfinite(full_step_loss) else -np.inf
+        if rho < 0.25:
+            self.damping_ = lam * 1.5
+        elif rho > 0.75:
+            self.damping_ = lam * 2 / 3
+        if theta is not None:
+            self._previous = x
+            return self._finish(engine, theta0, loss0, metric0, theta, loss)
+        self._previous = None
+        return self._finish(engine, theta0, loss0, metric0, theta0, loss0)
 
 
 def _betas(betas, beta_1=None, beta_2=None):
@@ -344,7 +555,7 @@ def _betas(betas, beta_1=None, beta_2=None):
 # full-batch methods that run their own native loop.
 _PER_STEP = {c.kind: c for c in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, NAdam, RAdam, LAMB)}
 assert set(_PER_STEP) == set(OPTIMIZER_IDS), "optimizers.py and the core's optimizer list disagree"
-_BY_NAME = {**_PER_STEP, "lbfgs": LBFGS}
+_BY_NAME = {**_PER_STEP, "lbfgs": LBFGS, "newton": Newton, "hessian_free": HessianFree}
 
 
 def get(identifier) -> Optimizer:
@@ -384,4 +595,4 @@ def from_config(config: dict) -> Optimizer:
 
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam", "RAdam", "LAMB", "LBFGS",
-           "get"]
+           "Newton", "HessianFree", "get"]

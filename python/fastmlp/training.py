@@ -31,9 +31,9 @@ def metric_logs(model, result: dict, prefix="") -> dict:
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
          initial_epoch):
-    from .optimizers import LBFGS
+    from .optimizers import FullBatchOptimizer
 
-    lbfgs = isinstance(model.optimizer, LBFGS)
+    full_batch = isinstance(model.optimizer, FullBatchOptimizer)
     if batch_size is not None:
         batch_size = positive_int(batch_size, "batch_size")
     epochs = non_negative_int(epochs, "epochs")
@@ -67,10 +67,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             x, y = x[:-n_val], y[:-n_val]
     train_data, n_train = model._data(x, y)
     if batch_size is None:
-        batch_size = n_train if lbfgs else 32
-    elif lbfgs and batch_size < n_train:
-        raise ValueError(f"LBFGS runs on the whole training set ({n_train} rows); leave batch_size=None, got "
-                         f"{batch_size}")
+        batch_size = n_train if full_batch else 32
+    elif full_batch and batch_size < n_train:
+        raise ValueError(f"{type(model.optimizer).__name__} runs on the whole training set ({n_train} rows); leave "
+                         f"batch_size=None, got {batch_size}")
     val_data = None
     if isinstance(validation_data, ResidentDataset):
         if not validation_data.has_targets:
@@ -96,9 +96,9 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             progress.begin(epoch)
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
             started = time.perf_counter()
-            if lbfgs:  # one step of the full-batch method, natively (shuffling changes nothing)
-                result = engine.lbfgs_step(train_data, model.optimizer.lbfgs_config())
-                model._lbfgs_result = result  # iterations and evaluations, for the estimators
+            if full_batch:  # one step of the full-batch method (shuffling changes nothing)
+                result = model.optimizer.step(engine, train_data)
+                model._lbfgs_result = result  # LBFGS's iterations and evaluations, for the estimators
             else:
                 result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
             seconds = time.perf_counter() - started
