@@ -5,6 +5,8 @@
 // count. The last block to finish ends the step (advances step and batch_start), which saves a
 // separate one-thread launch per step. Norm clipping and LAMB need sums over whole segments
 // first: segment_norms_kernel reduces them into the engine's scratch before the update.
+#include <algorithm>
+
 #include "check.h"
 #include "fastmlp/math.h"
 #include "kernels.h"
@@ -20,52 +22,41 @@ __device__ __forceinline__ float regularized_gradient(const ParamSegment& seg, f
   return g + math::regularization_grad(p, float(seg.l1), float(seg.l2));
 }
 
-// Sums of squares per segment into norms (math::segment_scale's layout), with double atomics:
-// kPhase 0 the regularized gradients (and their global sum) for norm clipping; kPhase 1, for
-// LAMB, the parameters and the direction of the clipped gradient, from the moments this step's
-// update will compute (not stored here). Each thread flushes its sums when its segment changes.
+// Sums of squares per segment into norms (math::segment_scale's layout): kPhase 0 the
+// regularized gradients (and their global sum) for norm clipping; kPhase 1, for LAMB, the
+// parameters and the direction of the clipped gradient, from the moments this step's update will
+// compute (not stored here). Segment-major: blockIdx.y is the segment, each block reduces its
+// share in double and adds it with one atomic (a per-thread atomic would serialize ~10^5 adds on
+// one address). The order of the blocks' adds varies, so the last bits of these sums may differ
+// from run to run (the CPU sums in a fixed order).
 template <int kPhase>
-__global__ void segment_norms_kernel(int64_t n_params, const float* __restrict__ params,
-                                     const float* __restrict__ grads, const float* __restrict__ st0,
-                                     const float* __restrict__ st1, const ParamSegment* __restrict__ segments,
-                                     int n_segments, const OptimizerConfig* config, const TrainCounters* counters,
-                                     double* norms) {
+__global__ void segment_norms_kernel(const float* __restrict__ params, const float* __restrict__ grads,
+                                     const float* __restrict__ st0, const float* __restrict__ st1,
+                                     const ParamSegment* __restrict__ segments, int n_segments,
+                                     const OptimizerConfig* config, const TrainCounters* counters, double* norms) {
   __shared__ alignas(8) unsigned char c_raw[sizeof(OptimizerConfig)];
   __shared__ alignas(8) unsigned char s_raw[sizeof(math::StepScalars)];
   __shared__ bool skip_shared;
+  __shared__ float grad_scale_shared;
   OptimizerConfig& c = *reinterpret_cast<OptimizerConfig*>(c_raw);
   math::StepScalars& s = *reinterpret_cast<math::StepScalars*>(s_raw);
+  const int seg = blockIdx.y;
+  const ParamSegment sg = segments[seg];
   if (threadIdx.x == 0) {
     c = *config;
     s = math::step_scalars(c, counters->step, counters->mu_product);
-    skip_shared = counters->nonfinite != 0;
+    skip_shared = counters->nonfinite != 0 || sg.moving_average;  // moving statistics are not trained
+    // Phase 1 runs after phase 0 has finished (stream order): its sums are complete.
+    grad_scale_shared = kPhase == 1 && (c.clipnorm > 0.0 || c.global_clipnorm > 0.0)
+                            ? float(math::clip_scale(c, sqrt(norms[seg]), sqrt(norms[kSegmentNormSlots * n_segments])))
+                            : 1.0f;
   }
   __syncthreads();
-  if (skip_shared) return;
-  int seg = -1;
+  if (skip_shared) return;  // the whole block returns together (block_sum below needs every thread)
+  const float grad_scale = grad_scale_shared;
   double a = 0.0, b = 0.0;
-  float grad_scale = 1.0f;
-  auto flush = [&]() {
-    if (seg < 0 || segments[seg].moving_average) return;
-    if (kPhase == 0) {
-      atomicAdd(&norms[seg], a);
-      atomicAdd(&norms[kSegmentNormSlots * n_segments], a);
-    } else {
-      atomicAdd(&norms[n_segments + seg], a);
-      atomicAdd(&norms[2 * n_segments + seg], b);
-    }
-  };
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n_params; k += int64_t(gridDim.x) * blockDim.x) {
-    int next = seg < 0 ? 0 : seg;
-    while (next + 1 < n_segments && k >= segments[next + 1].offset) ++next;  // k only grows
-    if (next != seg) {
-      flush();
-      seg = next;
-      a = b = 0.0;
-      if (kPhase == 1) grad_scale = float(math::segment_scale(c, norms, n_segments, seg).grad);
-    }
-    const ParamSegment& sg = segments[seg];
-    if (sg.moving_average) continue;
+  for (int64_t k = sg.offset + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < sg.offset + sg.size;
+       k += int64_t(gridDim.x) * blockDim.x) {
     const float p = params[k], g = regularized_gradient(sg, p, grads[k]);
     if (kPhase == 0) {
       a += double(g) * double(g);
@@ -78,7 +69,17 @@ __global__ void segment_norms_kernel(int64_t n_params, const float* __restrict__
       b += r * r;
     }
   }
-  flush();
+  a = block_sum(a);
+  if (kPhase == 1) b = block_sum(b);
+  if (threadIdx.x == 0) {
+    if (kPhase == 0) {
+      atomicAdd(&norms[seg], a);
+      atomicAdd(&norms[kSegmentNormSlots * n_segments], a);
+    } else {
+      atomicAdd(&norms[n_segments + seg], a);
+      atomicAdd(&norms[2 * n_segments + seg], b);
+    }
+  }
 }
 
 // kSlots: the state slots this optimizer owns. Only those are read and written, from registers,
@@ -197,14 +198,17 @@ void launch_optimizer(int64_t n_params, float* params, const float* grads, float
     // The passes a config needs run before the update (the clipping pass first: LAMB's reads
     // its factor); sums it does not need stay 0 and segment_scale ignores them.
     FASTMLP_CUDA_CHECK(cudaMemsetAsync(segment_norms, 0, sizeof(double) * (kSegmentNormSlots * n_segments + 1), s));
+    // Enough blocks per segment to fill the GPU for the largest one (a grid-stride loop inside).
+    const dim3 grid(unsigned(std::min<int64_t>(std::max<int64_t>(max_blocks / std::max(n_segments, 1), 1), 1024)),
+                    unsigned(n_segments));
     if (norm_passes & kClipNormPass) {
-      segment_norms_kernel<0><<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, segments,
-                                                                n_segments, config, counters, segment_norms);
+      segment_norms_kernel<0><<<grid, kThreads, 0, s>>>(params, grads, st0, st1, segments, n_segments, config,
+                                                         counters, segment_norms);
       FASTMLP_LAUNCH_CHECK("segment_norms_kernel<0>");
     }
     if (norm_passes & kTrustRatioPass) {
-      segment_norms_kernel<1><<<int(blocks), kThreads, 0, s>>>(n_params, params, grads, st0, st1, segments,
-                                                                n_segments, config, counters, segment_norms);
+      segment_norms_kernel<1><<<grid, kThreads, 0, s>>>(params, grads, st0, st1, segments, n_segments, config,
+                                                         counters, segment_norms);
       FASTMLP_LAUNCH_CHECK("segment_norms_kernel<1>");
     }
   }

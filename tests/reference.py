@@ -774,7 +774,8 @@ class LBFGS:
                 break
             ls_evals = 0
             if self.line_search == "strong_wolfe":
-                loss, g, self.t, ls_evals = _strong_wolfe(fun, w, self.t, self.d, loss, g, gtd, self.tol_change,
+                # torch passes no tolerance_change to _strong_wolfe: its zoom uses the default 1e-9
+                loss, g, self.t, ls_evals = _strong_wolfe(fun, w, self.t, self.d, loss, g, gtd, 1e-9,
                                                           self.max_eval - evals)
                 w = w + self.t * self.d
                 opt_cond = np.abs(g).max() <= self.tol_grad

@@ -113,7 +113,7 @@ class OptimizerStep {
 
   // The norm scratch's sums (math::segment_scale reads them): the regularized gradients' squares
   // for norm clipping, then, for LAMB, the parameters' and the clipped direction's. In double,
-  // piece by piece in order, so the result does not depend on the threads.
+  // each thread's piece in order and the pieces in order (the split follows the thread count).
   static void reduce_norms(const OptimizerConfig& cfg, const math::StepScalars& s, const T* params, const T* grads,
                            const T* st0, const T* st1, const ParamSegment* segments, int n_segments,
                            double* norms) {

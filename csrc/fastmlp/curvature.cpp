@@ -56,7 +56,7 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     largest_kernel = std::max(largest_kernel, int64_t(op.in) * op.out);
   }
   const size_t p_bytes = sizeof(T) * num_params_;
-  BackendBuffer<T> V(be, p_bytes), HV(be, p_bytes), ones(be, sizeof(T) * rows);
+  BackendBuffer<T> V(be, p_bytes), HV(be, p_bytes);
   BackendBuffer<T> tmp(be, sizeof(T) * std::max<int64_t>(int64_t(rows) * widest, largest_kernel));
   BackendBuffer<T> G(be, sizeof(T) * size_t(rows) * widest), RG(be, sizeof(T) * size_t(rows) * widest);
   std::vector<BackendBuffer<T>> Rz, Ra, Rd;  // R{z_i}, R{a_i} and R{dL/dz_i}, rows x out_i each
@@ -67,7 +67,6 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     Rd.emplace_back(be, bytes);
   }
   be->to_backend(V.get(), v_host, p_bytes);
-  be->fill(ones.get(), T(1), rows);
   const T* P = params_.get();
   T* t = tmp.get();
   // Forward: R{z_i} = R{x_i} W_i + x_i V_W + V_b, R{a_i} = act'(a_i) R{z_i}.
@@ -75,9 +74,9 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     const Op& op = ops_[i];
     const T* x = i ? outputs_[i - 1] : data.x;
     const int64_t cells = int64_t(rows) * op.out;
-    be->matmul(false, false, rows, op.out, op.in, x, V.get() + op.params.w, Rz[i].get());
-    be->matmul(false, false, rows, op.out, 1, ones.get(), V.get() + op.params.b, t);
-    be->axpy(cells, T(1), t, Rz[i].get());
+    // x V_W + V_b by the layer's own forward (the bias added in full precision, as in training).
+    be->dense_forward(rows, op.in, op.out, x, V.get() + op.params.w, V.get() + op.params.b, ActivationSpec{},
+                      Rz[i].get(), nullptr);
     if (i > 0) {
       be->matmul(false, false, rows, op.out, op.in, Ra[i - 1].get(), P + op.params.w, t);
       be->axpy(cells, T(1), t, Rz[i].get());
@@ -95,12 +94,13 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     const Op& op = ops_[i];
     const T* x = i ? outputs_[i - 1] : data.x;
     T* hw = HV.get() + op.params.w;
-    be->matmul(true, false, op.in, op.out, rows, x, Rd[i].get(), hw);
+    // x^T R{d_i} and the column sums of R{d_i} by the layer's own weight-gradient pass.
+    be->dense_backward(rows, op.in, op.out, x, nullptr, P + op.params.w, Rd[i].get(), hw, HV.get() + op.params.b,
+                       nullptr, ActivationSpec{}, nullptr);
     if (i > 0) {
       be->matmul(true, false, op.in, op.out, rows, Ra[i - 1].get(), dz_[i].get(), t);
       be->axpy(int64_t(op.in) * op.out, T(1), t, hw);
     }
-    be->matmul(true, false, 1, op.out, rows, ones.get(), Rd[i].get(), HV.get() + op.params.b);
     if (i == 0) break;
     const int64_t cells = int64_t(rows) * op.in;
     be->matmul(false, true, rows, op.in, op.out, dz_[i].get(), P + op.params.w, G.get());

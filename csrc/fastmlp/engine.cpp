@@ -563,12 +563,18 @@ double Engine<T>::loss_and_gradients(const Dataset<T>& data, T* grads_host, doub
 
 template <typename T>
 typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, const LbfgsConfig& config) {
+  auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0.0; };
+  if (config.max_iter < 1 || config.max_eval < 1 || config.history_size < 1 || !finite_nonneg(config.lr) ||
+      !finite_nonneg(config.tolerance_grad) || !finite_nonneg(config.tolerance_change))
+    throw std::invalid_argument("LBFGS: max_iter, max_eval and history_size must be >= 1, lr and the tolerances "
+                                "finite numbers >= 0");
   auto held = lock();
   if (epoch_.open) throw std::logic_error("lbfgs_step cannot run while an epoch is in progress");
   std::vector<T> start(num_params_), p(num_params_), g(num_params_);
   download_params(start.data());
   std::vector<double> x(start.begin(), start.end());
-  LbfgsState state = lbfgs_;  // committed only when the step succeeds
+  // Committed only when the step succeeds; the history's pairs are shared, not copied.
+  LbfgsState state = lbfgs_;
   bool nonfinite = false;
   LbfgsOutcome out;
   int calls = 0;
@@ -577,7 +583,6 @@ typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, c
     backend_->to_backend(params_.get(), p.data(), sizeof(T) * num_params_);
     const double loss = loss_and_gradients(data, g.data(), calls++ == 0 ? &out.metric : nullptr);
     grad.assign(g.begin(), g.end());
-    if (!std::isfinite(loss)) nonfinite = true;
     return loss;
   };
   try {
@@ -585,6 +590,9 @@ typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, c
     out.loss = r.loss;
     out.evaluations = r.evaluations;
     out.iterations = r.iterations;
+    // A probe of the line search may overflow and be bracketed away from, as in torch; what
+    // counts is the loss at the start and the point the step ends at.
+    nonfinite = !std::isfinite(r.loss) || !std::isfinite(r.final_loss);
     for (double v : x) nonfinite = nonfinite || !std::isfinite(v);
   } catch (...) {
     backend_->to_backend(params_.get(), start.data(), sizeof(T) * num_params_);
@@ -598,9 +606,7 @@ typename Engine<T>::LbfgsOutcome Engine<T>::lbfgs_step(const Dataset<T>& data, c
   for (int64_t k = 0; k < num_params_; ++k) p[k] = T(x[k]);
   backend_->to_backend(params_.get(), p.data(), sizeof(T) * num_params_);
   lbfgs_ = std::move(state);
-  TrainCounters c = read_counters(train_counters_);
-  c.step += 1;  // one optimizer step, as torch counts step() calls
-  write_counters(train_counters_, c);
+  store_step(read_counters(train_counters_).step + 1);  // one optimizer step, as torch counts step() calls
   return out;
 }
 

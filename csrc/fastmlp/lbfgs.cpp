@@ -164,14 +164,14 @@ LbfgsResult lbfgs_step(const LbfgsConfig& cfg, LbfgsState& st, std::vector<doubl
       }
       const double ys = dot(y, s);
       if (ys > 1e-10) {
-        if (int(st.old_dirs.size()) == cfg.history_size) {
+        while (int(st.old_dirs.size()) >= cfg.history_size) {  // >=: a smaller history_size takes effect
           st.old_dirs.pop_front();
           st.old_stps.pop_front();
           st.ro.pop_front();
         }
         st.h_diag = ys / dot(y, y);
-        st.old_dirs.push_back(std::move(y));
-        st.old_stps.push_back(std::move(s));
+        st.old_dirs.push_back(std::make_shared<const std::vector<double>>(std::move(y)));
+        st.old_stps.push_back(std::make_shared<const std::vector<double>>(std::move(s)));
         st.ro.push_back(1.0 / ys);
       }
       // The two-loop recursion: d = -H g with H the L-BFGS inverse-Hessian approximation.
@@ -179,13 +179,15 @@ LbfgsResult lbfgs_step(const LbfgsConfig& cfg, LbfgsState& st, std::vector<doubl
       std::vector<double> al(size_t(num_old), 0.0), q(n);
       for (size_t i = 0; i < n; ++i) q[i] = -flat_grad[i];
       for (int i = num_old - 1; i >= 0; --i) {
-        al[i] = dot(st.old_stps[i], q) * st.ro[i];
-        for (size_t k = 0; k < n; ++k) q[k] -= al[i] * st.old_dirs[i][k];
+        const std::vector<double>&s_i = *st.old_stps[i], &y_i = *st.old_dirs[i];
+        al[i] = dot(s_i, q) * st.ro[i];
+        for (size_t k = 0; k < n; ++k) q[k] -= al[i] * y_i[k];
       }
       for (size_t k = 0; k < n; ++k) q[k] *= st.h_diag;
       for (int i = 0; i < num_old; ++i) {
-        const double be = dot(st.old_dirs[i], q) * st.ro[i];
-        for (size_t k = 0; k < n; ++k) q[k] += (al[i] - be) * st.old_stps[i][k];
+        const std::vector<double>&s_i = *st.old_stps[i], &y_i = *st.old_dirs[i];
+        const double be = dot(y_i, q) * st.ro[i];
+        for (size_t k = 0; k < n; ++k) q[k] += (al[i] - be) * s_i[k];
       }
       st.d = std::move(q);
     }
@@ -208,8 +210,8 @@ LbfgsResult lbfgs_step(const LbfgsConfig& cfg, LbfgsState& st, std::vector<doubl
         for (size_t i = 0; i < n; ++i) probe[i] = x_init[i] + t * st.d[i];
         return objective(probe, grad);
       };
-      LineSearchResult ls = strong_wolfe(evaluate, st.d, st.t, loss, flat_grad, gtd, cfg.tolerance_change,
-                                         cfg.max_eval - current_evals);
+      // torch passes its _strong_wolfe no tolerance_change: the zoom's stays the default 1e-9.
+      LineSearchResult ls = strong_wolfe(evaluate, st.d, st.t, loss, flat_grad, gtd, 1e-9, cfg.max_eval - current_evals);
       loss = ls.loss;
       flat_grad = std::move(ls.grad);
       st.t = ls.t;
@@ -234,6 +236,7 @@ LbfgsResult lbfgs_step(const LbfgsConfig& cfg, LbfgsState& st, std::vector<doubl
   }
   result.evaluations = current_evals;
   result.iterations = n_iter;
+  result.final_loss = loss;
   return result;
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace fastmlp {
@@ -29,7 +30,8 @@ struct LbfgsState {
   int64_t n_iter = 0;      // over all calls
   std::vector<double> d, prev_flat_grad;
   double t = 0.0, prev_loss = 0.0, h_diag = 1.0;
-  std::deque<std::vector<double>> old_dirs, old_stps;  // y_i and s_i
+  // y_i and s_i, shared so that copying a state (to commit it only on success) copies pointers
+  std::deque<std::shared_ptr<const std::vector<double>>> old_dirs, old_stps;
   std::deque<double> ro;                               // 1 / (y_i . s_i)
 };
 
@@ -40,6 +42,7 @@ struct LbfgsResult {
   double loss = 0.0;  // at the parameters the call started from (torch returns this)
   int evaluations = 0;
   int iterations = 0;
+  double final_loss = 0.0;  // the last loss the iteration accepted (line search or evaluation)
 };
 
 // One step from x (updated in place); on return the objective's last call may have left the

@@ -409,7 +409,7 @@ FASTMLP_HD double nadam_mu(const OptimizerConfig& c, double t) {
 // whose step count is set rather than counted (a loaded model, a new config).
 FASTMLP_HD double nadam_mu_product(const OptimizerConfig& c, int64_t steps) {
   double product = 1.0;
-  for (int64_t t = 1; t <= steps; ++t) product *= nadam_mu(c, static_cast<double>(t));
+  for (int64_t t = 1; t <= steps && product != 0.0; ++t) product *= nadam_mu(c, static_cast<double>(t));
   return product;
 }
 

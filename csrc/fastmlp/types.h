@@ -88,9 +88,10 @@ struct OptimizerConfig {
   bool amsgrad = false;       // Adam, AdamW
   double momentum_decay = 4e-3;       // NAdam (psi)
   bool decoupled_weight_decay = false;  // NAdam, RAdam: p *= 1 - lr * weight_decay instead of L2
-  // Gradient clipping before the optimizer (0: off), as Keras's optimizer arguments: each
-  // element to [-clipvalue, clipvalue]; each segment (a kernel, a bias) to norm clipnorm; all
-  // gradients together to norm global_clipnorm (torch.nn.utils.clip_grad_norm_).
+  // Gradient clipping before the optimizer (0: off; Keras's optimizer argument names): each
+  // element to [-clipvalue, clipvalue]; each segment (a kernel, a bias) to norm clipnorm (Keras's
+  // clip_by_norm); all gradients together to norm global_clipnorm with torch's
+  // clip_grad_norm_ formula (max / (norm + 1e-6)).
   double clipvalue = 0.0, clipnorm = 0.0, global_clipnorm = 0.0;
   double alpha = 0.99;        // RMSprop smoothing
   bool centered = false;      // RMSprop
