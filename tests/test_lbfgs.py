@@ -144,3 +144,19 @@ def test_fit_batch_size_none_means_32_for_per_step_optimizers():
     a.fit(x, y, epochs=2, verbose=0)
     b.fit(x, y, batch_size=32, epochs=2, verbose=0)
     np.testing.assert_array_equal(flat(a.get_weights()), flat(b.get_weights()))
+
+
+def test_the_core_checks_lbfgs_configs_itself():
+    # fastmlp._core is public: a config the Python class would refuse must not reach the iteration.
+    from fastmlp import _core
+
+    w0, x, y = problem(5)
+    m = build(SPEC, 5, LOSS, optimizer=fm.optimizers.LBFGS())
+    m.set_weights(w0)
+    data, _ = m._data(x, y)
+    for field, value in (("history_size", 0), ("max_eval", 0), ("max_iter", 0), ("lr", float("nan"))):
+        cfg = m.optimizer.lbfgs_config()
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match="LBFGS"):
+            m._engine.lbfgs_step(data, cfg)
+    np.testing.assert_array_equal(flat(m.get_weights()), flat(w0))
