@@ -198,3 +198,22 @@ def test_lbfgs_solver_refuses_dropout():
     x, y = np.random.default_rng(1).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(ValueError, match="Dropout"):
         fm.MLPClassifier(solver="lbfgs", dropout=0.2).fit(x, y)
+
+
+def test_scikit_learn_contracts_of_partial_fit_validation_and_no_change():
+    x, y = np.random.default_rng(3).normal(size=(60, 4)), np.arange(60) % 3
+    clf = fm.MLPClassifier(hidden_layer_sizes=(8,), early_stopping=True, max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        clf.partial_fit(x, y)
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        fm.MLPRegressor(early_stopping=True).fit(x[:2], y[:2].astype(float))
+    inf = fm.MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", tol=1e9, max_iter=7, n_iter_no_change=np.inf,
+                           random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        inf.fit(x, y)
+    assert inf.n_iter_ == 7 and inf._no_improvement_count == 6  # counted every epoch, never stopped
+    with pytest.raises(ValueError, match="n_iter_no_change"):
+        fm.MLPClassifier(n_iter_no_change=0.5).fit(x, y)

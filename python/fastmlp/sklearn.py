@@ -55,7 +55,9 @@ random_state        seeds weight initialization, shuffling and the validation sp
                     two fits give the same model.
 device              "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
 partial_fit         one epoch over the given batch (the classifier needs classes= on the first
-                    call); the optimizer state persists between calls. early_stopping is ignored.
+                    call); the optimizer state persists between calls. With early_stopping=True it
+                    raises ValueError, as scikit-learn does; n_iter_no_change may be np.inf (never
+                    stop early); a validation split of fewer than 2 samples raises ValueError.
 pickling            the fitted network is stored with fastmlp's model.save format (weights and
                     optimizer state); an unpickled CUDA model falls back to the CPU without CUDA.
 Multilabel targets (2-D indicator y) and sample_weight are not supported.
@@ -130,6 +132,8 @@ class _Convergence(Callback):
                 est.best_validation_score_ = score
                 self.best_weights = self.model.get_weights()
         else:
+            if est.best_loss_ is None:  # partial_fit after a fit with early stopping (scikit-learn's too)
+                est.best_loss_ = np.inf
             self.count = self.count + 1 if loss > est.best_loss_ - est.tol else 0
             if loss < est.best_loss_:
                 est.best_loss_ = loss
@@ -202,7 +206,11 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not _is_number(self.learning_rate_init) or self.learning_rate_init <= 0:
             raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
-        for name in ("max_iter", "n_iter_no_change", "max_fun"):
+        v = self.n_iter_no_change  # np.inf: never stop early (scikit-learn accepts it)
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and (v == np.inf or
+                                                                             (float(v).is_integer() and v >= 1))):
+            raise ValueError(f"n_iter_no_change must be a positive integer or np.inf, got {v!r}")
+        for name in ("max_iter", "max_fun"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -291,6 +299,8 @@ class _BaseMLP(BaseEstimator):
     def _train(self, X, y_fit, y_orig, incremental):
         """Shared fit / partial_fit. y_fit: model targets (class ids or floats); y_orig for the split."""
         hidden, device = self._check_params()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         rs = check_random_state(self.random_state)
         reuse = hasattr(self, "model_") and (incremental or self.warm_start)
         early = self.early_stopping and not incremental and self.solver != "lbfgs"  # as scikit-learn
@@ -301,6 +311,9 @@ class _BaseMLP(BaseEstimator):
             stratify = y_orig if self._is_classifier else None
             X, X_val, y_fit, y_val = train_test_split(X, y_fit, random_state=rs, test_size=self.validation_fraction,
                                                       stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your "
+                                 "dataset.")
         n = X.shape[0]
         batch = self._effective_batch(n)
         if not reuse:
@@ -325,6 +338,7 @@ class _BaseMLP(BaseEstimator):
         epochs = 1 if incremental else int(self.max_iter)
         self.model_.fit(X, y_fit, batch_size=batch, epochs=epochs, verbose=2 if self.verbose else 0,
                         shuffle=bool(self.shuffle), callbacks=[stopper], validation_data=validation_data)
+        self._no_improvement_count = stopper.count  # scikit-learn's name for the stopping rule's counter
         if early and stopper.best_weights is not None:
             self.model_.set_weights(stopper.best_weights)
         if not incremental and not stopper.converged:
@@ -430,8 +444,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y = self._targets(y)
         classes = np.unique(y)
         if self.warm_start and hasattr(self, "model_") and not np.array_equal(classes, self.classes_):
-            raise ValueError(f"warm_start can only be used where y has the same classes as in the previous call "
-                             f"to fit. Previously got {self.classes_}, y has {classes}")
+            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous call "
+                             f"to fit. Previously got {self.classes_}, `y` has {classes}")
         self._set_classes(classes)
         return self._train(X, self._encode(y), y, incremental=False)
 
