@@ -217,3 +217,17 @@ def test_scikit_learn_contracts_of_partial_fit_validation_and_no_change():
     assert inf.n_iter_ == 7 and inf._no_improvement_count == 6  # counted every epoch, never stopped
     with pytest.raises(ValueError, match="n_iter_no_change"):
         fm.MLPClassifier(n_iter_no_change=0.5).fit(x, y)
+
+
+def test_lbfgs_warm_start_takes_the_new_max_iter():
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    m = fm.MLPClassifier(solver="lbfgs", warm_start=True, max_iter=5, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        m.fit(x, y)
+    assert m.n_iter_ == 5
+    m.set_params(max_iter=9)
+    with pytest.warns(ConvergenceWarning):
+        m.fit(x, y)
+    assert m.n_iter_ == 9

@@ -349,6 +349,14 @@ class _BaseMLP(BaseEstimator):
 
     def _train_lbfgs(self, X, y_fit):
         """One full-batch L-BFGS run of up to max_iter iterations (scikit-learn's _fit_lbfgs)."""
+        from .optimizers import LBFGS
+
+        opt, wanted = self.model_.optimizer, self._optimizer()
+        if not isinstance(opt, LBFGS):
+            raise ValueError("warm_start cannot switch a model fitted by another solver to solver='lbfgs'; fit a new "
+                             "estimator (or warm_start=False)")
+        # A warm start keeps the model and its curvature history, but takes this call's limits.
+        opt.max_iter, opt.max_eval, opt.tolerance_grad = wanted.max_iter, wanted.max_eval, wanted.tolerance_grad
         self.model_.fit(X, y_fit, epochs=1, verbose=0)
         result = self.model_._lbfgs_result
         self.n_iter_ = int(result["iterations"])
