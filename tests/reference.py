@@ -655,6 +655,20 @@ LOSS_OUTPUTS = [
 # ----------------------------------------------------------------------------- L-BFGS
 
 
+def flat(weights):
+    """get_weights() arrays as one flat vector (the engine's parameter order)."""
+    return np.concatenate([np.ravel(w) for w in weights])
+
+
+def unflat(v, like):
+    """A flat vector back into arrays shaped like `like`."""
+    out, i = [], 0
+    for w in like:
+        out.append(np.asarray(v[i:i + np.size(w)]).reshape(np.shape(w)))
+        i += np.size(w)
+    return out
+
+
 def _cubic_min(x1, f1, g1, x2, f2, g2, bounds=None):
     """Minimizer of the cubic through two points with slopes, clamped to bounds (torch's
     _cubic_interpolate, after minFunc)."""

@@ -15,16 +15,7 @@ LOSSES = [("sparse_categorical_crossentropy", "softmax"), ("categorical_crossent
           ("multiclass_hinge", "linear"), ("multiclass_hinge", "tanh")]
 
 
-def flat(ws):
-    return np.concatenate([np.ravel(w) for w in ws])
-
-
-def unflat(v, like):
-    out, i = [], 0
-    for w in like:
-        out.append(v[i:i + w.size].reshape(w.shape))
-        i += w.size
-    return out
+flat, unflat = ref.flat, ref.unflat
 
 
 def fd_hvp(spec, w, x, y, loss, v, h=1e-3):

@@ -22,16 +22,7 @@ def problem(seed=0, rows=30):
     return w0, x, y
 
 
-def flat(ws):
-    return np.concatenate([np.ravel(w) for w in ws])
-
-
-def unflat(v, like):
-    out, i = [], 0
-    for w in like:
-        out.append(v[i:i + w.size].reshape(w.shape))
-        i += w.size
-    return out
+flat, unflat = ref.flat, ref.unflat
 
 
 @pytest.mark.parametrize("kwargs", [
