@@ -100,9 +100,23 @@ def test_lbfgs_refuses_random_layers_and_minibatches_leaving_the_model_alone():
     w0, x, y = problem(2)
     m = build(SPEC, 5, LOSS, optimizer=fm.optimizers.LBFGS())
     m.set_weights(w0)
-    with pytest.raises(ValueError, match="whole training set"):
-        m.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="host arrays"):
+        m.fit(m.upload(x, y), batch_size=8, epochs=1, verbose=0)
     np.testing.assert_array_equal(flat(m.get_weights()), flat(w0))
+
+
+def test_fit_on_batches_takes_one_lbfgs_step_per_batch():
+    # torch users call step(closure) on each batch: fit with batch_size < rows does the same.
+    w0, x, y = problem(6, rows=30)
+    m = build(SPEC, 5, LOSS, optimizer=fm.optimizers.LBFGS(max_iter=4))
+    m.set_weights(w0)
+    h = m.fit(x, y, batch_size=12, epochs=2, shuffle=False, verbose=0)
+    twin = build(SPEC, 5, LOSS, optimizer=fm.optimizers.LBFGS(max_iter=4))
+    twin.set_weights(w0)
+    losses = [twin.train_on_batch(x[a:a + 12], y[a:a + 12]) for _ in range(2) for a in (0, 12, 24)]
+    np.testing.assert_array_equal(flat(m.get_weights()), flat(twin.get_weights()))
+    want = [np.average(losses[e * 3:e * 3 + 3], weights=[12, 12, 6]) for e in range(2)]
+    np.testing.assert_allclose(h.history["loss"], want, rtol=1e-12)
 
 
 def test_lbfgs_nonfinite_step_keeps_the_weights():

@@ -338,7 +338,7 @@ class Sequential:
             validation_data=None, shuffle=True, initial_epoch=0):
         """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
         batch_size: None means 32 (Keras), or all training rows with a full-batch method (LBFGS,
-        Newton, HessianFree: one step of it per epoch).
+        Newton, HessianFree: one step of it per epoch; a smaller batch_size takes one step per batch).
         x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
         validation_data: a tuple (x_val, y_val) or a ResidentDataset with targets."""
         self._require_compiled("fit")

@@ -285,8 +285,9 @@ class LAMB(_AdamFamily):
 
 
 class FullBatchOptimizer(Optimizer):
-    """A method that takes whole steps over all training rows (each fit epoch, or train_on_batch
-    call, is one `step`), natively or from native passes; the per-step engine update is unused."""
+    """A method that takes whole steps over a batch (each fit epoch over all rows, or each batch
+    when fit's batch_size is smaller, or each train_on_batch call is one `step`), natively or from
+    native passes; the per-step engine update is unused."""
 
     full_batch = True
 
@@ -320,8 +321,8 @@ class FullBatchOptimizer(Optimizer):
 
 
 class LBFGS(FullBatchOptimizer):
-    """torch.optim.LBFGS, run natively over the full batch: each fit epoch (or train_on_batch
-    call) is one `step`, up to max_iter iterations of the two-loop recursion over the last
+    """torch.optim.LBFGS, run natively over the full batch: each fit epoch (each batch when fit's
+    batch_size is smaller than the rows, or each train_on_batch call) is one `step`, up to max_iter iterations of the two-loop recursion over the last
     history_size curvature pairs, with a fixed step lr (the very first scaled by min(1, 1/|g|_1))
     or line_search_fn="strong_wolfe". The loss must be deterministic, so models with Dropout or
     BatchNormalization are refused. The curvature history lives with the compiled model; it is

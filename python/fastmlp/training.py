@@ -68,9 +68,12 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     train_data, n_train = model._data(x, y)
     if batch_size is None:
         batch_size = n_train if full_batch else 32
-    elif full_batch and batch_size < n_train:
-        raise ValueError(f"{type(model.optimizer).__name__} runs on the whole training set ({n_train} rows); leave "
-                         f"batch_size=None, got {batch_size}")
+    host_batches = None  # a full-batch method on mini-batches: each batch of fit is one of its steps
+    if full_batch and batch_size < n_train:
+        if isinstance(x, ResidentDataset) or cuda_array(x):
+            raise ValueError(f"{type(model.optimizer).__name__} on batches smaller than the training set "
+                             f"({batch_size} < {n_train}) needs host arrays; leave batch_size=None for all rows")
+        host_batches = model._xy(x, y)
     val_data = None
     if isinstance(validation_data, ResidentDataset):
         if not validation_data.has_targets:
@@ -96,7 +99,9 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             progress.begin(epoch)
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
             started = time.perf_counter()
-            if full_batch:  # one step of the full-batch method (shuffling changes nothing)
+            if host_batches is not None:
+                result = full_batch_steps(model, engine, host_batches, batch_size, seed)
+            elif full_batch:  # one step of the full-batch method (shuffling changes nothing)
                 result = model.optimizer.step(engine, train_data)
                 model._lbfgs_result = result  # LBFGS's iterations and evaluations, for the estimators
             else:
@@ -120,6 +125,26 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         progress.close()
     cbs.on_train_end()
     return history
+
+def full_batch_steps(model, engine, xy, batch_size, seed):
+    """One epoch of a full-batch method (LBFGS, Newton, HessianFree) taking one step per batch, as
+    a PyTorch user calls optimizer.step(closure) on each batch: rows in shuffled order (seed, or
+    as given), each batch uploaded and stepped natively. Returns fit's epoch result: the mean over
+    rows of each batch's loss and metric before its step."""
+    x, y = xy
+    n = x.shape[0]
+    order = np.arange(n) if seed is None else np.asarray(_core.shuffled_indices(n, seed))
+    loss = metric = 0.0
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        data, _ = model._data(x[rows], y[rows])
+        r = model.optimizer.step(engine, data)
+        if r["nonfinite"]:
+            return {"loss": float("nan"), "metric": float("nan"), "nonfinite": True}
+        loss += r["loss"] * len(rows)
+        metric += r["metric"] * len(rows)
+    return {"loss": loss / n, "metric": metric / n, "nonfinite": False}
+
 
 def train_epoch(model, engine, data, seed, batch_size, steps, cbs):
     """One epoch natively. Without batch callbacks it is one native call; with them the native
