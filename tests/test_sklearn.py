@@ -231,3 +231,12 @@ def test_lbfgs_warm_start_takes_the_new_max_iter():
     with pytest.warns(ConvergenceWarning):
         m.fit(x, y)
     assert m.n_iter_ == 9
+
+
+def test_verbose_prints_scikit_learns_iteration_lines(capsys):
+    x, y = np.random.default_rng(4).normal(size=(30, 3)), np.arange(30) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fm.MLPClassifier(hidden_layer_sizes=(4,), solver="sgd", max_iter=2, verbose=True, random_state=0).fit(x, y)
+    out = capsys.readouterr().out
+    assert "Iteration 1, loss = " in out and "Iteration 2, loss = " in out

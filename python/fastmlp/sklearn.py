@@ -54,6 +54,8 @@ dropout             fastmlp's own (not in scikit-learn), default 0.0: a Dropout 
 random_state        seeds weight initialization, shuffling and the validation split; with an int
                     two fits give the same model.
 device              "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
+verbose             prints scikit-learn's lines: "Iteration N, loss = ..." per epoch (and the
+                    validation score with early stopping).
 partial_fit         one epoch over the given batch (the classifier needs classes= on the first
                     call); the optimizer state persists between calls. With early_stopping=True it
                     raises ValueError, as scikit-learn does; n_iter_no_change may be np.inf (never
@@ -124,9 +126,13 @@ class _Convergence(Callback):
         est.loss_curve_.append(loss)
         est.n_iter_ += 1
         est.t_ += self.params.get("samples", 0)
+        if est.verbose:  # scikit-learn's lines, not Sequential.fit's progress
+            print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
         if self.score_fn is not None:
             score = float(self.score_fn(logs))
             est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
             self.count = self.count + 1 if score < est.best_validation_score_ + est.tol else 0
             if score > est.best_validation_score_:
                 est.best_validation_score_ = score
@@ -336,7 +342,7 @@ class _BaseMLP(BaseEstimator):
             return self._train_lbfgs(X, y_fit)
         stopper = _Convergence(self, score_fn)
         epochs = 1 if incremental else int(self.max_iter)
-        self.model_.fit(X, y_fit, batch_size=batch, epochs=epochs, verbose=2 if self.verbose else 0,
+        self.model_.fit(X, y_fit, batch_size=batch, epochs=epochs, verbose=0,
                         shuffle=bool(self.shuffle), callbacks=[stopper], validation_data=validation_data)
         self._no_improvement_count = stopper.count  # scikit-learn's name for the stopping rule's counter
         if early and stopper.best_weights is not None:
