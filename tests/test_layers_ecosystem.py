@@ -352,9 +352,9 @@ def test_dropout_at_inference_is_the_identity():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(XS, YS)
     twin = fm.Sequential([fm.Dense(16, "relu", input_dim=5), fm.Dense(3, "softmax")])
-    twin.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+    twin.compile("adam", "sparse_categorical_crossentropy", device="cpu", dtype=est.coefs_[0].dtype)  # XS's
     twin.set_weights(est.model_.get_weights())
-    assert np.array_equal(twin.predict(XS.astype(np.float32)), est.model_.predict(XS.astype(np.float32)))
+    assert np.array_equal(twin.predict(XS), est.model_.predict(XS))
 
 
 @needs_sklearn

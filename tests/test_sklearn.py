@@ -240,3 +240,20 @@ def test_verbose_prints_scikit_learns_iteration_lines(capsys):
         fm.MLPClassifier(hidden_layer_sizes=(4,), solver="sgd", max_iter=2, verbose=True, random_state=0).fit(x, y)
     out = capsys.readouterr().out
     assert "Iteration 1, loss = " in out and "Iteration 2, loss = " in out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [fm.MLPClassifier, fm.MLPRegressor])
+def test_input_dtype_is_kept(cls, dtype):
+    # scikit-learn's contract: float32 in -> float32 coefs_ and predictions, float64 -> float64 (the
+    # CPU's float64 engine then trains)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(50, 4)).astype(dtype)
+    y = np.arange(50) % 3 if cls is fm.MLPClassifier else rng.normal(size=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(hidden_layer_sizes=(5,), max_iter=3, random_state=0, device="cpu").fit(x, y)
+    assert all(c.dtype == dtype for c in est.coefs_) and all(b.dtype == dtype for b in est.intercepts_)
+    assert est.model_._compile_args["dtype"] == dtype
+    out = est.predict_proba(x) if cls is fm.MLPClassifier else est.predict(x)
+    assert out.dtype == dtype

@@ -54,6 +54,9 @@ dropout             fastmlp's own (not in scikit-learn), default 0.0: a Dropout 
 random_state        seeds weight initialization, shuffling and the validation split; with an int
                     two fits give the same model.
 device              "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
+dtype               as scikit-learn: float32 input gives float32 coefs_, intercepts_ and
+                    predictions, float64 (or anything else) float64; float64 trains the CPU's
+                    float64 engine (on CUDA a float32 engine, its results cast to float64).
 verbose             prints scikit-learn's lines: "Iteration N, loss = ..." per epoch (and the
                     validation score with early stopping).
 partial_fit         one epoch over the given batch (the classifier needs classes= on the first
@@ -96,6 +99,11 @@ def _solvers():
 
 
 _SOLVERS = _solvers()
+
+
+# Input dtypes kept as given (anything else becomes float64, as in scikit-learn): float64 data
+# trains the CPU's float64 engine and gives float64 coefs_ and predictions.
+_FLOATS = (np.float64, np.float32)
 
 
 def _stochastic_solver(est):
@@ -265,7 +273,7 @@ class _BaseMLP(BaseEstimator):
             return cls(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=float(self.epsilon))
         return O.get(self.solver).__class__(lr=lr)
 
-    def _build_model(self, n_features, n_out, batch, hidden, device, seed):
+    def _build_model(self, n_features, n_out, batch, hidden, device, seed, dtype=np.float32):
         import fastmlp as fm
 
         l2 = float(self.alpha) / (2.0 * batch) * (1.0 if self._is_classifier else 2.0)
@@ -280,7 +288,9 @@ class _BaseMLP(BaseEstimator):
         out_act, loss, metrics = self._output(n_out)
         layers.append(fm.Dense(n_out, out_act, input_dim=fan_in, kernel_regularizer=reg))
         model = fm.Sequential(layers, seed=seed, name=type(self).__name__)
-        model.compile(self._optimizer(), loss, metrics=metrics, device=device)
+        # float64 trains in float64 on the CPU (the GPU engine is float32; results are cast back)
+        engine_dtype = "float64" if np.dtype(dtype) == np.float64 and device == "cpu" else "float32"
+        model.compile(self._optimizer(), loss, metrics=metrics, device=device, dtype=engine_dtype)
         return model
 
     def _reset_state(self):
@@ -297,7 +307,7 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
 
     def _set_weight_attrs(self):
-        w = self.model_.get_weights()
+        w = [a.astype(self._dtype, copy=False) for a in self.model_.get_weights()]
         self.coefs_ = w[0::2]
         self.intercepts_ = w[1::2]
         self.n_layers_ = len(self.coefs_) + 1
@@ -324,7 +334,8 @@ class _BaseMLP(BaseEstimator):
         batch = self._effective_batch(n)
         if not reuse:
             seed = int(rs.randint(np.iinfo(np.int32).max))
-            self.model_ = self._build_model(X.shape[1], self.n_outputs_, batch, hidden, device, seed)
+            self._dtype = X.dtype  # of coefs_, intercepts_ and predictions (scikit-learn keeps the input's)
+            self.model_ = self._build_model(X.shape[1], self.n_outputs_, batch, hidden, device, seed, X.dtype)
             self._reset_state()
         elif not incremental:
             self._reset_state()
@@ -377,7 +388,7 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _features(self, X, reset):
-        return _validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        return _validate_data(self, X, reset=reset, dtype=_FLOATS, order="C")
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self):
@@ -454,7 +465,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def fit(self, X, y):
         """Trains for up to max_iter epochs (see the module doc for the stopping rule)."""
         X, y = _validate_data(self, X, y, reset=not (self.warm_start and hasattr(self, "model_")),
-                              dtype=np.float32, order="C")
+                              dtype=_FLOATS, order="C")
         y = self._targets(y)
         classes = np.unique(y)
         if self.warm_start and hasattr(self, "model_") and not np.array_equal(classes, self.classes_):
@@ -469,7 +480,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         first = not hasattr(self, "model_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        X, y = _validate_data(self, X, y, reset=first, dtype=np.float32, order="C")
+        X, y = _validate_data(self, X, y, reset=first, dtype=_FLOATS, order="C")
         y = self._targets(y)
         if first:
             self._set_classes(classes)
@@ -482,7 +493,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Class probabilities, shape (n_samples, n_classes), columns in classes_ order."""
         check_is_fitted(self, "model_")
         X = self._features(X, reset=False)
-        p = np.asarray(self.model_.predict(X), dtype=np.float64)
+        p = np.asarray(self.model_.predict(X), dtype=self._dtype)
         if self.n_outputs_ == 1:
             p = np.hstack([1.0 - p, p])
         return p
@@ -516,12 +527,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return "linear", "mse", None
 
     def _xy(self, X, y, reset):
-        X, y = _validate_data(self, X, y, reset=reset, dtype=np.float32, order="C", multi_output=True,
+        X, y = _validate_data(self, X, y, reset=reset, dtype=_FLOATS, order="C", multi_output=True,
                               y_numeric=True)
         self._y_1d = y.ndim == 1
-        y2 = np.ascontiguousarray(y.reshape(len(y), -1), dtype=np.float32)
+        y2 = np.ascontiguousarray(y.reshape(len(y), -1), dtype=X.dtype)
         if not np.isfinite(y2).all():
-            raise ValueError("y contains values too large for float32")
+            raise ValueError(f"y contains values too large for {X.dtype}")
         return X, y2
 
     def fit(self, X, y):
@@ -551,7 +562,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         check_is_fitted(self, "model_")
         X = self._features(X, reset=False)
-        p = np.asarray(self.model_.predict(X), dtype=np.float64)
+        p = np.asarray(self.model_.predict(X), dtype=self._dtype)
         return p.ravel() if self._y_1d else p
 
     def __sklearn_tags__(self):
