@@ -33,7 +33,12 @@ class PassCounter:
         if name in ("compute_gradients", "training_loss", "hessian_vector_product", "evaluate", "lbfgs_step"):
             def counted(*a, **k):
                 out = attr(*a, **k)
-                self.passes += out["evaluations"] if name == "lbfgs_step" else 1
+                if name == "lbfgs_step":
+                    self.passes += out["evaluations"]
+                elif name == "hessian_vector_product":  # one R-pass per direction (k rows of v)
+                    self.passes += a[1].shape[0] if np.ndim(a[1]) == 2 else 1
+                else:
+                    self.passes += 1
                 return out
             return counted
         return attr

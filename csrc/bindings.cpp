@@ -345,16 +345,19 @@ void bind_engine(py::module_& m, const char* name) {
       .def("reset_lbfgs", [](E& e) { without_gil([&] { e.reset_lbfgs(); }); })
       .def("hessian_vector_product",
            [](E& e, const D& d, const Array<T>& v) {
-             if (v.ndim() != 1 || v.shape(0) != e.num_params())
-               throw std::invalid_argument("v must be a flat array of " + std::to_string(e.num_params()) +
-                                           " values (the model's parameters)");
-             Array<T> hv(e.num_params());
+             const int64_t n = e.num_params();
+             if (!((v.ndim() == 1 && v.shape(0) == n) || (v.ndim() == 2 && v.shape(1) == n)))
+               throw std::invalid_argument("v must be a flat array of " + std::to_string(n) +
+                                           " values (the model's parameters), or k rows of them");
+             const int64_t k = v.ndim() == 1 ? 1 : v.shape(0);
+             Array<T> hv(std::vector<py::ssize_t>(v.shape(), v.shape() + v.ndim()));
              const T* vp = v.data();
              T* out = hv.mutable_data();
-             const double loss = without_gil([&] { return e.hessian_vector_product(d, vp, out); });
+             const double loss = without_gil([&] { return e.hessian_vector_product(d, k, vp, out); });
              return py::make_tuple(loss, hv);
            },
-           "(loss, H v) for the Hessian of mean loss + penalty over the data, exactly (R-operator)")
+           "(loss, H v) for the Hessian of mean loss + penalty over the data, exactly (R-operator); v may be "
+           "k x num_params (k products from one ordinary pass)")
       .def("train_on_batch",
            [](E& e, const D& d) { return epoch_dict(without_gil([&] { return e.train_on_batch(d); })); });
 }

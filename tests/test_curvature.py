@@ -164,3 +164,16 @@ def test_second_order_configs_round_trip():
     for opt in (fm.optimizers.Newton(damping=1e-3, max_params=500), fm.optimizers.HessianFree(cg_iters=7)):
         back = fm.optimizers.from_config(opt.get_config())
         assert type(back) is type(opt) and back.get_config() == opt.get_config()
+
+
+def test_k_products_from_one_call_equal_k_calls():
+    spec, w, x, y, rng = case(("sigmoid", 0.0), "mse", "tanh", seed=8)
+    m = build(spec, 4, "mse")
+    m.set_weights(w)
+    data, _ = m._data(x, y)
+    V = rng.normal(size=(3, sum(a.size for a in w)))
+    together = m._engine.hessian_vector_product(data, V)[1]
+    for row, v in zip(together, V):
+        np.testing.assert_array_equal(row, m._engine.hessian_vector_product(data, v)[1])
+    with pytest.raises(ValueError, match="k rows"):
+        m._engine.hessian_vector_product(data, V[:, :-1])

@@ -28,7 +28,7 @@ const char* layer_name(LayerKind kind) {
 }  // namespace
 
 template <typename T>
-double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host, T* hv_host) {
+double Engine<T>::hessian_vector_product(const Dataset<T>& data, int64_t k_vectors, const T* v_host, T* hv_host) {
   auto held = lock();
   for (const Op& op : ops_)
     if (op.kind != LayerKind::Dense)
@@ -66,7 +66,11 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     Ra.emplace_back(be, bytes);
     Rd.emplace_back(be, bytes);
   }
-  be->to_backend(V.get(), v_host, p_bytes);
+  // The ordinary passes above serve every direction: only the R-passes run per vector.
+  for (int64_t j = 0; j < k_vectors; ++j) {
+  const T* v_j = v_host + j * num_params_;
+  T* hv_j = hv_host + j * num_params_;
+  be->to_backend(V.get(), v_j, p_bytes);
   const T* P = params_.get();
   T* t = tmp.get();
   // Forward: R{z_i} = R{x_i} W_i + x_i V_W + V_b, R{a_i} = act'(a_i) R{z_i}.
@@ -110,15 +114,16 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, const T* v_host
     be->activation_second_order(cells, outputs_[i - 1], G.get(), RG.get(), Rz[i - 1].get(), ops_[i - 1].act,
                                 Rd[i - 1].get());
   }
-  be->to_host(hv_host, HV.get(), p_bytes);
+  be->to_host(hv_j, HV.get(), p_bytes);
   // The penalty's Hessian: 2 l2 on the kernels (L1's is 0 wherever it is defined).
   for (const ParamSegment& s : segments_)
     if (s.l2 != 0.0)
-      for (int64_t k = s.offset; k < s.offset + s.size; ++k) hv_host[k] += T(2.0 * s.l2) * v_host[k];
+      for (int64_t k = s.offset; k < s.offset + s.size; ++k) hv_j[k] += T(2.0 * s.l2) * v_j[k];
+  }
   return counters.loss_sum / double(data.rows) + regularization_penalty();
 }
 
-template double Engine<float>::hessian_vector_product(const Dataset<float>&, const float*, float*);
-template double Engine<double>::hessian_vector_product(const Dataset<double>&, const double*, double*);
+template double Engine<float>::hessian_vector_product(const Dataset<float>&, int64_t, const float*, float*);
+template double Engine<double>::hessian_vector_product(const Dataset<double>&, int64_t, const double*, double*);
 
 }  // namespace fastmlp

@@ -207,9 +207,10 @@ class Engine {
   LbfgsOutcome lbfgs_step(const Dataset<T>& data, const LbfgsConfig& config);
 
   // H v for the Hessian H of mean loss + penalty over `data` (training mode) at the current
-  // parameters, exactly (R-operator, curvature.cpp); v and hv are host arrays of num_params().
+  // parameters, exactly (R-operator, curvature.cpp), for k vectors at once (one ordinary
+  // forward/backward pass, then one R-pass each); v and hv are host arrays of k x num_params().
   // Returns the loss. Models of Dense layers only; the data must be resident.
-  double hessian_vector_product(const Dataset<T>& data, const T* v_host, T* hv_host);
+  double hessian_vector_product(const Dataset<T>& data, int64_t k, const T* v_host, T* hv_host);
   void reset_lbfgs();
   // One optimizer step on exactly these rows; returns the loss before the step. A step whose
   // loss or update is not finite is undone whole (weights, state and step as before; nonfinite set

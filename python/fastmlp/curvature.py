@@ -67,11 +67,16 @@ def hessian(model, x, y, max_params=HESSIAN_MAX_PARAMS):
     if y is None:
         raise ValueError("hessian needs targets y")
     data, _ = model._data(x, y)
-    dtype = model._compile_args["dtype"]
+    return hessian_of(model._engine, data, n, model._compile_args["dtype"])
+
+
+def hessian_of(engine, data, n, dtype):
+    """The n x n Hessian (float64) from products with the unit vectors, one ordinary pass per
+    block of them (fm.hessian and Newton)."""
     out = np.empty((n, n), dtype=np.float64)
-    e = np.zeros(n, dtype=dtype)
-    for j in range(n):
-        e[j] = 1
-        out[:, j] = model._engine.hessian_vector_product(data, e)[1]
-        e[j] = 0
+    block = max(1, min(n, (1 << 24) // max(n, 1)))  # ~16M values of directions per call
+    for j in range(0, n, block):
+        units = np.zeros((min(block, n - j), n), dtype=dtype)
+        units[np.arange(units.shape[0]), j + np.arange(units.shape[0])] = 1
+        out[:, j:j + units.shape[0]] = engine.hessian_vector_product(data, units)[1].T  # H e_j, column j
     return out

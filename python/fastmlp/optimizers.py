@@ -445,12 +445,9 @@ class Newton(_SecondOrder):
                              "use HessianFree (Hessian-vector products only) or raise max_params")
         loss0, g = engine.compute_gradients(data)
         metric0 = engine.evaluate(data, 1 << 30)["metric"]
-        H = np.empty((n, n))
-        e = np.zeros(n, dtype=theta0.dtype)
-        for j in range(n):
-            e[j] = 1
-            H[:, j] = engine.hessian_vector_product(data, e)[1]
-            e[j] = 0
+        from .curvature import hessian_of
+
+        H = hessian_of(engine, data, n, theta0.dtype)
         H = (H + H.T) / 2
         g = np.asarray(g, dtype=np.float64)
         # Where the loss is not convex, negative eigenvalues count by their size (|H|, the
