@@ -83,7 +83,7 @@ LayerSpec make_layer(const py::handle& h) {
     auto t = h.cast<py::tuple>();
     if (t.size() != 5) throw std::invalid_argument("a Dense layer tuple is (units, activation, param, l1, l2)");
     l.units = int(checked_int(t[0], "units", 1, kIntMax));
-    l.activation.kind = checked_enum(t[1], "activation id", Activation::Softmax);
+    l.activation.kind = checked_enum(t[1], "activation id", kLastActivation);
     l.activation.param = t[2].cast<double>();
     l.l1 = t[3].cast<double>();
     l.l2 = t[4].cast<double>();
@@ -95,7 +95,7 @@ LayerSpec make_layer(const py::handle& h) {
     const py::handle v = item.second;
     if (key == "kind") l.kind = checked_enum(v, "layer kind", LayerKind::Activation);
     else if (key == "units") l.units = int(checked_int(v, "units", 1, kIntMax));
-    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", Activation::Softmax);
+    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", kLastActivation);
     else if (key == "param") l.activation.param = v.cast<double>();
     else if (key == "l1") l.l1 = v.cast<double>();
     else if (key == "l2") l.l2 = v.cast<double>();
@@ -115,7 +115,7 @@ ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const p
   ModelSpec s;
   s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& h : layers) s.layers.push_back(make_layer(h));
-  s.loss = checked_enum(loss, "loss id", Loss::MulticlassHinge);
+  s.loss = checked_enum(loss, "loss id", kLastLoss);
   s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
   return s;
 }
@@ -166,7 +166,8 @@ void bind_engine(py::module_& m, const char* name) {
   py::class_<D, std::shared_ptr<D>>(m, (std::string(name) + "Dataset").c_str())
       .def_property_readonly("rows", [](const D& d) { return d.rows; })
       .def_property_readonly("features", [](const D& d) { return d.x_cols; })
-      .def_property_readonly("target_columns", [](const D& d) { return d.y_cols; })
+      .def_property_readonly("target_columns", [](const D& d) { return d.y_cols - int(d.weighted); })
+      .def_property_readonly("weighted", [](const D& d) { return d.weighted; })
       .def_property_readonly("has_targets", &D::has_targets)
       .def_property_readonly("class_ids", [](const D& d) { return d.class_ids; })
       .def_property_readonly("max_class", [](const D& d) { return d.max_class; })
@@ -247,12 +248,13 @@ void bind_engine(py::module_& m, const char* name) {
              });
            })
       .def("upload",
-           [](const E& e, Array<T> x, std::optional<Array<T>> y) {
+           [](const E& e, Array<T> x, std::optional<Array<T>> y, bool weighted) {
              if (x.ndim() != 2 || x.shape(1) != e.spec().input_dim)
                throw std::invalid_argument("features must be a 2-D array of " + std::to_string(e.spec().input_dim) +
                                            " columns");
              const int64_t rows = x.shape(0);
-             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()));
+             if (weighted && !y) throw std::invalid_argument("weighted data needs targets");
+             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()) + int(weighted));
              const T* yp = y ? y->data() : nullptr;
              // Streamed features are read from this array in place: the dataset keeps it alive.
              auto* array = new py::object(x);
@@ -261,18 +263,20 @@ void bind_engine(py::module_& m, const char* name) {
                py::gil_scoped_acquire gil;
                delete static_cast<const py::object*>(p);
              });
-             return without_gil([&] { return e.upload(x.data(), yp, rows, std::move(keep)); });
+             return without_gil([&] { return e.upload(x.data(), yp, rows, std::move(keep), weighted); });
            },
-           py::arg("x"), py::arg("y") = py::none())
+           py::arg("x"), py::arg("y") = py::none(), py::arg("weighted") = false,
+           "weighted: y's last column is each row's sample weight")
       .def("borrow",
-           [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y, bool copy) {
+           [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y, bool copy, bool weighted) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot use device memory");
              if (rows < 0) throw std::invalid_argument("rows must be >= 0");
-             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()));
+             if (weighted && !y) throw std::invalid_argument("weighted data needs targets");
+             if (y) check_targets_buffer(*y, rows, target_columns(e.spec()) + int(weighted));
              const T* yp = y ? y->data() : nullptr;
-             return without_gil([&] { return e.borrow(reinterpret_cast<const T*>(x), yp, rows, copy); });
+             return without_gil([&] { return e.borrow(reinterpret_cast<const T*>(x), yp, rows, copy, weighted); });
            },
-           py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none(), py::arg("copy") = false)
+           py::arg("x_ptr"), py::arg("rows"), py::arg("y") = py::none(), py::arg("copy") = false, py::arg("weighted") = false)
       .def("read_device_memory",
            [](const E& e, uintptr_t src, size_t bytes) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot read device memory");

@@ -223,10 +223,10 @@ void CudaBackend::normalize_backward(NormSpec n, int rows, int cols, const float
   launch_normalize_backward(n, rows, cols, X, xhat, inv_std, gamma, dY, dgamma, dbeta, x_act, dX, stream_);
 }
 
-void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss, Metric metric,
-                       ActivationSpec out_act, float* dZ, TrainCounters* counters) {
+void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
+                       Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters) {
   bind();
-  launch_loss(rows, n_out, Z, Y, y_cols, loss, metric, out_act, dZ, counters, stream_);
+  launch_loss(rows, n_out, Z, Y, y_cols, weighted, loss, metric, out_act, dZ, counters, stream_);
 }
 
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
@@ -254,10 +254,10 @@ void CudaBackend::activation_second_order(int64_t n, const float* A, const float
   launch_activation_second_order(n, A, G, RG, RZ, act, RD, stream_);
 }
 
-void CudaBackend::loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, Loss loss,
-                                      ActivationSpec out_act, const float* RZ, float* RDZ) {
+void CudaBackend::loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted,
+                                      Loss loss, ActivationSpec out_act, const float* RZ, float* RDZ) {
   bind();
-  launch_loss_hessian_vector(rows, n_out, Z, Y, y_cols, loss, out_act, RZ, RDZ, stream_);
+  launch_loss_hessian_vector(rows, n_out, Z, Y, y_cols, weighted, loss, out_act, RZ, RDZ, stream_);
 }
 
 // Records the step's work without running it. cuBLASLt plans for new shapes are made during the

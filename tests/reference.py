@@ -51,6 +51,8 @@ def act_forward(name, param, z):
     if name == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+    if name == "exponential":
+        return np.exp(z)
     raise KeyError(name)
 
 
@@ -69,6 +71,8 @@ def act_derivative(name, param, z):
         return np.where(z > 0, 1.0, param)
     if name == "elu":
         return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0.0)))
+    if name == "exponential":
+        return np.exp(z)
     raise KeyError(name)
 
 
@@ -106,6 +110,10 @@ def loss_and_grad(loss, out_act, out_param, z, y):
         per = -(y * logp).sum(axis=1)
         grad = np.exp(logp) * y.sum(axis=1, keepdims=True) - y
         return per.mean(), grad / n
+    if loss == "poisson" and out_act == "exponential":
+        # PyTorch's PoissonNLLLoss(log_input=True, full=False): exp(z) - y z, mean over outputs
+        per = (np.exp(z) - y * z).mean(axis=1)
+        return per.mean(), (np.exp(z) - y) / (k * n)
     if loss == "binary_crossentropy":
         # -(y log s + (1-y) log(1-s)) with log s = -softplus(-z), log(1-s) = -softplus(z)
         softplus = lambda t: np.logaddexp(0.0, t)  # noqa: E731
@@ -116,6 +124,9 @@ def loss_and_grad(loss, out_act, out_param, z, y):
     if loss == "mse":
         per = ((a - y) ** 2).mean(axis=1)
         dL_da = 2 * (a - y) / k / n
+    elif loss == "poisson":  # Keras: y_pred - y_true * log(y_pred + epsilon), epsilon = 1e-7
+        per = (a - y * np.log(a + 1e-7)).mean(axis=1)
+        dL_da = (1.0 - y / (a + 1e-7)) / k / n
     elif loss == "multiclass_hinge":
         c = np.asarray(y).reshape(-1).astype(int)
         margins = a - a[np.arange(n), c][:, None] + 1.0
@@ -649,6 +660,8 @@ LOSS_OUTPUTS = [
     ("multiclass_hinge", "linear", False),
     ("multiclass_hinge", "softmax", False),
     ("multiclass_hinge", "tanh", False),
+    ("poisson", "exponential", False),
+    ("poisson", "sigmoid", False),
 ]
 
 

@@ -54,13 +54,16 @@ def data_for(loss, n, d, k, rng):
         y = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
     elif loss == "binary_crossentropy":
         y = rng.integers(0, 2, (n, k)).astype(np.float32)
+    elif loss == "poisson":
+        y = rng.poisson(1.5, (n, k)).astype(np.float32)
     else:
         y = rng.normal(size=(n, k)).astype(np.float32)
     return x, y
 
 
 OUTPUT_FOR_LOSS = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentropy": "softmax",
-                   "binary_crossentropy": "sigmoid", "mse": "linear", "multiclass_hinge": "linear"}
+                   "binary_crossentropy": "sigmoid", "mse": "linear", "multiclass_hinge": "linear",
+                   "poisson": "exponential"}
 ACTIVATIONS = ["linear", "sigmoid", "tanh", "relu", fm.activations.LeakyReLU(0.1), fm.activations.ELU(0.7)]
 REGULARIZERS = [None, fm.regularizers.L2(1e-3), fm.regularizers.L1(1e-3), fm.regularizers.L1L2(1e-3, 1e-3)]
 OPTIMIZERS = {
@@ -108,6 +111,22 @@ def test_gpu_matches_cpu_activation_loss(act, loss):
     cpu, gpu_model = make_pair(layers, loss, OPTIMIZERS["adam"])
     np.testing.assert_allclose(gpu_model.predict(x), cpu.predict(x), rtol=1e-5, atol=1e-6)
     check_steps(cpu, gpu_model, x, y)
+
+
+@gpu
+@pytest.mark.parametrize("loss", sorted(OUTPUT_FOR_LOSS))
+def test_gpu_matches_cpu_with_sample_weights(loss):
+    # The weight column rides with the targets through the gather and the fused loss kernel.
+    rng = np.random.default_rng(11)
+    x, y = data_for(loss, 70, 12, 5, rng)
+    w = rng.uniform(0.0, 3.0, 70).astype(np.float32)
+    layers = [dict(units=16, activation="tanh", input_dim=12), dict(units=5, activation=OUTPUT_FOR_LOSS[loss])]
+    cpu, gpu_model = make_pair(layers, loss, OPTIMIZERS["sgd"])
+    l_cpu, l_gpu = cpu.evaluate(x, y, sample_weight=w)["loss"], gpu_model.evaluate(x, y, sample_weight=w)["loss"]
+    assert abs(l_cpu - l_gpu) <= 1e-5 * max(1.0, abs(l_cpu))
+    for m in (cpu, gpu_model):
+        m.fit(x, y, sample_weight=w, batch_size=16, epochs=2, verbose=0, shuffle=True)
+    assert rel(gpu_model.get_weights(), cpu.get_weights()) <= 1e-4
 
 
 @gpu

@@ -55,6 +55,8 @@ def make_data(loss, n, d, k, rng):
         return x, rng.dirichlet(np.ones(k), n)
     if loss == "binary_crossentropy":
         return x, rng.integers(0, 2, (n, k)).astype(float)
+    if loss == "poisson":
+        return x, rng.poisson(1.5, (n, k)).astype(float)
     return x, rng.normal(size=(n, k))
 
 

@@ -55,6 +55,8 @@ def targets(loss, n, k, rng):
         return rng.dirichlet(np.ones(k), n)
     if loss == "binary_crossentropy":
         return rng.random((n, k))  # soft targets in [0, 1]
+    if loss == "poisson":
+        return rng.poisson(1.5, (n, k)).astype(np.float64)  # counts
     return rng.normal(size=(n, k))
 
 
@@ -79,7 +81,7 @@ def assert_all_close(got, want, tol, what=""):
 # ------------------------------------------------------------------------ forward
 
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))
-@pytest.mark.parametrize("out", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax"])
+@pytest.mark.parametrize("out", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax", "exponential"])
 def test_predict_matches_reference_forward(hidden, out):
     rng = np.random.default_rng(1)
     h = HIDDEN[hidden]

@@ -31,8 +31,11 @@ void with_activation(Activation k, F&& f) {
     case A::Relu: return f(std::integral_constant<A, A::Relu>{});
     case A::LeakyRelu: return f(std::integral_constant<A, A::LeakyRelu>{});
     case A::Elu: return f(std::integral_constant<A, A::Elu>{});
-    default: return f(std::integral_constant<A, A::Linear>{});
+    case A::Exponential: return f(std::integral_constant<A, A::Exponential>{});
+    case A::Linear:
+    case A::Softmax: break;  // a final softmax is the loss's: the layer itself is linear
   }
+  return f(std::integral_constant<A, A::Linear>{});
 }
 
 template <typename T>
@@ -267,7 +270,7 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
-  void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss, Metric metric,
+  void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, Metric metric,
             ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
     const T scale = T(1) / T(rows);
     using Sums = std::pair<double, double>;  // loss, metric
@@ -276,9 +279,10 @@ class CpuBackend final : public Backend<T> {
         [&](int64_t lo, int64_t hi) {
           Sums part{0.0, 0.0};
           for (int64_t i = lo; i < hi; ++i) {
-            const auto r = math::loss_row(loss, metric, out_act, n_out, Z + i * n_out, Y + i * y_cols, scale,
+            const T w = math::row_weight(Y + i * y_cols, y_cols, weighted);
+            const auto r = math::loss_row(loss, metric, out_act, n_out, Z + i * n_out, Y + i * y_cols, scale * w,
                                           dZ ? dZ + i * n_out : nullptr);
-            part.first += r.loss;
+            part.first += double(w) * r.loss;
             part.second += r.metric;
           }
           return part;
@@ -306,12 +310,14 @@ class CpuBackend final : public Backend<T> {
               G[i] * math::activation_second_grad_from_output(act.kind, p, A[i]) * RZ[i];
   }
 
-  void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, Loss loss,
+  void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss,
                            ActivationSpec out_act, const T* RZ, T* RDZ) override {
     const T scale = T(1) / T(rows);
-    for (int i = 0; i < rows; ++i)
-      math::loss_row_hessian_vector(loss, out_act, n_out, Z + int64_t(i) * n_out, Y + int64_t(i) * y_cols,
-                                    RZ + int64_t(i) * n_out, scale, RDZ + int64_t(i) * n_out);
+    for (int i = 0; i < rows; ++i) {
+      const T* y = Y + int64_t(i) * y_cols;
+      math::loss_row_hessian_vector(loss, out_act, n_out, Z + int64_t(i) * n_out, y, RZ + int64_t(i) * n_out,
+                                    scale * math::row_weight(y, y_cols, weighted), RDZ + int64_t(i) * n_out);
+    }
   }
 
   void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,

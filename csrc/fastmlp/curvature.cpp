@@ -37,10 +37,10 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, int64_t k_vecto
   if (logits_activated_)
     throw std::invalid_argument("Hessian-vector products need the output activation on the last Dense layer "
                                 "itself, not in a separate Activation layer after it");
-  if ((spec_.loss == Loss::MeanSquaredError || spec_.loss == Loss::MulticlassHinge) &&
+  if ((spec_.loss == Loss::MeanSquaredError || spec_.loss == Loss::MulticlassHinge || spec_.loss == Loss::Poisson) &&
       out_act_.kind == Activation::Softmax)
-    throw std::invalid_argument("Hessian-vector products of mean squared error or hinge on a softmax output are "
-                                "not supported");
+    throw std::invalid_argument("Hessian-vector products of mean squared error, hinge or Poisson on a softmax "
+                                "output are not supported");
   if (data.streamed)
     throw std::invalid_argument("Hessian-vector products need the data in backend memory (it was streamed)");
   if (!data.has_targets()) throw std::invalid_argument("Hessian-vector products need targets");
@@ -90,7 +90,7 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, int64_t k_vecto
                               Ra[i].get());
   }
   // The loss: R{dL/dz_out} = H_z(loss) R{z_out} / rows.
-  be->loss_hessian_vector(rows, n_out(), logits(), data.y, data.y_cols, spec_.loss, out_act_, Rz[L - 1].get(),
+  be->loss_hessian_vector(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, out_act_, Rz[L - 1].get(),
                           Rd[L - 1].get());
   // Backward: R{dW_i} = R{x_i}^T d_i + x_i^T R{d_i}, R{db_i} = column sums of R{d_i}, and with
   // g = d_i W_i^T: R{d_{i-1}} = (R{d_i} W_i^T + d_i V_W^T) act'(a_{i-1}) + g act''(a_{i-1}) R{z_{i-1}}.

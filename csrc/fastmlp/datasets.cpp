@@ -19,16 +19,25 @@ std::atomic<uint64_t> next_dataset_id{1};
 }  // namespace
 
 namespace {
-// Describes host targets y (rows x target_columns) for `spec`: class ids are checked to be
-// integers in [0, outputs) here, once, so no kernel ever indexes outside a row of logits.
+// Describes host targets y (rows x target_columns, plus a weight column when weighted) for
+// `spec`: class ids are checked to be integers in [0, outputs) here, once, so no kernel ever
+// indexes outside a row of logits; weights to be finite and >= 0.
 template <typename T>
-void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
-  d.y_cols = y_host ? target_columns(spec) : 0;
+void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host, bool weighted) {
+  d.weighted = y_host && weighted;
+  d.y_cols = y_host ? target_columns(spec) + int(d.weighted) : 0;
   d.class_ids = y_host && takes_class_ids(spec.loss);
+  if (d.weighted)
+    for (int64_t r = 0; r < d.rows; ++r) {
+      const T w = y_host[r * d.y_cols + d.y_cols - 1];
+      if (!(std::isfinite(double(w)) && w >= T(0)))
+        throw std::invalid_argument("sample_weight " + std::to_string(r) + " is " + std::to_string(double(w)) +
+                                    ": weights must be finite and >= 0");
+    }
   if (!d.class_ids) return;
   const int n_out = output_width(spec);
   for (int64_t r = 0; r < d.rows; ++r) {
-    const T c = y_host[r];
+    const T c = y_host[r * d.y_cols];
     if (!(c >= T(0) && c < T(n_out)) || c != std::floor(c))
       throw std::invalid_argument("target " + std::to_string(r) + " is " + std::to_string(double(c)) +
                                   ": class ids must be integers in [0, " + std::to_string(n_out) + ")");
@@ -40,13 +49,13 @@ void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host) {
 // the backend whose memory it will use.
 template <typename T>
 std::shared_ptr<Dataset<T>> new_dataset(const std::shared_ptr<Backend<T>>& backend, const ModelSpec& spec,
-                                        int64_t rows, const T* y_host) {
+                                        int64_t rows, const T* y_host, bool weighted) {
   auto d = std::make_shared<Dataset<T>>();
   d->owner = backend;
   d->device = backend->name();
   d->rows = rows;
   d->x_cols = spec.input_dim;
-  describe_targets(*d, spec, y_host);
+  describe_targets(*d, spec, y_host, weighted);
   return d;
 }
 }  // namespace
@@ -65,9 +74,9 @@ void Engine<T>::make_resident(Dataset<T>& d, const T* x, const T* y) const {
 
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
-                                              std::shared_ptr<const void> keep) const {
+                                              std::shared_ptr<const void> keep, bool weighted) const {
   auto held = lock();
-  auto d = new_dataset(backend_, spec_, rows, y);
+  auto d = new_dataset(backend_, spec_, rows, y, weighted);
   const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
   bool resident = bytes <= budget();
   if (resident) {
@@ -96,9 +105,10 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
 }
 
 template <typename T>
-std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy) const {
+std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy,
+                                              bool weighted) const {
   auto held = lock();
-  auto d = new_dataset(backend_, spec_, rows, y_host);
+  auto d = new_dataset(backend_, spec_, rows, y_host, weighted);
   d->x = x_backend;
   // Another library may still be writing the array on its own stream.
   backend_->synchronize_device();
@@ -138,9 +148,10 @@ void Engine<T>::check_dataset(const Dataset<T>& data, const char* what, bool nee
     throw std::invalid_argument(w + (data.class_ids ? " holds one class id per row but this model's loss takes "
                                                     : " holds target rows but this model's loss takes one class id per row") +
                                 (data.class_ids ? std::to_string(target_columns(spec_)) + " target values per row" : ""));
-  if (data.y_cols != target_columns(spec_))
-    throw std::invalid_argument(w + " has " + std::to_string(data.y_cols) + " target columns but the model has " +
-                                std::to_string(target_columns(spec_)) + " outputs");
+  if (data.y_cols - int(data.weighted) != target_columns(spec_))
+    throw std::invalid_argument(w + " has " + std::to_string(data.y_cols - int(data.weighted)) +
+                                " target columns but the model has " + std::to_string(target_columns(spec_)) +
+                                " outputs");
   if (data.class_ids && data.max_class >= n_out())
     throw std::invalid_argument(w + " has class ids up to " + std::to_string(data.max_class) + " but the model has " +
                                 std::to_string(n_out()) + " output units");
@@ -184,6 +195,7 @@ int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
   stream_.view.y = stream_.y.get();
   stream_.view.x_cols = data.x_cols;
   stream_.view.y_cols = data.y_cols;
+  stream_.view.weighted = data.weighted;
   stream_.view.rows = rows;
   stream_.view.device = backend_->name();
   return rows;
@@ -221,8 +233,8 @@ void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t
 #define FASTMLP_INSTANTIATE_DATASETS(T)                                                                      \
   template void Engine<T>::make_resident(Dataset<T>&, const T*, const T*) const;                             \
   template std::shared_ptr<Dataset<T>> Engine<T>::upload(const T*, const T*, int64_t,                        \
-                                                         std::shared_ptr<const void>) const;                  \
-  template std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T*, const T*, int64_t, bool) const;          \
+                                                         std::shared_ptr<const void>, bool) const;            \
+  template std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T*, const T*, int64_t, bool, bool) const;    \
   template void Engine<T>::check_dataset(const Dataset<T>&, const char*, bool) const;                        \
   template int64_t Engine<T>::prepare_stream(const Dataset<T>&, int);                                        \
   template void Engine<T>::prepare_stream_epoch(const Dataset<T>&, int);                                     \

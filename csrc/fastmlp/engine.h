@@ -99,6 +99,9 @@ struct Dataset {
   std::string device;      // owner->name(): engines on another device cannot read this memory
   bool class_ids = false;  // y holds one class id per row (checked integers in [0, max_class])
   int64_t max_class = -1;  // largest class id in y
+  // y's last column is each row's sample weight (y_cols = target columns + 1): the loss of a row
+  // and its gradient are multiplied by it, the batch's mean still divides by the row count.
+  bool weighted = false;
   uint64_t id = 0;  // changes whenever the memory behind x / y may have changed
 };
 
@@ -156,8 +159,9 @@ class Engine {
   // when they exceed data_budget() (or the allocation fails), keeps them in host memory to be
   // streamed: x read in place when `keep` keeps it alive as long as it lives, else from a copy;
   // y always from a copy (class ids are checked once, here).
+  // weighted: y has one more column, each row's sample weight (finite, >= 0; checked here).
   std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows,
-                                     std::shared_ptr<const void> keep = nullptr) const;
+                                     std::shared_ptr<const void> keep = nullptr, bool weighted = false) const;
   // Bytes of backend memory a dataset may take before it is streamed: the backend's figure
   // (free GPU memory less a reserve; unlimited on the CPU) unless set here (tests, or to leave
   // GPU memory to others). nullopt restores the backend's figure.
@@ -168,7 +172,8 @@ class Engine {
   // Uses features already in backend memory (device pointers for CUDA) without a copy, the
   // caller keeping them alive and unchanged; or, with own_copy, copies them into new backend
   // memory. Targets, if any, are host memory and are copied.
-  std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy = false) const;
+  std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy = false,
+                                     bool weighted = false) const;
 
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.

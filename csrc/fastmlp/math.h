@@ -50,13 +50,14 @@ FASTMLP_HD T activate(Activation kind, T param, T z) {
     case Activation::Relu: return z > T(0) ? z : T(0);
     case Activation::LeakyRelu: return z > T(0) ? z : param * z;
     case Activation::Elu: return z > T(0) ? z : param * (exp(z) - T(1));
+    case Activation::Exponential: return exp(z);
     default: return z;  // Linear; Softmax is a row operation, see softmax_row
   }
 }
 
 // f'(z) written in terms of the output a = f(z), so the forward pass stores only a.
-// Valid because every supported activation is monotone with f(z) > 0 <=> z > 0
-// (leaky slope >= 0 and elu alpha > 0 are enforced when a layer is built).
+// Valid because every supported activation is monotone with f(z) > 0 <=> z > 0, or (exp) its own
+// derivative (leaky slope >= 0 and elu alpha > 0 are enforced when a layer is built).
 template <typename T>
 FASTMLP_HD T activation_grad_from_output(Activation kind, T param, T a) {
   switch (kind) {
@@ -65,6 +66,7 @@ FASTMLP_HD T activation_grad_from_output(Activation kind, T param, T a) {
     case Activation::Relu: return a > T(0) ? T(1) : T(0);
     case Activation::LeakyRelu: return a > T(0) ? T(1) : param;
     case Activation::Elu: return a > T(0) ? T(1) : a + param;
+    case Activation::Exponential: return a;
     default: return T(1);
   }
 }
@@ -77,6 +79,7 @@ FASTMLP_HD T activation_second_grad_from_output(Activation kind, T param, T a) {
     case Activation::Sigmoid: return a * (T(1) - a) * (T(1) - T(2) * a);
     case Activation::Tanh: return T(-2) * a * (T(1) - a * a);
     case Activation::Elu: return a > T(0) ? T(0) : a + param;
+    case Activation::Exponential: return a;
     default: return T(0);
   }
 }
@@ -120,6 +123,17 @@ template <typename T>
 FASTMLP_HD T bce_with_logit(T z, T y) {
   return (z > T(0) ? z : T(0)) - z * y + log1p(exp(-fabs(z)));
 }
+
+// The weight of a row whose targets carry one in their last column (sample_weight: the row's
+// loss, and so its gradient, is multiplied by it; the batch mean still divides by the row count,
+// as Keras does), else 1.
+template <typename T>
+FASTMLP_HD T row_weight(const T* y_row, int y_cols, bool weighted) {
+  return weighted ? y_row[y_cols - 1] : T(1);
+}
+
+// Keras's backend epsilon, inside the Poisson loss's logarithm when the output is not exp.
+constexpr double kPoissonEpsilon = 1e-7;
 
 struct RowResult {
   double loss;
@@ -171,11 +185,34 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
       if (metric == Metric::BinaryAccuracy) r.metric = double(hits * inv_n);
       return r;
     }
+    case Loss::Poisson: {
+      if (out.kind != Activation::Exponential) break;  // on another output: the general form below
+      // The log link fused in (PyTorch's PoissonNLLLoss(log_input=True)): a = e^z, so
+      // a - y log a = e^z - y z, mean over the outputs.
+      const T inv_n = T(1) / T(n);
+      T l = T(0);
+      for (int j = 0; j < n; ++j) {
+        const T a = exp(z[j]);
+        l += a - y[j] * z[j];
+        if (dz) dz[j] = (a - y[j]) * inv_n * scale;
+      }
+      r.loss = double(l * inv_n);
+      return r;
+    }
     default: break;
   }
-  // MSE and hinge act on the activated output a = f(z).
+  // MSE, hinge and Poisson (on an output other than exp) act on the activated output a = f(z).
   const T lse = out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0);
-  if (loss == Loss::MeanSquaredError) {
+  if (loss == Loss::Poisson) {  // Keras's poisson: mean_j a_j - y_j log(a_j + eps)
+    const T inv_n = T(1) / T(n), eps = T(kPoissonEpsilon);
+    T l = T(0);
+    for (int j = 0; j < n; ++j) {
+      const T a = output_value(out, lse, z[j]);
+      l += a - y[j] * log(a + eps);
+      if (dz) dz[j] = (T(1) - y[j] / (a + eps)) * inv_n * scale;  // dL/da for now
+    }
+    r.loss = double(l * inv_n);
+  } else if (loss == Loss::MeanSquaredError) {
     const T inv_n = T(1) / T(n);
     T l = T(0), abs_err = T(0);
     for (int j = 0; j < n; ++j) {
@@ -268,6 +305,21 @@ FASTMLP_HD void loss_row_hessian_vector(Loss loss, const ActivationSpec& out, in
         rdz[j] = on ? activation_second_grad_from_output(out.kind, param, a) * rz[j] * scale : T(0);
       }
       rdz[c] = -active * activation_second_grad_from_output(out.kind, param, ac) * rz[c] * scale;
+      return;
+    }
+    case Loss::Poisson: {  // (1/n) (L''(a) f'^2 + L'(a) f''), L = a - y log(a + eps); e^z fused: e^z / n
+      const T inv_n = T(1) / T(n), param = T(out.param), eps = T(kPoissonEpsilon);
+      for (int j = 0; j < n; ++j) {
+        if (out.kind == Activation::Exponential) {
+          rdz[j] = exp(z[j]) * inv_n * rz[j] * scale;
+          continue;
+        }
+        const T a = activate(out.kind, param, z[j]);
+        const T d1 = activation_grad_from_output(out.kind, param, a);
+        const T d2 = activation_second_grad_from_output(out.kind, param, a);
+        const T s = T(1) / (a + eps);
+        rdz[j] = inv_n * (y[j] * s * s * d1 * d1 + (T(1) - y[j] * s) * d2) * rz[j] * scale;
+      }
       return;
     }
   }

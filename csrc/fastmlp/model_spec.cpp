@@ -77,7 +77,7 @@ const char* kind_name(LayerKind k) {
 }
 
 void validate_activation(const ActivationSpec& a, const std::string& where) {
-  if (int(a.kind) < 0 || a.kind > Activation::Softmax) throw std::invalid_argument(where + ": unknown activation");
+  if (int(a.kind) < 0 || a.kind > kLastActivation) throw std::invalid_argument(where + ": unknown activation");
   if (a.kind == Activation::LeakyRelu && !(a.param >= 0.0 && std::isfinite(a.param)))
     throw std::invalid_argument(where + ": leaky_relu slope must be a finite number >= 0");
   if (a.kind == Activation::Elu && !(a.param > 0.0 && std::isfinite(a.param)))

@@ -82,7 +82,8 @@ void Engine<T>::ensure_workspace(int rows) {
     inv_std.emplace_back(be, norm ? sizeof(T) * (op.norm.axis == NormAxis::Batch ? op.out : rows) : 0);
   }
   BackendBuffer<T> x_batch(be, sizeof(T) * size_t(rows) * spec_.input_dim);
-  BackendBuffer<T> y_batch(be, sizeof(T) * size_t(rows) * n_out());
+  // A batch's targets: at most n_out columns, and one more for a sample weight (Dataset::weighted).
+  BackendBuffer<T> y_batch(be, sizeof(T) * size_t(rows) * (target_columns(spec_) + 1));
   acts_ = std::move(acts);
   dz_ = std::move(dz);
   records_ = std::move(records);

@@ -5,7 +5,8 @@
 
 namespace fastmlp {
 
-enum class Activation : int32_t { Linear = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Softmax };
+enum class Activation : int32_t { Linear = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Softmax, Exponential };
+constexpr Activation kLastActivation = Activation::Exponential;  // ids are checked against it
 
 // Every loss is computed from the output layer's pre-activation z, fused with the output
 // activation, so softmax/sigmoid + cross-entropy use the stable log-sum-exp forms.
@@ -15,7 +16,9 @@ enum class Loss : int32_t {
   BinaryCrossentropy,                 // targets: 0/1 (or soft) per output
   MeanSquaredError,                   // targets: real values per output
   MulticlassHinge,                    // targets: one integer class per row
+  Poisson,                            // targets: counts or rates >= 0 per output
 };
+constexpr Loss kLastLoss = Loss::Poisson;  // ids are checked against it
 
 // Metric accumulated next to the loss: accuracy for classifiers, mean absolute error otherwise.
 enum class Metric : int32_t { None = 0, Accuracy, BinaryAccuracy, MeanAbsoluteError };

@@ -3,13 +3,15 @@ from ._core import LAYER_KINDS, OPTIMIZER_KINDS
 
 LAYER_IDS = dict(LAYER_KINDS)  # exported by the core itself
 
-ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6}
+ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6,
+                  "exponential": 7}
 LOSS_IDS = {
     "sparse_categorical_crossentropy": 0,
     "categorical_crossentropy": 1,
     "binary_crossentropy": 2,
     "mse": 3,
     "multiclass_hinge": 4,
+    "poisson": 5,
 }
 METRIC_IDS = {None: 0, "accuracy": 1, "binary_accuracy": 2, "mae": 3}
 OPTIMIZER_IDS = dict(OPTIMIZER_KINDS)  # exported by the core from its list of optimizers

@@ -99,6 +99,51 @@ def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype, loss=No
     return out
 
 
+def as_sample_weight(w, name: str, n: int, dtype) -> np.ndarray:
+    """One finite weight >= 0 per sample, as a C-contiguous 1-D array of dtype."""
+    try:
+        arr = _host_array(w)
+    except Exception as exc:
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) \
+            or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must hold one weight per sample, shape ({n},), got {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or Inf (or values too large for {np.dtype(dtype).name})")
+    if (out < 0).any():
+        raise ValueError(f"{name} contains negative weights (min {float(out.min()):g}); weights must be >= 0")
+    return out
+
+
+def class_weights_to_sample_weights(class_weight, y: np.ndarray, n_out: int, class_ids: bool, dtype) -> np.ndarray:
+    """Keras's class_weight ({class index: weight}, classes not listed weigh 1) as one weight per
+    row of the validated targets y: the class is the id (sparse labels), the argmax of a target
+    row (one-hot / soft labels), or the rounded 0/1 value of a single binary output."""
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+    n_classes = max(n_out, 2)
+    table = np.ones(n_classes, dtype=np.float64)
+    for k, v in class_weight.items():
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < n_classes:
+            raise ValueError(f"class_weight has key {k!r}; keys must be class indices in [0, {n_classes - 1}]")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"class_weight[{k}] is {v!r}; weights must be finite numbers >= 0")
+        table[int(k)] = float(v)
+    if class_ids:
+        cls = y[:, 0].astype(np.int64)
+    elif y.shape[1] == 1:
+        cls = (y[:, 0] > 0.5).astype(np.int64)
+    else:
+        cls = np.argmax(y, axis=1)
+    return np.ascontiguousarray(table[cls], dtype=dtype)
+
+
 # Upper bounds of the native integer types the values end in: a larger Python int would make
 # pybind11 raise its own TypeError ("incompatible function arguments") instead of ours.
 INT32_MAX = 2 ** 31 - 1  # batch sizes, units, rows (C int)

@@ -71,6 +71,12 @@ class ELU(Activation):
         self.param = alpha
 
 
+class Exponential(Activation):
+    """exp(z): Keras's 'exponential', the log link of a Poisson regression's output."""
+
+    name = "exponential"
+
+
 class Softmax(Activation):
     """Row-wise softmax; output layer only."""
 
@@ -79,7 +85,7 @@ class Softmax(Activation):
 
 _BY_NAME = {
     "linear": Linear, None: Linear, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
-    "leaky_relu": LeakyReLU, "elu": ELU, "softmax": Softmax,
+    "leaky_relu": LeakyReLU, "elu": ELU, "softmax": Softmax, "exponential": Exponential,
 }
 
 

@@ -6,6 +6,9 @@ categorical_crossentropy         sum_j y_j * (logsumexp(z) - z_j)   (softmax out
 binary_crossentropy              mean_j max(z,0) - z*y + log(1 + exp(-|z|))   (sigmoid output)
 mse                              mean_j (a_j - y_j)^2, a = output activation(z)
 multiclass_hinge                 sum_{j != y} max(0, a_j - a_y + 1)  (the lectures' SVM loss)
+poisson                          mean_j a_j - y_j log(a_j + 1e-7)   (Keras; targets >= 0). On an
+                                 exponential output it is e^z - y z, exactly (PyTorch's
+                                 PoissonNLLLoss(log_input=True)): the Poisson deviance up to a constant
 
 Cross-entropies need a softmax (or sigmoid for BCE) output layer, or a linear output with
 from_logits=True; either way they are evaluated on the logits, so they stay finite for logits
@@ -27,6 +30,7 @@ _ALIASES = {
     "multiclass_hinge": "multiclass_hinge",
     "hinge": "multiclass_hinge",
     "categorical_hinge": "multiclass_hinge",
+    "poisson": "poisson",
 }
 
 
@@ -46,6 +50,8 @@ class Loss:
         probabilities (one-hot or soft labels); labels 0..9 with BCE would train to a negative loss."""
         if self.name in ("binary_crossentropy", "categorical_crossentropy"):
             return (0.0, 1.0)
+        if self.name == "poisson":  # counts or rates
+            return (0.0, float("inf"))
         return None
 
     def get_config(self) -> dict:
@@ -64,8 +70,9 @@ CategoricalCrossentropy = _loss_class("categorical_crossentropy")
 BinaryCrossentropy = _loss_class("binary_crossentropy")
 MeanSquaredError = _loss_class("mse")
 MulticlassHinge = _loss_class("multiclass_hinge")
+Poisson = _loss_class("poisson")
 _BY_NAME = {c.name: c for c in (SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
-                                MeanSquaredError, MulticlassHinge)}
+                                MeanSquaredError, MulticlassHinge, Poisson)}
 
 
 def get(identifier) -> Loss:
@@ -86,4 +93,4 @@ def from_config(config: dict) -> Loss:
 
 
 __all__ = ["Loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy",
-           "MeanSquaredError", "MulticlassHinge", "get", "LOSS_IDS"]
+           "MeanSquaredError", "MulticlassHinge", "Poisson", "get", "LOSS_IDS"]

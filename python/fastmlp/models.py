@@ -65,8 +65,8 @@ def _resolve_metric(metrics, loss: _losses.Loss):
         raise TypeError(f"metrics must be names such as 'accuracy', got {m!r}")
     key = m.lower()
     if key in ("accuracy", "acc", "binary_accuracy"):
-        if loss.name == "mse":
-            raise ValueError("accuracy needs a classification loss; use metrics=['mae'] with mse")
+        if loss.name in ("mse", "poisson"):
+            raise ValueError(f"accuracy needs a classification loss, not {loss.name}")
         native = "binary_accuracy" if loss.name == "binary_crossentropy" else "accuracy"
         if key == "binary_accuracy" and native != "binary_accuracy":
             raise ValueError("binary_accuracy goes with binary_crossentropy; use 'accuracy'")
@@ -296,9 +296,9 @@ class Sequential:
     def _xy(self, x, y, xname="x", yname="y"):
         return _model_data.features_and_targets(self, x, y, xname, yname)
 
-    def _data(self, x, y=None, xname="x", yname="y", copy_device_arrays=False):
+    def _data(self, x, y=None, xname="x", yname="y", copy_device_arrays=False, sample_weight=None):
         """Validated (x, y) as an engine dataset and its row count (fastmlp.model_data.dataset)."""
-        return _model_data.dataset(self, x, y, xname, yname, copy_device_arrays)
+        return _model_data.dataset(self, x, y, xname, yname, copy_device_arrays, sample_weight)
 
     def _upload_arrays(self, x, y, xname, yname):
         return _model_data.upload_arrays(self, x, y, xname, yname)
@@ -319,15 +319,16 @@ class Sequential:
         if self._engine is not None:
             self._engine.data_budget = value
 
-    def upload(self, x, y=None) -> ResidentDataset:
+    def upload(self, x, y=None, sample_weight=None) -> ResidentDataset:
         """Validates x (and y) and copies them once into this model's backend memory (the GPU for a
         CUDA model; GPU arrays are copied there too, so the source may go). Pass the result to fit / evaluate / predict in place of x, here or in any other
         compiled model on the same device with the same dtype, input width and target layout, to
-        train many times (or many models) without copying the data again."""
+        train many times (or many models) without copying the data again. sample_weight (with y):
+        one weight >= 0 per row, kept with the targets (as fit's sample_weight)."""
         self._require_compiled("upload")
         if isinstance(x, ResidentDataset):
             raise TypeError("x is already a ResidentDataset")
-        native, _ = self._data(x, y, copy_device_arrays=True)
+        native, _ = self._data(x, y, copy_device_arrays=True, sample_weight=sample_weight)
         return ResidentDataset(native, self._dtype)
 
     def _metric_logs(self, result: dict, prefix="") -> dict:
@@ -335,12 +336,17 @@ class Sequential:
 
     # ----------------------------------------------------------------------- fit
     def fit(self, x, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, initial_epoch=0, sample_weight=None, class_weight=None):
         """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
         batch_size: None means 32 (Keras), or all training rows with a full-batch method (LBFGS,
         Newton, HessianFree: one step of it per epoch; a smaller batch_size takes one step per batch).
         x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
-        validation_data: a tuple (x_val, y_val) or a ResidentDataset with targets."""
+        validation_data: a tuple (x_val, y_val), (x_val, y_val, val_sample_weight) or a
+        ResidentDataset with targets.
+        sample_weight: one weight >= 0 per row; class_weight: {class index: weight} (classes not
+        listed weigh 1), multiplied into sample_weight. As in Keras, a batch's loss is the sum of
+        weight * loss over its rows divided by its row count (not by the sum of the weights), and
+        the metric is not weighted."""
         self._require_compiled("fit")
         with self._lock:
             if self._fit_thread is not None:
@@ -350,18 +356,19 @@ class Sequential:
             self._fit_thread = threading.get_ident()
         try:
             return _training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                                 validation_data, shuffle, initial_epoch)
+                                 validation_data, shuffle, initial_epoch, sample_weight, class_weight)
         finally:
             self._fit_thread = None
 
     # --------------------------------------------------------- evaluate / predict
-    def evaluate(self, x, y=None, batch_size=None, verbose=0):
-        """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}."""
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None):
+        """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}.
+        sample_weight: the loss is the mean over the rows of weight * loss (as in fit)."""
         self._require_compiled("evaluate")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
         if y is None and not isinstance(x, ResidentDataset):
             raise ValueError("evaluate got no targets (y is None): call evaluate(x, y)")
-        data, _ = self._data(x, y)
+        data, _ = self._data(x, y, sample_weight=sample_weight)
         result = self._engine.evaluate(data, bs)
         logs = self._metric_logs(result)
         if verbose:

@@ -62,6 +62,9 @@ class Optimizer:
     def lr(self, value):
         self.schedule.initial_lr = _number("lr", value)
 
+    # Keras's (and scikit-learn's optimizers') name for the same rate.
+    learning_rate = lr
+
     def copy(self) -> "Optimizer":
         """An independent deep copy (schedule included): a model compiled with it shares no state
         with others, so set_learning_rate on one model leaves the others' rates alone."""

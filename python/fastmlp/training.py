@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from ._interop import cuda_array
-from ._validation import non_negative_int, positive_int
+from ._validation import as_sample_weight, class_weights_to_sample_weights, non_negative_int, positive_int
 from .callbacks import CallbackList, History
 from .resident import ResidentDataset
 
@@ -29,8 +29,29 @@ def metric_logs(model, result: dict, prefix="") -> dict:
     return logs
 
 
+def _row_weights(model, x, y, sample_weight, class_weight):
+    """fit's sample_weight times class_weight's weight of each row's class, validated (None when
+    neither is given). Returns (x, y, weights): host x and y come back validated."""
+    if sample_weight is None and class_weight is None:
+        return x, y, None
+    if isinstance(x, ResidentDataset):
+        raise ValueError("sample_weight and class_weight cannot be applied to a ResidentDataset; upload the weights "
+                         "with it: model.upload(x, y, sample_weight=...)")
+    if cuda_array(x):
+        if class_weight is not None:
+            raise ValueError("class_weight needs host arrays; pass sample_weight computed from the classes instead")
+        return x, y, sample_weight
+    x, y = model._xy(x, y)
+    w = None if sample_weight is None else as_sample_weight(sample_weight, "sample_weight", x.shape[0], model._dtype)
+    if class_weight is not None:
+        loss = model._compile_args["loss"]
+        cw = class_weights_to_sample_weights(class_weight, y, model._output_dim(), loss.takes_class_ids, model._dtype)
+        w = cw if w is None else np.ascontiguousarray(w * cw, dtype=model._dtype)
+    return x, y, w
+
+
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-         initial_epoch):
+         initial_epoch, sample_weight=None, class_weight=None):
     from .optimizers import FullBatchOptimizer
 
     full_batch = isinstance(model.optimizer, FullBatchOptimizer)
@@ -50,8 +71,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     if isinstance(x, ResidentDataset) and not x.has_targets:
         raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
     if validation_data is not None and not isinstance(validation_data, ResidentDataset):
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a tuple (x_val, y_val) or a ResidentDataset")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a tuple (x_val, y_val), (x_val, y_val, val_sample_weight) or a "
+                             "ResidentDataset")
+    x, y, weights = _row_weights(model, x, y, sample_weight, class_weight)
     if validation_split > 0.0:
         if cuda_array(x) or isinstance(x, ResidentDataset):
             raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
@@ -63,9 +86,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             if n_val == 0 or n_val == x.shape[0]:
                 raise ValueError(f"validation_split={validation_split} leaves no training or validation "
                                  f"samples out of {x.shape[0]}")
-            validation_data = (x[-n_val:], y[-n_val:])
+            validation_data = (x[-n_val:], y[-n_val:]) + (() if weights is None else (weights[-n_val:],))
             x, y = x[:-n_val], y[:-n_val]
-    train_data, n_train = model._data(x, y)
+            weights = None if weights is None else weights[:-n_val]
+    train_data, n_train = model._data(x, y, sample_weight=weights)
     if batch_size is None:
         batch_size = n_train if full_batch else 32
     host_batches = None  # a full-batch method on mini-batches: each batch of fit is one of its steps
@@ -73,14 +97,16 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         if isinstance(x, ResidentDataset) or cuda_array(x):
             raise ValueError(f"{type(model.optimizer).__name__} on batches smaller than the training set "
                              f"({batch_size} < {n_train}) needs host arrays; leave batch_size=None for all rows")
-        host_batches = model._xy(x, y)
+        host_batches = model._xy(x, y) + (weights,)
     val_data = None
     if isinstance(validation_data, ResidentDataset):
         if not validation_data.has_targets:
             raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
         val_data, _ = model._data(validation_data, None, "validation data")
     elif validation_data is not None:
-        val_data, _ = model._data(validation_data[0], validation_data[1], "validation x", "validation y")
+        val_weights = validation_data[2] if len(validation_data) == 3 else None
+        val_data, _ = model._data(validation_data[0], validation_data[1], "validation x", "validation y",
+                                  sample_weight=val_weights)
     engine = model._engine
     history = History()
     params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
@@ -131,13 +157,13 @@ def full_batch_steps(model, engine, xy, batch_size, seed):
     a PyTorch user calls optimizer.step(closure) on each batch: rows in shuffled order (seed, or
     as given), each batch uploaded and stepped natively. Returns fit's epoch result: the mean over
     rows of each batch's loss and metric before its step."""
-    x, y = xy
+    x, y, w = xy
     n = x.shape[0]
     order = np.arange(n) if seed is None else np.asarray(_core.shuffled_indices(n, seed))
     loss = metric = 0.0
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
-        data, _ = model._data(x[rows], y[rows])
+        data, _ = model._data(x[rows], y[rows], sample_weight=None if w is None else w[rows])
         r = model.optimizer.step(engine, data)
         if r["nonfinite"]:
             return {"loss": float("nan"), "metric": float("nan"), "nonfinite": True}
