@@ -110,13 +110,14 @@ def test_partial_fit():
         clf.partial_fit(X[:50], Y3[:50])
     for i in range(0, 300, 50):
         clf.partial_fit(X[i:i + 50], Y3[i:i + 50], classes=[0, 1, 2])
-    assert clf.n_iter_ == 6 and list(clf.classes_) == [0, 1, 2]
+    # scikit-learn's counters: n_iter_ counts the epochs of the last call, t_ every sample seen
+    assert clf.n_iter_ == 1 and clf.t_ == 300 and len(clf.loss_curve_) == 6 and list(clf.classes_) == [0, 1, 2]
     with pytest.raises(ValueError, match="not in classes_"):
         clf.partial_fit(X[:5], np.array([0, 1, 2, 3, 0]))
     with pytest.raises(ValueError, match="features"):
         clf.partial_fit(X[:5, :3], Y3[:5])
     reg = MLPRegressor(random_state=0, device="cpu").partial_fit(X, YR).partial_fit(X, YR)
-    assert reg.n_iter_ == 2 and reg.predict(X[:3]).shape == (3,)
+    assert reg.n_iter_ == 1 and len(reg.loss_curve_) == 2 and reg.predict(X[:3]).shape == (3,)
 
 
 @pytest.mark.parametrize("params, word", [
@@ -257,3 +258,130 @@ def test_input_dtype_is_kept(cls, dtype):
     assert est.model_._compile_args["dtype"] == dtype
     out = est.predict_proba(x) if cls is fm.MLPClassifier else est.predict(x)
     assert out.dtype == dtype
+
+
+def test_initial_weights_are_scikit_learns():
+    # With an int random_state the network starts from scikit-learn's very weights (its
+    # _init_coef draws, in its order): max_iter=1 of lbfgs changes them, so compare max_fun's
+    # first evaluation instead, through the loss of the untrained network.
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    x, y = X[:60], Y3[:60]
+    for act in ("relu", "logistic"):
+        ours = MLPClassifier(hidden_layer_sizes=(7,), activation=act, random_state=3, device="cpu", max_iter=1,
+                             learning_rate_init=1e-12, solver="sgd", momentum=0.0).fit(x, y)
+        theirs = SkMLP(hidden_layer_sizes=(7,), activation=act, random_state=3, max_iter=1,
+                       learning_rate_init=1e-12, solver="sgd", momentum=0.0).fit(x, y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_sgd_steps_equal_scikit_learns_for_every_loss_scale():
+    # fastmlp's losses are 2x (squared error) or 1/K (multilabel BCE) scikit-learn's; the SGD rate
+    # and the penalty are rescaled so one full-batch step moves the weights exactly as scikit-learn's.
+    from sklearn.neural_network import MLPClassifier as SkC, MLPRegressor as SkR
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(40, 4))
+    cases = [(MLPRegressor, SkR, rng.normal(size=40)), (MLPRegressor, SkR, rng.normal(size=(40, 3))),
+             (MLPClassifier, SkC, rng.integers(0, 2, (40, 3))), (MLPClassifier, SkC, rng.integers(0, 3, 40))]
+    for ours_cls, sk_cls, y in cases:
+        kw = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, learning_rate_init=0.3, alpha=1e-2,
+                  batch_size=40, max_iter=1, random_state=0, shuffle=False)
+        ours, theirs = ours_cls(device="cpu", **kw).fit(x, y), sk_cls(**kw).fit(x, y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_multilabel_targets_sigmoid_per_label():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(120, 6))
+    Y = np.column_stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < 0.3]).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(16,), solver="lbfgs", random_state=0, device="cpu").fit(x, Y)
+    assert clf.n_outputs_ == 3 and clf.out_activation_ == "logistic" and list(clf.classes_) == [0, 1, 2]
+    p = clf.predict_proba(x)
+    assert p.shape == (120, 3) and not np.allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.predict(x), (p > 0.5).astype(int))
+    assert clf.score(x, Y) > 0.9
+    with pytest.raises(ValueError, match="multilabel indicator"):
+        MLPClassifier(device="cpu").fit(x, np.column_stack([Y[:, 0], Y[:, 1] * 2 + 3]))
+
+
+def test_sparse_input_gives_the_dense_result():
+    sp = pytest.importorskip("scipy.sparse")
+    x = np.where(np.abs(X) > 1, X, 0.0)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=20, random_state=0, device="cpu")
+    dense = MLPClassifier(**kw).fit(x, Y3)
+    sparse = MLPClassifier(**kw).fit(sp.csr_matrix(x), Y3)
+    for a, b in zip(dense.coefs_, sparse.coefs_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dense.predict_proba(x), sparse.predict_proba(sp.csc_matrix(x)))
+
+
+def test_learning_rate_schedules_of_sgd():
+    x, y = X[:40], Y3[:40]
+    inv = MLPClassifier(solver="sgd", learning_rate="invscaling", power_t=0.5, learning_rate_init=0.1, max_iter=3,
+                        random_state=0, device="cpu").fit(x, y)
+    assert inv._optimizer.learning_rate == pytest.approx(0.1 / (3 * 40 + 1) ** 0.5, rel=1e-15)
+    ada = MLPClassifier(solver="sgd", learning_rate="adaptive", tol=10.0, n_iter_no_change=2, max_iter=500,
+                        random_state=0, device="cpu").fit(x, y)
+    # epoch 1 sets best_loss_; then every 3 epochs without improvement (count > 2) divide the rate
+    # by 5 (epochs 4, 7, 10, 13, 16: 0.001 / 5^5 <= 1e-6) and the next such epoch (19) stops
+    assert ada._optimizer.learning_rate == pytest.approx(0.001 / 5 ** 5) and ada.n_iter_ == 19
+    with pytest.raises(ValueError, match="learning_rate"):
+        MLPClassifier(learning_rate="cosine", device="cpu").fit(x, y)
+
+
+def test_poisson_regression_matches_the_glm():
+    from sklearn.linear_model import PoissonRegressor
+
+    rng = np.random.default_rng(9)
+    x = rng.uniform(0, 1, (200, 2))
+    y = rng.poisson(np.exp(x @ [1.0, -0.5] + 0.3))
+    glm = PoissonRegressor(alpha=0, tol=1e-8).fit(x, y)
+    mlp = MLPRegressor(loss="poisson", hidden_layer_sizes=(1,), activation="identity", alpha=0, solver="lbfgs",
+                       tol=1e-8, random_state=0, device="cpu").fit(x, y)
+    assert mlp.out_activation_ == "exp"
+    np.testing.assert_allclose(mlp.predict(x), glm.predict(x), rtol=1e-4)
+    with pytest.raises(ValueError, match="non-negative"):
+        MLPRegressor(loss="poisson", device="cpu").fit(x, -y)
+
+
+def test_sample_weight_equals_repeated_rows_for_lbfgs():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(30, 3)), rng.integers(0, 2, 30)
+    w = rng.integers(1, 4, 30)
+    kw = dict(hidden_layer_sizes=(4,), solver="lbfgs", random_state=0, device="cpu", tol=1e-10, max_iter=500)
+    a = MLPClassifier(**kw).fit(x, y, sample_weight=w)
+    b = MLPClassifier(**kw).fit(np.repeat(x, w, 0), np.repeat(y, w))
+    np.testing.assert_allclose(a.predict_proba(x), b.predict_proba(x), atol=1e-4)
+    with pytest.raises(ValueError, match="non-zero"):  # scikit-learn's own check
+        MLPClassifier(**kw).fit(x, y, sample_weight=np.zeros(30))
+
+
+def test_diverging_runs_end_like_scikit_learns_and_failed_calls_change_nothing():
+    x = np.finfo(np.float64).max * np.random.default_rng(11).uniform(size=(10, 2))
+    y = np.random.default_rng(11).normal(size=10)
+    reg = MLPRegressor(device="cpu")
+    with pytest.raises(ValueError, match="non-finite parameter weights"):
+        reg.fit(x, y)
+    assert not hasattr(reg, "coefs_") and not hasattr(reg, "model_")
+    # a partial_fit that diverges leaves the fitted estimator (and its network) as it was
+    good = MLPRegressor(solver="sgd", random_state=0, device="cpu").partial_fit(X, YR)
+    before = (good.n_iter_, good.t_, list(good.loss_curve_), [c.copy() for c in good.coefs_],
+              good.model_._engine.get_snapshot())
+    with pytest.raises(ValueError, match="non-finite"):
+        good.partial_fit(x[:, :1].repeat(5, axis=1), y)
+    assert (good.n_iter_, good.t_, good.loss_curve_) == before[:3]
+    for a, b in zip(good.coefs_, before[3]):
+        np.testing.assert_array_equal(a, b)
+    after = good.model_._engine.get_snapshot()
+    np.testing.assert_array_equal(after[0], before[4][0])
+    np.testing.assert_array_equal(after[1], before[4][1])
+    assert after[2] == before[4][2]
+    # with early stopping: a warning, a NaN score, and the best weights
+    es = MLPRegressor(hidden_layer_sizes=(20,), activation="identity", solver="sgd", learning_rate_init=1.0,
+                      early_stopping=True, max_iter=20, random_state=0, device="cpu")
+    with pytest.warns(ConvergenceWarning, match="NaN or Inf"):
+        es.fit(X * 100, YR * 100)
+    assert np.isnan(es.validation_scores_[-1]) and all(np.isfinite(c).all() for c in es.coefs_)
