@@ -385,3 +385,47 @@ def test_diverging_runs_end_like_scikit_learns_and_failed_calls_change_nothing()
     with pytest.warns(ConvergenceWarning, match="NaN or Inf"):
         es.fit(X * 100, YR * 100)
     assert np.isnan(es.validation_scores_[-1]) and all(np.isfinite(c).all() for c in es.coefs_)
+
+
+def test_assigned_coefs_are_trained_on_and_predicted_with():
+    # scikit-learn's estimators read coefs_ / intercepts_ as they are: a user may assign them
+    # before partial_fit (or a warm-start fit) and after fitting; fastmlp's network follows.
+    x, y = X[:30, :3], (X[:30, 0] > 0).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(2,), solver="sgd", activation="logistic", momentum=0.0, alpha=0.0,
+                        learning_rate_init=0.1, batch_size=30, device="cpu")
+    w1, b1 = np.array([[0.1, 0.2], [0.3, 0.1], [0.5, 0.0]]), np.array([0.1, 0.1])
+    w2, b2 = np.array([[0.1], [0.2]]), np.array([1.0])
+    clf.coefs_, clf.intercepts_ = [w1, w2], [b1, b2]
+    clf.partial_fit(x, y, classes=[0, 1])
+    # one full-batch step from exactly those weights: the float64 gradient by hand
+    h = 1 / (1 + np.exp(-(x @ w1 + b1)))
+    p = 1 / (1 + np.exp(-(h @ w2 + b2)))
+    d2 = (p - y[:, None]) / len(x)
+    d1 = (d2 @ w2.T) * h * (1 - h)
+    np.testing.assert_allclose(clf.coefs_[1], w2 - 0.1 * h.T @ d2, rtol=1e-12)
+    np.testing.assert_allclose(clf.coefs_[0], w1 - 0.1 * x.T @ d1, rtol=1e-12)
+    np.testing.assert_allclose(clf.intercepts_[0], b1 - 0.1 * d1.sum(0), rtol=1e-12)
+    # assigning new weights to a fitted estimator changes its predictions
+    clf.coefs_ = [np.zeros((3, 2)), np.zeros((2, 1))]
+    clf.intercepts_ = [np.zeros(2), np.array([2.0])]
+    np.testing.assert_allclose(clf.predict_proba(x)[:, 1], 1 / (1 + np.exp(-2.0)), rtol=1e-12)
+    clf.coefs_ = [np.zeros((4, 2)), np.zeros((2, 1))]
+    with pytest.raises(ValueError, match="shapes"):
+        clf.predict(x)
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_every_documented_attribute_exists_with_scikit_learns_meaning(early):
+    clf = MLPClassifier(hidden_layer_sizes=(6, 5), max_iter=15, early_stopping=early, random_state=0,
+                        device="cpu").fit(X, Y3)
+    assert [c.shape for c in clf.coefs_] == [(5, 6), (6, 5), (5, 3)] and [b.shape for b in clf.intercepts_] == \
+        [(6,), (5,), (3,)]
+    assert clf.n_layers_ == 4 and clf.n_outputs_ == 3 and clf.out_activation_ == "softmax"
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_features_in_ == 5
+    assert clf.n_iter_ == len(clf.loss_curve_) and clf.t_ == clf.n_iter_ * (270 if early else 300)
+    assert clf.loss_ == clf.loss_curve_[-1]
+    if early:
+        assert clf.best_loss_ is None and clf.best_validation_score_ == max(clf.validation_scores_)
+    else:
+        assert clf.best_loss_ == min(clf.loss_curve_) and clf.validation_scores_ is None
+        assert clf.best_validation_score_ is None

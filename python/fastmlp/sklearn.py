@@ -80,6 +80,9 @@ partial_fit         one epoch over the given batch (the classifier needs classes
                     call); the optimizer state persists between calls. With early_stopping=True it
                     raises ValueError, as scikit-learn does; n_iter_no_change may be np.inf (never
                     stop early); a validation split of fewer than 2 samples raises ValueError.
+coefs_/intercepts_   as in scikit-learn, lists a user assigns are used: partial_fit (or a warm-start
+                    fit) trains on from them, predict predicts with them (assign new lists; editing
+                    the arrays in place is not noticed).
 pickling            the fitted network is stored with fastmlp's model.save format (weights and
                     optimizer state); an unpickled CUDA model falls back to the CPU without CUDA.
 """
@@ -406,30 +409,64 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError("_optimizer exists once the estimator is fitted")
         return model.optimizer
 
-    def _reset_state(self):
-        self.loss_curve_ = []
-        self.n_iter_ = 0
-        self.t_ = 0
-        self._no_improvement_count = 0
+    def _reset_state(self, keep_existing=False):
+        """The training counters at their start (keep_existing: only those not set yet)."""
+        fresh = {"loss_curve_": [], "n_iter_": 0, "t_": 0, "_no_improvement_count": 0}
         if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
+            fresh.update(validation_scores_=[], best_validation_score_=-np.inf, best_loss_=None)
         else:
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-            self.best_loss_ = np.inf
+            fresh.update(validation_scores_=None, best_validation_score_=None, best_loss_=np.inf)
+        for name, value in fresh.items():
+            if not (keep_existing and name in self.__dict__):
+                setattr(self, name, value)
+
+    def _user_weights(self, n_features, hidden, dtype):
+        """coefs_ and intercepts_ as the user assigned them (scikit-learn trains on from, and
+        predicts with, whatever lists they hold), as the network's weights; None when they are
+        still the lists fit set. Assigning new lists is what is noticed, not editing them in place."""
+        coefs, intercepts = self.__dict__.get("coefs_"), self.__dict__.get("intercepts_")
+        if coefs is None or intercepts is None:
+            return None
+        seen = self.__dict__.get("_weights_seen")
+        if seen is not None and coefs is seen[0] and intercepts is seen[1]:
+            return None
+        units = [n_features, *hidden, self.n_outputs_]
+        if len(coefs) != len(units) - 1 or len(intercepts) != len(units) - 1:
+            raise ValueError(f"coefs_ and intercepts_ must hold {len(units) - 1} arrays each for "
+                             f"hidden_layer_sizes={tuple(hidden)}, got {len(coefs)} and {len(intercepts)}")
+        weights = []
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
+            kernel = np.asarray(coefs[i], dtype=dtype)
+            bias = np.asarray(intercepts[i], dtype=dtype).reshape(-1)
+            if kernel.shape != (fan_in, fan_out) or bias.shape != (fan_out,):
+                raise ValueError(f"coefs_[{i}] / intercepts_[{i}] have shapes {kernel.shape} / {bias.shape}; the "
+                                 f"network needs {(fan_in, fan_out)} / {(fan_out,)}")
+            weights += [kernel, bias]
+        return weights
+
+    def _network(self):
+        """The fitted network for predictions, first given the coefs_ / intercepts_ a user assigned."""
+        check_is_fitted(self, "model_")
+        seen = self.__dict__.get("_weights_seen")
+        if seen is None or self.__dict__.get("coefs_") is not seen[0] or self.__dict__.get("intercepts_") is not seen[1]:
+            hidden = [c.shape[1] for c in self._weights_seen[0][:-1]] if seen else self._hidden()
+            user = self._user_weights(self.n_features_in_, hidden, self._dtype)
+            if user is not None:
+                self.model_.set_weights(user)
+                self._set_weight_attrs()
+        return self.model_
 
     def _set_weight_attrs(self):
         w = [a.astype(self._dtype, copy=False) for a in self.model_.get_weights()]
         self.coefs_ = w[0::2]
         self.intercepts_ = w[1::2]
         self.n_layers_ = len(self.coefs_) + 1
+        self._weights_seen = (self.coefs_, self.intercepts_)  # what _user_weights compares against
 
     # ------------------------------------------------------------------ failure
     _FITTED_STATE = ("model_", "coefs_", "intercepts_", "n_layers_", "loss_", "loss_curve_", "n_iter_", "t_",
                      "best_loss_", "validation_scores_", "best_validation_score_", "_no_improvement_count",
-                     "_dtype")
+                     "_dtype", "_weights_seen")
 
     def _checkpoint(self):
         """Everything a failed fit or partial_fit could change: the estimator's fitted attributes
@@ -470,10 +507,14 @@ class _BaseMLP(BaseEstimator):
 
     def _train_or_fail(self, X, y_fit, y_orig, incremental, sample_weight, hidden, device):
         rs = check_random_state(self.random_state)
-        reuse = hasattr(self, "model_") and (incremental or self.warm_start)
+        continuing = incremental or self.warm_start
+        # Weights the user assigned to coefs_ / intercepts_ are trained on, as in scikit-learn.
+        user = self._user_weights(X.shape[1], hidden, X.dtype) if continuing else None
+        reuse = hasattr(self, "model_") and continuing
         early = self.early_stopping and not incremental and self.solver != "lbfgs"  # as scikit-learn
         # Drawn first, as scikit-learn does: an int random_state gives its very initial weights.
-        initial = None if reuse else self._initial_weights(rs, X.shape[1], hidden, X.dtype)
+        initial = None if reuse else user if user is not None else self._initial_weights(rs, X.shape[1], hidden,
+                                                                                         X.dtype)
         X_val = y_val = sw_val = None
         if early:
             from sklearn.model_selection import train_test_split
@@ -506,9 +547,12 @@ class _BaseMLP(BaseEstimator):
             self.model_ = self._build_model(X.shape[1], self.n_outputs_, batch, hidden, device, seed, X.dtype,
                                             weight_mean)
             self.model_.set_weights(initial)
-            self._reset_state()
-        elif not incremental:
-            self._fresh_optimizer()
+            self._reset_state(keep_existing=user is not None)  # scikit-learn goes on with the user's counters
+        else:
+            if user is not None:
+                self.model_.set_weights(user)
+            if not incremental:
+                self._fresh_optimizer()
         if self.solver == "lbfgs":
             return self._train_lbfgs(X, y_fit, sample_weight)
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them (t_ and loss_curve_ go on)
@@ -730,9 +774,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in classes_ order (for
         multilabel targets, each label's probability on its own: rows need not sum to 1)."""
-        check_is_fitted(self, "model_")
+        network = self._network()
         X = self._features(X, reset=False)
-        p = np.asarray(self.model_.predict(X), dtype=self._dtype)
+        p = np.asarray(network.predict(X), dtype=self._dtype)
         if self.n_outputs_ == 1 and not self._multilabel:
             p = np.hstack([1.0 - p, p])
         return p
@@ -742,9 +786,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        check_is_fitted(self, "model_")
+        network = self._network()
         X = self._features(X, reset=False)
-        return self._decode(np.asarray(self.model_.predict(X)))
+        return self._decode(np.asarray(network.predict(X)))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -851,9 +895,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._train(X, y, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X):
-        check_is_fitted(self, "model_")
+        network = self._network()
         X = self._features(X, reset=False)
-        p = np.asarray(self.model_.predict(X), dtype=self._dtype)
+        p = np.asarray(network.predict(X), dtype=self._dtype)
         return p.ravel() if self._y_1d else p
 
     def __sklearn_tags__(self):
