@@ -111,11 +111,12 @@ LayerSpec make_layer(const py::handle& h) {
 }
 
 ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const py::handle& loss,
-                    const py::handle& metric) {
+                    const py::handle& metric, double loss_param) {
   ModelSpec s;
   s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& h : layers) s.layers.push_back(make_layer(h));
   s.loss = checked_enum(loss, "loss id", kLastLoss);
+  s.loss_param = loss_param;
   s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
   return s;
 }
@@ -178,14 +179,15 @@ void bind_engine(py::module_& m, const char* name) {
 
   py::class_<E>(m, name)
       .def(py::init([](const py::object& input_dim, const py::list& layers, const py::object& loss,
-                       const py::object& metric, const std::string& device, const std::string& precision) {
-             ModelSpec spec = make_spec(input_dim, layers, loss, metric);
+                       const py::object& metric, const std::string& device, const std::string& precision,
+                       double loss_param) {
+             ModelSpec spec = make_spec(input_dim, layers, loss, metric, loss_param);
              auto e = without_gil([&] { return std::make_unique<E>(std::move(spec), device, precision); });
              e->set_interrupt_poll(poll_python_signals);
              return e;
            }),
            py::arg("input_dim"), py::arg("layers"), py::arg("loss"), py::arg("metric"), py::arg("device"),
-           py::arg("precision"))
+           py::arg("precision"), py::arg("loss_param") = 0.0)
       // Fixed at construction: read without the lock.
       .def_property_readonly("num_params", &E::num_params)
       .def_property_readonly("device", &E::device)

@@ -224,9 +224,9 @@ void CudaBackend::normalize_backward(NormSpec n, int rows, int cols, const float
 }
 
 void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
-                       Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters) {
+                       double loss_param, Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters) {
   bind();
-  launch_loss(rows, n_out, Z, Y, y_cols, weighted, loss, metric, out_act, dZ, counters, stream_);
+  launch_loss(rows, n_out, Z, Y, y_cols, weighted, loss, loss_param, metric, out_act, dZ, counters, stream_);
 }
 
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
@@ -255,9 +255,10 @@ void CudaBackend::activation_second_order(int64_t n, const float* A, const float
 }
 
 void CudaBackend::loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted,
-                                      Loss loss, ActivationSpec out_act, const float* RZ, float* RDZ) {
+                                      Loss loss, double loss_param, ActivationSpec out_act, const float* RZ,
+                                      float* RDZ) {
   bind();
-  launch_loss_hessian_vector(rows, n_out, Z, Y, y_cols, weighted, loss, out_act, RZ, RDZ, stream_);
+  launch_loss_hessian_vector(rows, n_out, Z, Y, y_cols, weighted, loss, loss_param, out_act, RZ, RDZ, stream_);
 }
 
 // Records the step's work without running it. cuBLASLt plans for new shapes are made during the

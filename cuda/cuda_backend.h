@@ -52,7 +52,8 @@ class CudaBackend final : public Backend<float> {
   void normalize_backward(NormSpec n, int rows, int cols, const float* X, const float* xhat, const float* inv_std,
                           const float* gamma, const float* dY, float* dgamma, float* dbeta, ActivationSpec x_act,
                           float* dX) override;
-  void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss, Metric metric,
+  void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
+            double loss_param, Metric metric,
             ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
@@ -63,6 +64,7 @@ class CudaBackend final : public Backend<float> {
   void activation_second_order(int64_t n, const float* A, const float* G, const float* RG, const float* RZ,
                                ActivationSpec act, float* RD) override;
   void loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
+                           double loss_param,
                            ActivationSpec out_act, const float* RZ, float* RDZ) override;
   void run_step(int rows, const std::function<void()>& ops) override;
   void reset_captures() override;

@@ -25,12 +25,12 @@ __global__ void activation_second_order_kernel(int64_t n, const float* __restric
 
 __global__ void loss_hessian_vector_kernel(int rows, int n_out, const float* __restrict__ Z,
                                            const float* __restrict__ Y, int y_cols, bool weighted, Loss loss,
-                                           ActivationSpec out_act, const float* __restrict__ RZ,
+                                           float loss_param, ActivationSpec out_act, const float* __restrict__ RZ,
                                            float* __restrict__ RDZ) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= rows) return;
   const float* y = Y + int64_t(i) * y_cols;
-  math::loss_row_hessian_vector(loss, out_act, n_out, Z + int64_t(i) * n_out, y, RZ + int64_t(i) * n_out,
+  math::loss_row_hessian_vector(loss, loss_param, out_act, n_out, Z + int64_t(i) * n_out, y, RZ + int64_t(i) * n_out,
                                 math::row_weight(y, y_cols, weighted) / float(rows), RDZ + int64_t(i) * n_out);
 }
 
@@ -48,10 +48,11 @@ void launch_activation_second_order(int64_t n, const float* A, const float* G, c
 }
 
 void launch_loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted,
-                                Loss loss, ActivationSpec out_act, const float* RZ, float* RDZ, cudaStream_t s) {
+                                Loss loss, double loss_param, ActivationSpec out_act, const float* RZ, float* RDZ,
+                                cudaStream_t s) {
   constexpr int threads = 128;
-  loss_hessian_vector_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(rows, n_out, Z, Y, y_cols, weighted,
-                                                                                 loss, out_act, RZ, RDZ);
+  loss_hessian_vector_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(
+      rows, n_out, Z, Y, y_cols, weighted, loss, float(loss_param), out_act, RZ, RDZ);
   FASTMLP_LAUNCH_CHECK("loss_hessian_vector_kernel");
 }
 

@@ -43,9 +43,11 @@ void launch_axpy(int64_t n, float alpha, const float* X, float* Y, cudaStream_t 
 void launch_activation_second_order(int64_t n, const float* A, const float* G, const float* RG, const float* RZ,
                                     ActivationSpec act, float* RD, cudaStream_t s);
 void launch_loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
+                                double loss_param,
                                 ActivationSpec out_act, const float* RZ, float* RDZ, cudaStream_t s);
 
-void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss, Metric metric,
+void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
+                 double loss_param, Metric metric,
                  ActivationSpec out_act, float* dZ, TrainCounters* counters, cudaStream_t s);
 void launch_optimizer(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,

@@ -20,9 +20,10 @@ __global__ void activation_forward_kernel(int64_t n, const float* X, ActivationS
 __global__ void activation_layer_backward_kernel(int64_t n, const float* X, const float* Y, const float* dY,
                                                  ActivationSpec act, ActivationSpec x_act, float* dX) {
   const float p = float(act.param), xp = float(x_act.param);
-  const bool chain = x_act.kind != Activation::Linear;  // X is only read when it matters
+  const bool chain = x_act.kind != Activation::Linear;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float g = dY[i] * math::activation_grad_from_output(act.kind, p, Y[i]);
+    // X is the activation's input: GELU's and SiLU's derivatives need it (math::activation_grad)
+    float g = dY[i] * math::activation_grad(act.kind, p, X[i], Y[i]);
     if (chain) g *= math::activation_grad_from_output(x_act.kind, xp, X[i]);
     dX[i] = g;
   }

@@ -9,14 +9,15 @@ namespace fastmlp::cuda {
 namespace {
 
 __global__ void loss_kernel(int rows, int n_out, const float* __restrict__ Z, const float* __restrict__ Y, int y_cols,
-                            bool weighted, Loss loss, Metric metric, ActivationSpec out_act, float* __restrict__ dZ,
+                            bool weighted, Loss loss, float loss_param, Metric metric, ActivationSpec out_act,
+                            float* __restrict__ dZ,
                             TrainCounters* counters) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   double l = 0.0, m = 0.0;
   if (i < rows) {
     const float* y = Y + int64_t(i) * y_cols;
     const float w = math::row_weight(y, y_cols, weighted);
-    const math::RowResult r = math::loss_row(loss, metric, out_act, n_out, Z + int64_t(i) * n_out, y,
+    const math::RowResult r = math::loss_row(loss, loss_param, metric, out_act, n_out, Z + int64_t(i) * n_out, y,
                                              w / float(rows), dZ ? dZ + int64_t(i) * n_out : nullptr);
     l = double(w) * r.loss;
     m = r.metric;
@@ -33,10 +34,11 @@ __global__ void loss_kernel(int rows, int n_out, const float* __restrict__ Z, co
 }  // namespace
 
 void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
-                 Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters, cudaStream_t s) {
+                 double loss_param, Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters,
+                 cudaStream_t s) {
   constexpr int threads = 128;
-  loss_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(rows, n_out, Z, Y, y_cols, weighted, loss, metric,
-                                                                  out_act, dZ, counters);
+  loss_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(rows, n_out, Z, Y, y_cols, weighted, loss,
+                                                                  float(loss_param), metric, out_act, dZ, counters);
   FASTMLP_LAUNCH_CHECK("loss_kernel");
 }
 

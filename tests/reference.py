@@ -53,7 +53,26 @@ def act_forward(name, param, z):
         return e / e.sum(axis=1, keepdims=True)
     if name == "exponential":
         return np.exp(z)
+    if name == "softplus":
+        return np.logaddexp(0.0, z)
+    if name == "selu":
+        return SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0.0)))
+    if name == "gelu":
+        return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
+    if name == "silu":
+        return z * act_forward("sigmoid", 0, z)
     raise KeyError(name)
+
+
+HUBER_DELTA = 1.0  # fm.losses.Huber's default, what the loss name "huber" gives
+
+# SELU's constants as Keras and PyTorch define them (Klambauer et al. 2017)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def erf(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
 def act_derivative(name, param, z):
@@ -73,6 +92,15 @@ def act_derivative(name, param, z):
         return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0.0)))
     if name == "exponential":
         return np.exp(z)
+    if name == "softplus":
+        return act_forward("sigmoid", 0, z)
+    if name == "selu":
+        return SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0.0)))
+    if name == "gelu":  # Phi(z) + z phi(z)
+        return 0.5 * (1.0 + erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+    if name == "silu":
+        s = act_forward("sigmoid", 0, z)
+        return s * (1.0 + z * (1.0 - s))
     raise KeyError(name)
 
 
@@ -124,6 +152,17 @@ def loss_and_grad(loss, out_act, out_param, z, y):
     if loss == "mse":
         per = ((a - y) ** 2).mean(axis=1)
         dL_da = 2 * (a - y) / k / n
+    elif loss == "huber":  # Keras / PyTorch, delta = 1
+        d = a - y
+        per = np.where(np.abs(d) <= HUBER_DELTA, 0.5 * d * d, HUBER_DELTA * (np.abs(d) - 0.5 * HUBER_DELTA)).mean(axis=1)
+        dL_da = np.clip(d, -HUBER_DELTA, HUBER_DELTA) / k / n
+    elif loss == "mae":
+        per = np.abs(a - y).mean(axis=1)
+        dL_da = np.sign(a - y) / k / n
+    elif loss == "log_cosh":
+        d = a - y
+        per = np.log(np.cosh(d)).mean(axis=1)
+        dL_da = np.tanh(d) / k / n
     elif loss == "poisson":  # Keras: y_pred - y_true * log(y_pred + epsilon), epsilon = 1e-7
         per = (a - y * np.log(a + 1e-7)).mean(axis=1)
         dL_da = (1.0 - y / (a + 1e-7)) / k / n
@@ -662,6 +701,12 @@ LOSS_OUTPUTS = [
     ("multiclass_hinge", "tanh", False),
     ("poisson", "exponential", False),
     ("poisson", "sigmoid", False),
+    ("huber", "linear", False),
+    ("huber", "tanh", False),
+    ("mae", "linear", False),
+    ("mae", "softplus", False),
+    ("log_cosh", "linear", False),
+    ("log_cosh", "sigmoid", False),
 ]
 
 

@@ -10,11 +10,12 @@ import reference as ref
 from test_reference import build, random_weights, targets
 
 ACTIVATIONS = [("sigmoid", 0.0), ("tanh", 0.0), ("elu", 0.7), ("relu", 0.0), ("leaky_relu", 0.1), ("linear", 0.0),
-               ("exponential", 0.0)]
+               ("exponential", 0.0), ("softplus", 0.0), ("selu", 0.0)]
 LOSSES = [("sparse_categorical_crossentropy", "softmax"), ("categorical_crossentropy", "softmax"),
           ("binary_crossentropy", "sigmoid"), ("mse", "linear"), ("mse", "tanh"), ("mse", "sigmoid"),
           ("multiclass_hinge", "linear"), ("multiclass_hinge", "tanh"), ("poisson", "exponential"),
-          ("poisson", "sigmoid")]
+          ("poisson", "sigmoid"), ("mse", "gelu"), ("mse", "silu"), ("poisson", "softplus"), ("huber", "tanh"),
+          ("log_cosh", "sigmoid"), ("log_cosh", "linear")]
 
 
 flat, unflat = ref.flat, ref.unflat
@@ -179,3 +180,13 @@ def test_k_products_from_one_call_equal_k_calls():
         np.testing.assert_array_equal(row, m._engine.hessian_vector_product(data, v)[1])
     with pytest.raises(ValueError, match="k rows"):
         m._engine.hessian_vector_product(data, V[:, :-1])
+
+
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_hvp_refuses_gelu_and_silu_hidden_layers(act):
+    # Their derivative needs the layer's input, which the R-operator's Dense-only pass does not keep.
+    m = fm.Sequential([fm.Dense(4, act, input_dim=3), fm.Dense(2, "linear")], seed=0)
+    m.compile("sgd", "mse", device="cpu", dtype="float64")
+    x, y = np.ones((5, 3)), np.zeros((5, 2))
+    with pytest.raises(ValueError, match="GELU or SiLU"):
+        fm.hvp(m, x, y, [np.ones_like(w) for w in m.get_weights()])

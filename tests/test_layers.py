@@ -95,6 +95,9 @@ BODIES = {
     "activation_first": [A("tanh"), D(6, "leaky_relu", 0.2), A("relu")],
     "activation_smooth": [D(6), A("sigmoid"), D(5, "tanh"), A("elu", 1.0)],
     "mixed": [D(6), BN(), A("relu"), DO(0.25, 9), D(5, "tanh"), LN(), DO(0.1)],
+    # GELU/SiLU keep their input (a Dense(gelu) runs as Dense + Activation op): every neighbour
+    "gelu_silu": [D(6, "gelu"), DO(0.3, 4), D(6, "silu"), BN(), D(5, "gelu"), LN(), D(5, "softplus"), A("silu")],
+    "gelu_layers": [D(6), A("gelu"), D(5, "selu"), A("silu"), D(5, "silu"), D(4, "tanh")],
 }
 
 # name: (output layers, loss, from_logits)
@@ -118,6 +121,8 @@ HEADS = {
     "softmax_after_dropout": ([D(K, "elu", 1.0), DO(0.3, 2), A("softmax")], "categorical_crossentropy", False),
     "sigmoid_after_ln": ([D(K), LN(), A("sigmoid")], "binary_crossentropy", False),
     "two_activations_then_softmax": ([D(K), A("tanh"), A("softmax")], "sparse_categorical_crossentropy", False),
+    "gelu_output": ([D(K, "gelu")], "mse", False),
+    "silu_then_softmax": ([D(K, "silu"), A("softmax")], "sparse_categorical_crossentropy", False),
 }
 
 
@@ -418,7 +423,8 @@ BAD_LAYERS = [
     (lambda: fm.BatchNormalization(epsilon=0.0), "epsilon"), (lambda: fm.BatchNormalization(epsilon=-1e-3), "epsilon"),
     (lambda: fm.BatchNormalization(epsilon=float("nan")), "epsilon"),
     (lambda: fm.LayerNormalization(epsilon=0.0), "epsilon"), (lambda: fm.LayerNormalization(epsilon=-1.0), "epsilon"),
-    (lambda: fm.Activation("swish"), "unknown activation 'swish'"), (lambda: fm.Dense(3, activation="gelu"), "gelu"),
+    (lambda: fm.Activation("mish"), "unknown activation 'mish'"), (lambda: fm.Dense(3, activation="hard_swish"),
+                                                                 "hard_swish"),
     (lambda: fm.Activation(None), "Activation needs an activation"),
 ]
 

@@ -12,7 +12,8 @@ import fastmlp as fm
 import reference as ref
 
 HIDDEN = {"linear": ("linear", 0.0), "sigmoid": ("sigmoid", 0.0), "tanh": ("tanh", 0.0), "relu": ("relu", 0.0),
-          "leaky_relu": ("leaky_relu", 0.1), "elu": ("elu", 0.7)}
+          "leaky_relu": ("leaky_relu", 0.1), "elu": ("elu", 0.7), "softplus": ("softplus", 0.0),
+          "selu": ("selu", 0.0), "gelu": ("gelu", 0.0), "silu": ("silu", 0.0)}
 CLASS_LOSSES = ("sparse_categorical_crossentropy", "multiclass_hinge")
 LOSS_OUTPUTS = ref.LOSS_OUTPUTS
 LOSS_CLASS = {"sparse_categorical_crossentropy": fm.losses.SparseCategoricalCrossentropy,
@@ -81,7 +82,8 @@ def assert_all_close(got, want, tol, what=""):
 # ------------------------------------------------------------------------ forward
 
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))
-@pytest.mark.parametrize("out", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax", "exponential"])
+@pytest.mark.parametrize("out", ["linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax", "exponential",
+                                 "softplus", "selu", "gelu", "silu"])
 def test_predict_matches_reference_forward(hidden, out):
     rng = np.random.default_rng(1)
     h = HIDDEN[hidden]

@@ -121,7 +121,7 @@ def test_partial_fit():
 
 
 @pytest.mark.parametrize("params, word", [
-    (dict(max_fun=0), "max_fun"), (dict(solver="newton"), "solver"), (dict(activation="swish"), "activation"),
+    (dict(max_fun=0), "max_fun"), (dict(solver="newton"), "solver"), (dict(activation="mish"), "activation"),
     (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"), (dict(alpha=-1.0), "alpha"),
     (dict(batch_size=0), "batch_size"), (dict(learning_rate_init=0.0), "learning_rate_init"),
     (dict(max_iter=0), "max_iter"), (dict(validation_fraction=1.0), "validation_fraction"),

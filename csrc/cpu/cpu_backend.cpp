@@ -32,6 +32,10 @@ void with_activation(Activation k, F&& f) {
     case A::LeakyRelu: return f(std::integral_constant<A, A::LeakyRelu>{});
     case A::Elu: return f(std::integral_constant<A, A::Elu>{});
     case A::Exponential: return f(std::integral_constant<A, A::Exponential>{});
+    case A::Softplus: return f(std::integral_constant<A, A::Softplus>{});
+    case A::Selu: return f(std::integral_constant<A, A::Selu>{});
+    case A::Gelu: return f(std::integral_constant<A, A::Gelu>{});
+    case A::Silu: return f(std::integral_constant<A, A::Silu>{});
     case A::Linear:
     case A::Softmax: break;  // a final softmax is the loss's: the layer itself is linear
   }
@@ -270,8 +274,8 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
-  void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, Metric metric,
-            ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
+  void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, double loss_param,
+            Metric metric, ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
     const T scale = T(1) / T(rows);
     using Sums = std::pair<double, double>;  // loss, metric
     const Sums sums = cpu::parallel_reduce(
@@ -280,8 +284,8 @@ class CpuBackend final : public Backend<T> {
           Sums part{0.0, 0.0};
           for (int64_t i = lo; i < hi; ++i) {
             const T w = math::row_weight(Y + i * y_cols, y_cols, weighted);
-            const auto r = math::loss_row(loss, metric, out_act, n_out, Z + i * n_out, Y + i * y_cols, scale * w,
-                                          dZ ? dZ + i * n_out : nullptr);
+            const auto r = math::loss_row(loss, T(loss_param), metric, out_act, n_out, Z + i * n_out, Y + i * y_cols,
+                                          scale * w, dZ ? dZ + i * n_out : nullptr);
             part.first += double(w) * r.loss;
             part.second += r.metric;
           }
@@ -311,11 +315,11 @@ class CpuBackend final : public Backend<T> {
   }
 
   void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss,
-                           ActivationSpec out_act, const T* RZ, T* RDZ) override {
+                           double loss_param, ActivationSpec out_act, const T* RZ, T* RDZ) override {
     const T scale = T(1) / T(rows);
     for (int i = 0; i < rows; ++i) {
       const T* y = Y + int64_t(i) * y_cols;
-      math::loss_row_hessian_vector(loss, out_act, n_out, Z + int64_t(i) * n_out, y, RZ + int64_t(i) * n_out,
+      math::loss_row_hessian_vector(loss, T(loss_param), out_act, n_out, Z + int64_t(i) * n_out, y, RZ + int64_t(i) * n_out,
                                     scale * math::row_weight(y, y_cols, weighted), RDZ + int64_t(i) * n_out);
     }
   }

@@ -38,13 +38,14 @@ FASTMLP_VECTOR_CLONES void scale_by_activation_grad(int64_t lo, int64_t hi, cons
   for (int64_t i = lo; i < hi; ++i) dX[i] *= math::activation_grad_from_output(K, param, X[i]);
 }
 
-// dX = dY * act'(Y) * x_act'(X). dX may be dY (no __restrict on those two).
+// dX = dY * act'(X) * x_act'(X): X is the activation's input (for GELU/SiLU the derivative needs
+// it) and its producer's output. dX may be dY (no __restrict on those two).
 template <Activation K, Activation XK, typename T>
 FASTMLP_VECTOR_CLONES void activation_backward_range(int64_t lo, int64_t hi, const T* X, const T* Y, const T* dY,
                                                      T param, T x_param, T* dX) {
 #pragma omp simd
   for (int64_t i = lo; i < hi; ++i)
-    dX[i] = dY[i] * math::activation_grad_from_output(K, param, Y[i]) *
+    dX[i] = dY[i] * math::activation_grad(K, param, X[i], Y[i]) *
             math::activation_grad_from_output(XK, x_param, X[i]);
 }
 

@@ -110,7 +110,8 @@ class Backend {
   // and counters->metric_sum; sets counters->nonfinite on NaN/Inf. When dZ is not null it receives
   // d(mean loss)/dZ. weighted: Y's last column is each row's weight (math::row_weight): the loss
   // sum and dZ are weighted, the metric is not.
-  virtual void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, Metric metric,
+  virtual void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss,
+                    double loss_param, Metric metric,
                     ActivationSpec out_act, T* dZ, TrainCounters* counters) = 0;
 
   // One fused update of all parameters, segment by segment (segments and config are backend
@@ -141,6 +142,7 @@ class Backend {
                                        ActivationSpec act, T* RD) = 0;
   // RDZ = (1/rows) * H_z(loss) RZ, row by row (math::loss_row_hessian_vector).
   virtual void loss_hessian_vector(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss,
+                                   double loss_param,
                                    ActivationSpec out_act, const T* RZ, T* RDZ) = 0;
 
   // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fastmlp/engine.h"
+#include "fastmlp/math.h"
 
 namespace fastmlp {
 namespace {
@@ -31,16 +32,20 @@ template <typename T>
 double Engine<T>::hessian_vector_product(const Dataset<T>& data, int64_t k_vectors, const T* v_host, T* hv_host) {
   auto held = lock();
   for (const Op& op : ops_)
-    if (op.kind != LayerKind::Dense)
+    if (op.kind == LayerKind::Activation && math::grad_needs_input(op.act.kind))
+      throw std::invalid_argument("Hessian-vector products do not support GELU or SiLU in hidden layers (only as the "
+                                  "output activation)");
+    else if (op.kind != LayerKind::Dense)
       throw std::invalid_argument("Hessian-vector products support models of Dense layers (activations included); "
                                   "this one has a " + std::string(layer_name(op.kind)) + " layer");
   if (logits_activated_)
     throw std::invalid_argument("Hessian-vector products need the output activation on the last Dense layer "
                                 "itself, not in a separate Activation layer after it");
-  if ((spec_.loss == Loss::MeanSquaredError || spec_.loss == Loss::MulticlassHinge || spec_.loss == Loss::Poisson) &&
-      out_act_.kind == Activation::Softmax)
-    throw std::invalid_argument("Hessian-vector products of mean squared error, hinge or Poisson on a softmax "
-                                "output are not supported");
+  const bool on_logits = spec_.loss == Loss::SparseCategoricalCrossentropy ||
+                         spec_.loss == Loss::CategoricalCrossentropy || spec_.loss == Loss::BinaryCrossentropy;
+  if (!on_logits && out_act_.kind == Activation::Softmax)
+    throw std::invalid_argument("Hessian-vector products of a loss on a softmax output other than cross-entropy "
+                                "(mse, hinge, poisson, huber, mae, log_cosh) are not supported");
   if (data.streamed)
     throw std::invalid_argument("Hessian-vector products need the data in backend memory (it was streamed)");
   if (!data.has_targets()) throw std::invalid_argument("Hessian-vector products need targets");
@@ -90,7 +95,7 @@ double Engine<T>::hessian_vector_product(const Dataset<T>& data, int64_t k_vecto
                               Ra[i].get());
   }
   // The loss: R{dL/dz_out} = H_z(loss) R{z_out} / rows.
-  be->loss_hessian_vector(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, out_act_, Rz[L - 1].get(),
+  be->loss_hessian_vector(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, out_act_, Rz[L - 1].get(),
                           Rd[L - 1].get());
   // Backward: R{dW_i} = R{x_i}^T d_i + x_i^T R{d_i}, R{db_i} = column sums of R{d_i}, and with
   // g = d_i W_i^T: R{d_{i-1}} = (R{d_i} W_i^T + d_i V_W^T) act'(a_{i-1}) + g act''(a_{i-1}) R{z_{i-1}}.

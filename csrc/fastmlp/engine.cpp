@@ -281,7 +281,7 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
                    x_batch_.get(), y_batch_.get());
   forward(rows, x_batch_.get(), true, counters);
-  be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.metric, out_act_, dz_.back().get(),
+  be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, dz_.back().get(),
            counters);
   backward(rows, x_batch_.get(), counters);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
@@ -471,7 +471,7 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   auto* counters = eval_counters_.template as<TrainCounters>();
   for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
     forward(rows, x, false, counters);
-    backend_->loss(rows, n_out(), logits(), y, data.y_cols, data.weighted, spec_.loss, spec_.metric, out_act_, nullptr, counters);
+    backend_->loss(rows, n_out(), logits(), y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, nullptr, counters);
   });
   const TrainCounters c = read_counters(eval_counters_);
   result.nonfinite = c.nonfinite != 0;
@@ -532,7 +532,7 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
   write_counters(counters, start);
   auto* c = counters.template as<TrainCounters>();
   forward(rows, data.x, true, c);
-  backend_->loss(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, spec_.metric, out_act_,
+  backend_->loss(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_,
                  with_backward ? dz_.back().get() : nullptr, c);
   if (with_backward) backward(rows, data.x, c);
   return read_counters(counters);

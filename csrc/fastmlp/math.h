@@ -22,7 +22,9 @@ namespace math {
 #if !defined(__CUDA_ARCH__)
 // Host code gets the float and double overloads from std; CUDA device code has its own.
 using std::cos;
+using std::erf;
 using std::exp;
+using std::expm1;
 using std::fabs;
 using std::isfinite;
 using std::floor;
@@ -42,6 +44,19 @@ FASTMLP_HD T sigmoid(T z) {
 }
 
 // ---------------------------------------------------------------- activations
+// SELU's constants (Klambauer et al. 2017), as Keras and PyTorch use them.
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+constexpr double kInvSqrt2 = 0.70710678118654752440084436210485;
+constexpr double kInvSqrt2Pi = 0.39894228040143267793994605993438;
+
+// Activations whose derivative is not a function of their output (not monotone): the engine
+// keeps their input, as an Activation op after a linear Dense (Engine::lower), and takes the
+// derivative from it (activation_grad).
+FASTMLP_HD constexpr bool grad_needs_input(Activation kind) {
+  return kind == Activation::Gelu || kind == Activation::Silu;
+}
+
 template <typename T>
 FASTMLP_HD T activate(Activation kind, T param, T z) {
   switch (kind) {
@@ -51,6 +66,11 @@ FASTMLP_HD T activate(Activation kind, T param, T z) {
     case Activation::LeakyRelu: return z > T(0) ? z : param * z;
     case Activation::Elu: return z > T(0) ? z : param * (exp(z) - T(1));
     case Activation::Exponential: return exp(z);
+    case Activation::Softplus: return (z > T(0) ? z : T(0)) + log1p(exp(-fabs(z)));  // log(1 + e^z), stable
+    case Activation::Selu:
+      return T(kSeluScale) * (z > T(0) ? z : T(kSeluAlpha) * expm1(z));
+    case Activation::Gelu: return T(0.5) * z * (T(1) + erf(z * T(kInvSqrt2)));  // exact: z * Phi(z)
+    case Activation::Silu: return z * sigmoid(z);
     default: return z;  // Linear; Softmax is a row operation, see softmax_row
   }
 }
@@ -67,6 +87,11 @@ FASTMLP_HD T activation_grad_from_output(Activation kind, T param, T a) {
     case Activation::LeakyRelu: return a > T(0) ? T(1) : param;
     case Activation::Elu: return a > T(0) ? T(1) : a + param;
     case Activation::Exponential: return a;
+    case Activation::Softplus: return -expm1(-a);  // sigmoid(z) = 1 - e^-a
+    case Activation::Selu: return a > T(0) ? T(kSeluScale) : a + T(kSeluScale * kSeluAlpha);
+    // Not a function of a: activation_grad takes z. A NaN here makes a misuse loud, not wrong.
+    case Activation::Gelu:
+    case Activation::Silu: return T(NAN);
     default: return T(1);
   }
 }
@@ -80,7 +105,40 @@ FASTMLP_HD T activation_second_grad_from_output(Activation kind, T param, T a) {
     case Activation::Tanh: return T(-2) * a * (T(1) - a * a);
     case Activation::Elu: return a > T(0) ? T(0) : a + param;
     case Activation::Exponential: return a;
+    case Activation::Softplus: {
+      const T s = -expm1(-a);
+      return s * (T(1) - s);
+    }
+    case Activation::Selu: return a > T(0) ? T(0) : a + T(kSeluScale * kSeluAlpha);
+    case Activation::Gelu:
+    case Activation::Silu: return T(NAN);  // see activation_second_grad
     default: return T(0);
+  }
+}
+
+// f'(z) for any activation, given both its input z and output a = f(z).
+template <typename T>
+FASTMLP_HD T activation_grad(Activation kind, T param, T z, T a) {
+  switch (kind) {
+    case Activation::Gelu: return T(0.5) * (T(1) + erf(z * T(kInvSqrt2))) + z * T(kInvSqrt2Pi) * exp(T(-0.5) * z * z);
+    case Activation::Silu: {
+      const T s = sigmoid(z);
+      return s * (T(1) + z * (T(1) - s));
+    }
+    default: return activation_grad_from_output(kind, param, a);
+  }
+}
+
+// f''(z) for any activation, given z and a = f(z).
+template <typename T>
+FASTMLP_HD T activation_second_grad(Activation kind, T param, T z, T a) {
+  switch (kind) {
+    case Activation::Gelu: return T(kInvSqrt2Pi) * exp(T(-0.5) * z * z) * (T(2) - z * z);
+    case Activation::Silu: {
+      const T s = sigmoid(z);
+      return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s));
+    }
+    default: return activation_second_grad_from_output(kind, param, a);
   }
 }
 
@@ -140,13 +198,43 @@ struct RowResult {
   double metric;
 };
 
+// A loss of one output from its activated value a and target y: the value, dL/da and d2L/da2.
+template <typename T>
+struct Pointwise {
+  T value, grad, curvature;
+};
+
+// The losses that act element by element on the activated output (regression losses, and
+// Poisson on an output other than exp). param: Huber's delta.
+template <typename T>
+FASTMLP_HD Pointwise<T> pointwise_loss(Loss loss, T param, T a, T y) {
+  const T d = a - y, ad = fabs(d);
+  switch (loss) {
+    case Loss::Huber:  // Keras / PyTorch: 0.5 d^2 inside delta, delta (|d| - delta / 2) outside
+      if (ad <= param) return {T(0.5) * d * d, d, T(1)};
+      return {param * (ad - T(0.5) * param), d > T(0) ? param : -param, T(0)};
+    case Loss::MeanAbsoluteError:  // the subgradient 0 at d = 0, as PyTorch's sign
+      return {ad, d > T(0) ? T(1) : (d < T(0) ? T(-1) : T(0)), T(0)};
+    case Loss::LogCosh: {  // log(cosh d) = |d| + log(1 + e^(-2|d|)) - log 2, without overflow
+      const T t = tanh(d);
+      return {ad + log1p(exp(T(-2) * ad)) - T(0.69314718055994530942), t, T(1) - t * t};
+    }
+    case Loss::Poisson: {  // Keras's poisson: a - y log(a + eps)
+      const T s = T(1) / (a + T(kPoissonEpsilon));
+      return {a - y * log(a + T(kPoissonEpsilon)), T(1) - y * s, y * s * s};
+    }
+    default:  // MeanSquaredError
+      return {d * d, T(2) * d, T(2)};
+  }
+}
+
 // Loss of one sample and, if dz != nullptr, d(loss * scale)/dz written to dz.
 //  z: n pre-activations of the output layer; y: targets (one class id, or n values).
 //  scale is 1/batch for a batch mean. The output activation is fused in: cross-entropy
 //  losses use log-sum-exp on the logits, BCE uses bce_with_logit, and MSE / hinge apply
 //  the activation and chain through its derivative (softmax through its Jacobian).
 template <typename T>
-FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& out, int n, const T* z,
+FASTMLP_HD RowResult loss_row(Loss loss, T loss_param, Metric metric, const ActivationSpec& out, int n, const T* z,
                               const T* y, T scale, T* dz) {
   RowResult r{0.0, 0.0};
   switch (loss) {
@@ -201,25 +289,17 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
     }
     default: break;
   }
-  // MSE, hinge and Poisson (on an output other than exp) act on the activated output a = f(z).
+  // The other losses act on the activated output a = f(z).
   const T lse = out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0);
-  if (loss == Loss::Poisson) {  // Keras's poisson: mean_j a_j - y_j log(a_j + eps)
-    const T inv_n = T(1) / T(n), eps = T(kPoissonEpsilon);
-    T l = T(0);
-    for (int j = 0; j < n; ++j) {
-      const T a = output_value(out, lse, z[j]);
-      l += a - y[j] * log(a + eps);
-      if (dz) dz[j] = (T(1) - y[j] / (a + eps)) * inv_n * scale;  // dL/da for now
-    }
-    r.loss = double(l * inv_n);
-  } else if (loss == Loss::MeanSquaredError) {
+  if (loss != Loss::MulticlassHinge) {  // element-wise: mean over the outputs of pointwise_loss
     const T inv_n = T(1) / T(n);
     T l = T(0), abs_err = T(0);
     for (int j = 0; j < n; ++j) {
-      const T d = output_value(out, lse, z[j]) - y[j];
-      l += d * d;
-      abs_err += fabs(d);
-      if (dz) dz[j] = T(2) * d * inv_n * scale;  // dL/da for now
+      const T a = output_value(out, lse, z[j]);
+      const Pointwise<T> p = pointwise_loss(loss, loss_param, a, y[j]);
+      l += p.value;
+      abs_err += fabs(a - y[j]);
+      if (dz) dz[j] = p.grad * inv_n * scale;  // dL/da for now
     }
     r.loss = double(l * inv_n);
     if (metric == Metric::MeanAbsoluteError) r.metric = double(abs_err * inv_n);
@@ -248,7 +328,7 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
       for (int j = 0; j < n; ++j) dz[j] = exp(z[j] - lse) * (dz[j] - dot);
     } else {
       for (int j = 0; j < n; ++j)
-        dz[j] *= activation_grad_from_output(out.kind, T(out.param), activate(out.kind, T(out.param), z[j]));
+        dz[j] *= activation_grad(out.kind, T(out.param), z[j], activate(out.kind, T(out.param), z[j]));
     }
   }
   return r;
@@ -259,7 +339,7 @@ FASTMLP_HD RowResult loss_row(Loss loss, Metric metric, const ActivationSpec& ou
 // ysum * (diag(p) - p p^T). MSE and hinge on a softmax output are not handled (the engine refuses
 // them); hinge's own term is 0 (piecewise linear), only its output activation's curvature remains.
 template <typename T>
-FASTMLP_HD void loss_row_hessian_vector(Loss loss, const ActivationSpec& out, int n, const T* z, const T* y,
+FASTMLP_HD void loss_row_hessian_vector(Loss loss, T loss_param, const ActivationSpec& out, int n, const T* z, const T* y,
                                         const T* rz, T scale, T* rdz) {
   switch (loss) {
     case Loss::SparseCategoricalCrossentropy:
@@ -283,13 +363,23 @@ FASTMLP_HD void loss_row_hessian_vector(Loss loss, const ActivationSpec& out, in
       }
       return;
     }
-    case Loss::MeanSquaredError: {  // (2/n) (f'^2 + (a - y) f'') per element
+    case Loss::Poisson:
+      if (out.kind == Activation::Exponential) {  // e^z - y z fused: e^z / n
+        for (int j = 0; j < n; ++j) rdz[j] = exp(z[j]) / T(n) * rz[j] * scale;
+        return;
+      }
+      [[fallthrough]];
+    case Loss::MeanSquaredError:
+    case Loss::Huber:
+    case Loss::MeanAbsoluteError:
+    case Loss::LogCosh: {  // (1/n) (L''(a) f'^2 + L'(a) f'') per element, L = pointwise_loss
       const T inv_n = T(1) / T(n), param = T(out.param);
       for (int j = 0; j < n; ++j) {
         const T a = activate(out.kind, param, z[j]);
-        const T d1 = activation_grad_from_output(out.kind, param, a);
-        const T d2 = activation_second_grad_from_output(out.kind, param, a);
-        rdz[j] = T(2) * inv_n * (d1 * d1 + (a - y[j]) * d2) * rz[j] * scale;
+        const T d1 = activation_grad(out.kind, param, z[j], a);
+        const T d2 = activation_second_grad(out.kind, param, z[j], a);
+        const Pointwise<T> p = pointwise_loss(loss, loss_param, a, y[j]);
+        rdz[j] = inv_n * (p.curvature * d1 * d1 + p.grad * d2) * rz[j] * scale;
       }
       return;
     }
@@ -302,24 +392,9 @@ FASTMLP_HD void loss_row_hessian_vector(Loss loss, const ActivationSpec& out, in
         const T a = activate(out.kind, param, z[j]);
         const bool on = j != c && a - ac + T(1) > T(0);
         active += on ? T(1) : T(0);
-        rdz[j] = on ? activation_second_grad_from_output(out.kind, param, a) * rz[j] * scale : T(0);
+        rdz[j] = on ? activation_second_grad(out.kind, param, z[j], a) * rz[j] * scale : T(0);
       }
-      rdz[c] = -active * activation_second_grad_from_output(out.kind, param, ac) * rz[c] * scale;
-      return;
-    }
-    case Loss::Poisson: {  // (1/n) (L''(a) f'^2 + L'(a) f''), L = a - y log(a + eps); e^z fused: e^z / n
-      const T inv_n = T(1) / T(n), param = T(out.param), eps = T(kPoissonEpsilon);
-      for (int j = 0; j < n; ++j) {
-        if (out.kind == Activation::Exponential) {
-          rdz[j] = exp(z[j]) * inv_n * rz[j] * scale;
-          continue;
-        }
-        const T a = activate(out.kind, param, z[j]);
-        const T d1 = activation_grad_from_output(out.kind, param, a);
-        const T d2 = activation_second_grad_from_output(out.kind, param, a);
-        const T s = T(1) / (a + eps);
-        rdz[j] = inv_n * (y[j] * s * s * d1 * d1 + (T(1) - y[j] * s) * d2) * rz[j] * scale;
-      }
+      rdz[c] = -active * activation_second_grad(out.kind, param, z[c], ac) * rz[c] * scale;
       return;
     }
   }

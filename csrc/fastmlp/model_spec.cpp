@@ -140,6 +140,10 @@ void validate(const ModelSpec& spec) {
     case Loss::MulticlassHinge:
       if (width < 2) throw std::invalid_argument("multiclass hinge needs at least 2 output units");
       break;
+    case Loss::Huber:
+      if (!(spec.loss_param > 0.0 && std::isfinite(spec.loss_param)))
+        throw std::invalid_argument("huber's delta must be a finite number > 0");
+      break;
     default: break;
   }
 }

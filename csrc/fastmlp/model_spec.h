@@ -59,6 +59,7 @@ struct ModelSpec {
   int input_dim = 0;
   std::vector<LayerSpec> layers;
   Loss loss = Loss::MeanSquaredError;
+  double loss_param = 0.0;  // Huber's delta; unused by the other losses
   Metric metric = Metric::None;
 };
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "fastmlp/engine.h"
+#include "fastmlp/math.h"
 
 namespace fastmlp {
 
@@ -18,9 +19,10 @@ void Engine<T>::lower(const std::vector<LayerParams>& layout) {
   ops_.clear();
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
     const LayerSpec& l = spec_.layers[i];
-    // A Dense without an activation takes the Activation layer that follows it: one fused pass.
+    // A Dense without an activation takes the Activation layer that follows it: one fused pass
+    // (not GELU or SiLU, whose derivative needs their input, which a fused Dense does not keep).
     if (l.kind == LayerKind::Activation && !ops_.empty() && ops_.back().kind == LayerKind::Dense &&
-        ops_.back().act.kind == Activation::Linear) {
+        ops_.back().act.kind == Activation::Linear && !math::grad_needs_input(l.activation.kind)) {
       ops_.back().act = l.activation;
       continue;
     }
@@ -34,6 +36,15 @@ void Engine<T>::lower(const std::vector<LayerParams>& layout) {
     op.norm.epsilon = l.epsilon;
     op.params = layout[i];
     ops_.push_back(op);
+    if (l.kind == LayerKind::Dense && math::grad_needs_input(op.act.kind)) {
+      // Dense(GELU) runs as Dense(linear) + Activation(GELU): the Activation op keeps z, its input.
+      Op act;
+      act.kind = LayerKind::Activation;
+      act.in = act.out = op.out;
+      act.act = op.act;
+      ops_.back().act = ActivationSpec{};
+      ops_.push_back(act);
+    }
   }
   // The model's final activation is applied by the loss to the logits: take it off the last op.
   out_act_ = output_activation(spec_);

@@ -5,8 +5,10 @@
 
 namespace fastmlp {
 
-enum class Activation : int32_t { Linear = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Softmax, Exponential };
-constexpr Activation kLastActivation = Activation::Exponential;  // ids are checked against it
+enum class Activation : int32_t {
+  Linear = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Softmax, Exponential, Softplus, Selu, Gelu, Silu
+};
+constexpr Activation kLastActivation = Activation::Silu;  // ids are checked against it
 
 // Every loss is computed from the output layer's pre-activation z, fused with the output
 // activation, so softmax/sigmoid + cross-entropy use the stable log-sum-exp forms.
@@ -17,8 +19,11 @@ enum class Loss : int32_t {
   MeanSquaredError,                   // targets: real values per output
   MulticlassHinge,                    // targets: one integer class per row
   Poisson,                            // targets: counts or rates >= 0 per output
+  Huber,                              // targets: real values per output; parameter: delta > 0
+  MeanAbsoluteError,                  // targets: real values per output
+  LogCosh,                            // targets: real values per output
 };
-constexpr Loss kLastLoss = Loss::Poisson;  // ids are checked against it
+constexpr Loss kLastLoss = Loss::LogCosh;  // ids are checked against it
 
 // Metric accumulated next to the loss: accuracy for classifiers, mean absolute error otherwise.
 enum class Metric : int32_t { None = 0, Accuracy, BinaryAccuracy, MeanAbsoluteError };

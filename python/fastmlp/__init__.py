@@ -13,6 +13,7 @@ from __future__ import annotations
 # threads, csrc/cpu/thread_pool.h), so importing fastmlp changes no OpenMP setting of the process.
 from . import _core  # noqa: E402
 from . import activations, callbacks  # noqa: E402, initializers, losses, optimizers, regularizers, schedules
+from ._cmake_paths import get_cmake_dir, get_include  # noqa: E402 (the C++ core's CMake package)
 from .curvature import hessian, hvp
 from .gradcheck import gradcheck
 from .layers import Activation, BatchNormalization, Dense, Dropout, LayerNormalization
@@ -55,15 +56,17 @@ def __getattr__(name):
     # Optional parts load on first use so `import fastmlp` never imports matplotlib or scikit-learn.
     import importlib
 
-    if name in ("plot", "datasets", "model_selection", "saving"):
+    if name in ("plot", "datasets", "model_selection", "saving", "export"):
         return importlib.import_module(f".{name}", __name__)
     if name in ("MLPClassifier", "MLPRegressor"):
         return getattr(importlib.import_module(".sklearn", __name__), name)
     if name == "load_model":
         return importlib.import_module(".saving", __name__).load_model
+    if name == "from_torch":  # fastmlp.export imports torch only when called
+        return importlib.import_module(".export", __name__).from_torch
     raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
 
 
 __all__ = ["Sequential", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "NonFiniteLossError", "gradcheck", "hvp", "hessian", "set_num_threads", "get_num_threads",
            "build_info", "cuda_is_available", "activations", "callbacks", "initializers", "losses",
-           "optimizers", "regularizers", "schedules"]
+           "optimizers", "regularizers", "schedules", "from_torch", "get_cmake_dir", "get_include"]

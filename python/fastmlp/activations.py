@@ -77,6 +77,32 @@ class Exponential(Activation):
     name = "exponential"
 
 
+class Softplus(Activation):
+    """log(1 + e^z), computed stably."""
+
+    name = "softplus"
+
+
+class SELU(Activation):
+    """scale * (z if z > 0 else alpha * (e^z - 1)) with Klambauer et al.'s fixed alpha = 1.6733 and
+    scale = 1.0507 (Keras's and PyTorch's selu)."""
+
+    name = "selu"
+
+
+class GELU(Activation):
+    """z * Phi(z), Phi the standard normal CDF: the exact form (Keras's default, PyTorch's
+    approximate='none'), not the tanh approximation."""
+
+    name = "gelu"
+
+
+class SiLU(Activation):
+    """z * sigmoid(z), also called swish."""
+
+    name = "silu"
+
+
 class Softmax(Activation):
     """Row-wise softmax; output layer only."""
 
@@ -86,6 +112,7 @@ class Softmax(Activation):
 _BY_NAME = {
     "linear": Linear, None: Linear, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
     "leaky_relu": LeakyReLU, "elu": ELU, "softmax": Softmax, "exponential": Exponential,
+    "softplus": Softplus, "selu": SELU, "gelu": GELU, "silu": SiLU, "swish": SiLU,
 }
 
 

@@ -268,13 +268,22 @@ class ModelCheckpoint(Callback):
     "epoch", or an integer N: save after every N-th batch of each epoch instead, judged on the
     running training logs ("loss", "accuracy": validation logs exist only at epoch ends); such a
     mid-epoch file holds the weights and optimizer state of that batch. `last_saved` holds the path
-    of the latest file written.
+    of the latest file written. save_weights_only=True writes model.save_weights files (the name
+    must end in .weights.npz) instead of whole models.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
-                 save_freq="epoch", initial_value_threshold=None):
+                 save_freq="epoch", initial_value_threshold=None, save_weights_only=False):
         super().__init__()
         self.filepath = os.fspath(filepath)
+        self.save_weights_only = bool(save_weights_only)
+        from .model_structure import WEIGHTS_SUFFIX, refuse_foreign_suffix
+
+        if self.save_weights_only and not self.filepath.endswith(WEIGHTS_SUFFIX):
+            raise ValueError(f"with save_weights_only=True the filepath must end in {WEIGHTS_SUFFIX}, got "
+                             f"{self.filepath!r}")
+        if not self.save_weights_only:
+            refuse_foreign_suffix(self.filepath, "ModelCheckpoint", '".fm"')
         self._mon = _Monitor("ModelCheckpoint", monitor, mode)
         self.monitor = monitor
         self.mode = self._mon.mode
@@ -332,7 +341,10 @@ class ModelCheckpoint(Callback):
             os.makedirs(directory, exist_ok=True)
         # model.save writes atomically under a fresh temporary name (fastmlp.saving): a crash or
         # a planted symlink can neither damage the previous checkpoint nor redirect the write
-        self.model.save(path)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
         if self.save_best_only:  # only now: a failed save must not raise the bar for the next one
             self.best = current
         self.last_saved = path

@@ -83,6 +83,24 @@ class Layer:
     def trainable_count(self, fan_in: int) -> int:
         return sum(math.prod(s) for s in self.weight_shapes(fan_in))
 
+    # ---- Keras's per-layer weights (the model it was last added to holds them)
+    def get_weights(self) -> list:
+        """This layer's arrays, in the order and layout of the model's get_weights()."""
+        from .model_structure import layer_get_weights
+
+        return layer_get_weights(self)
+
+    def set_weights(self, weights) -> None:
+        """Replaces this layer's arrays only; the model is left as it was if any is wrong."""
+        from .model_structure import layer_set_weights
+
+        layer_set_weights(self, weights)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_model", None)  # a weak reference to the model: not part of the layer
+        return state
+
     # ---- config
     def _base_config(self) -> dict:
         return {"class": type(self).__name__, "input_dim": self.input_dim, "name": self.name}

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 
 import numpy as np
 
 from . import _core
 from . import activations as _activations
+from . import chunked as _chunked
 from . import losses as _losses
+from . import model_structure as _structure
 from . import optimizers as _optimizers
 from ._enums import LOSS_IDS, METRIC_IDS
 from . import model_data as _model_data
@@ -49,6 +52,9 @@ def resolve_device(device) -> str:
     return device
 
 
+_REGRESSION_LOSSES = ("mse", "poisson", "huber", "mae", "log_cosh")
+
+
 def _resolve_metric(metrics, loss: _losses.Loss):
     """Returns (native metric id name, history key) for the compile(metrics=...) list."""
     if metrics is None:
@@ -65,15 +71,15 @@ def _resolve_metric(metrics, loss: _losses.Loss):
         raise TypeError(f"metrics must be names such as 'accuracy', got {m!r}")
     key = m.lower()
     if key in ("accuracy", "acc", "binary_accuracy"):
-        if loss.name in ("mse", "poisson"):
+        if loss.name in _REGRESSION_LOSSES:
             raise ValueError(f"accuracy needs a classification loss, not {loss.name}")
         native = "binary_accuracy" if loss.name == "binary_crossentropy" else "accuracy"
         if key == "binary_accuracy" and native != "binary_accuracy":
             raise ValueError("binary_accuracy goes with binary_crossentropy; use 'accuracy'")
         return native, "accuracy" if key == "acc" else key
     if key in ("mae", "mean_absolute_error"):
-        if loss.name != "mse":
-            raise ValueError("mae is available with the mse loss")
+        if loss.name not in _REGRESSION_LOSSES:
+            raise ValueError(f"mae is available with a regression loss ({', '.join(_REGRESSION_LOSSES)})")
         return "mae", "mae"
     raise ValueError(f"unknown metric {m!r}; choose 'accuracy', 'binary_accuracy' or 'mae'")
 
@@ -143,6 +149,11 @@ class Sequential:
         width = self._output_dim()
         if self.layers and layer.input_dim is not None and width is not None and layer.input_dim != width:
             raise ValueError(f"layer input_dim {layer.input_dim} does not match the previous layer's output width {width}")
+        if layer.name is None:  # Keras's names: dense, dense_1, ... unique in the model
+            layer.name = _structure.unique_name(self, layer)
+        # (names a user repeats are kept, as files saved by older fastmlp may hold them; get_layer
+        # then finds the first)
+        layer._model = weakref.ref(self)  # layer.get_weights() reads this model's weights
         self.layers.append(layer)
 
     def _output_dim(self, input_dim=None):
@@ -254,7 +265,7 @@ class Sequential:
         layers = [layer.native(self.seed, i) for i, layer in enumerate(self.layers)]
         cls = _core.Engine64 if np.dtype(dtype) == np.float64 else _core.Engine32
         return cls(self.input_dim if input_dim is None else input_dim, layers, LOSS_IDS[args["loss"].name],
-                   METRIC_IDS[args["metric"]], device, precision)
+                   METRIC_IDS[args["metric"]], device, precision, float(args["loss"].param))
 
     def _make_engine(self, args, input_dim: int):
         """A new engine for compile config `args` and this input width, its weights initialized from
@@ -361,24 +372,42 @@ class Sequential:
             self._fit_thread = None
 
     # --------------------------------------------------------- evaluate / predict
-    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None):
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None):
         """Mean loss (with regularization penalty) and metric: {"loss": ..., "accuracy": ...}.
-        sample_weight: the loss is the mean over the rows of weight * loss (as in fit)."""
+        sample_weight: the loss is the mean over the rows of weight * loss (as in fit). x may be a
+        source of (x, y[, sample_weight]) chunks (fastmlp.chunked), `steps` of them (default: one pass)."""
         self._require_compiled("evaluate")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
+        if _chunked.is_chunk_source(x):
+            if y is not None or sample_weight is not None:
+                raise ValueError("a data source yields (x, y[, sample_weight]) chunks itself: leave y and "
+                                 "sample_weight out")
+            source = _chunked.ChunkSource(x, _chunked.check_steps(steps, "steps"), "evaluation")
+            return self._report(_chunked.evaluate(self, source, bs), verbose)
+        if steps is not None:
+            raise ValueError("steps goes with a data source (a generator, Sequence or DataLoader), not with arrays")
         if y is None and not isinstance(x, ResidentDataset):
             raise ValueError("evaluate got no targets (y is None): call evaluate(x, y)")
         data, _ = self._data(x, y, sample_weight=sample_weight)
         result = self._engine.evaluate(data, bs)
+        return self._report(result, verbose)
+
+    def _report(self, result, verbose):
         logs = self._metric_logs(result)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
 
-    def predict(self, x, batch_size=None, verbose=0):
-        """Output of the last layer's activation (softmax probabilities, sigmoid, ...)."""
+    def predict(self, x, batch_size=None, verbose=0, steps=None):
+        """Output of the last layer's activation (softmax probabilities, sigmoid, ...). x may be a
+        source of chunks (x, or tuples whose first item is x), `steps` of them (default: one pass)."""
         self._require_compiled("predict")
         bs = _EVAL_BATCH if batch_size is None else positive_int(batch_size, "batch_size")
+        if _chunked.is_chunk_source(x):
+            return _chunked.predict(self, _chunked.ChunkSource(x, _chunked.check_steps(steps, "steps"), "prediction"),
+                                    bs)
+        if steps is not None:
+            raise ValueError("steps goes with a data source (a generator, Sequence or DataLoader), not with arrays")
         data, _ = self._data(x)
         return self._engine.predict(data, bs)
 
@@ -476,11 +505,53 @@ class Sequential:
         return np.concatenate(parts)
 
     def save(self, path):
-        """Writes the model (architecture, compile config, weights, optimizer state) to one file;
-        fm.load_model(path) restores it. See fastmlp.saving."""
+        """Writes the model (architecture, compile config, weights, optimizer state) to one file of
+        fastmlp's format (e.g. "model.fm"); fm.load_model(path) restores it. See fastmlp.saving. A
+        name promising another format ("m.keras", "m.h5", "m.pt", "m.onnx") is refused."""
         from .saving import save_model
 
+        _structure.refuse_foreign_suffix(path, "model.save", '".fm"')
         save_model(self, path)
+
+    # ------------------------------------------------------------- structure (Keras)
+    def get_layer(self, name=None, index=None):
+        """The layer called `name`, or at position `index`."""
+        return _structure.get_layer(self, name, index)
+
+    def get_config(self) -> dict:
+        """The architecture ({"name", "seed", "layers": [layer configs]}); no weights or compile
+        settings. fm.Sequential.from_config(config) builds an uncompiled copy."""
+        return _structure.get_config(self)
+
+    @classmethod
+    def from_config(cls, config) -> "Sequential":
+        return _structure.from_config(cls, config)
+
+    def to_json(self, **kwargs) -> str:
+        """get_config() as JSON (json.dumps keyword arguments, e.g. indent=2)."""
+        return _structure.to_json(self, **kwargs)
+
+    def save_weights(self, path):
+        """The weights alone, as a .npz of plain arrays (the name must end in .weights.npz)."""
+        _structure.save_weights(self, path)
+
+    def load_weights(self, path):
+        """Sets weights save_weights wrote, checked by name and shape against this model."""
+        _structure.load_weights(self, path)
+
+    def to_torch(self):
+        """A torch.nn.Sequential (eval() mode) computing what predict computes, in this model's
+        dtype (fastmlp.export.to_torch; needs torch: pip install 'fastmlp[torch]')."""
+        from .export import to_torch
+
+        return to_torch(self)
+
+    def export_onnx(self, path):
+        """Writes the model to `path` (ending in .onnx) as an ONNX model that onnxruntime runs to
+        predict's outputs, atomically (fastmlp.export.export_onnx; needs pip install 'fastmlp[onnx]')."""
+        from .export import export_onnx
+
+        export_onnx(self, path)
 
     def count_params(self) -> int:
         if self.input_dim is None:
@@ -518,6 +589,10 @@ class Sequential:
         print_fn(f"Non-trainable params: {total - trainable:,}")
         if self._engine is not None:
             print_fn(f"Backend: {self._engine.device}")
+        if self._compile_args is not None:
+            args = self._compile_args
+            print_fn(f"Optimizer: {args['optimizer'].describe()}")
+            print_fn(f"Loss: {args['loss']!r}" + (f", metric: {args['metric_key']}" if args["metric_key"] else ""))
 
     # ------------------------------------------------------- optimizer control
     def set_learning_rate(self, lr: float):

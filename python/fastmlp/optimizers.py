@@ -98,6 +98,35 @@ class Optimizer:
     def __repr__(self):
         return f"{type(self).__name__}({self.get_config()})"
 
+    def describe(self) -> str:
+        """The resolved settings, e.g. "RMSprop(lr=0.01, alpha=0.99, eps=1e-08, ...)", and where
+        they differ from Keras's defaults for the same optimizer name."""
+        cfg = self.get_config()
+        lr = self.schedule.initial_lr
+        schedule = cfg["schedule"].get("kind", "constant") if isinstance(cfg["schedule"], dict) else "constant"
+        items = [f"lr={lr:g}" + ("" if schedule == "constant" else f" ({schedule} schedule)")]
+        items += [f"{f}={getattr(self, f)!r}" for f in self._fields]
+        items.append(f"weight_decay={self.weight_decay:g}")
+        items += [f"{name}={getattr(self, name):g}" for name in _CLIPPING if getattr(self, name) is not None]
+        text = f"{type(self).__name__}({', '.join(items)})"
+        keras = KERAS_DEFAULTS.get(self.kind)
+        if keras is not None:
+            text += f"; Keras's {type(self).__name__} defaults differ: {keras}"
+        return text
+
+
+# Where PyTorch's defaults (fastmlp's) and Keras's differ for the same name: summary() says so,
+# since "rmsprop" in Keras code means lr=0.001, rho=0.9 and here lr=0.01, alpha=0.99.
+KERAS_DEFAULTS = {
+    "sgd": "learning_rate=0.01",
+    "adagrad": "learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7",
+    "rmsprop": "learning_rate=0.001, rho=0.9, epsilon=1e-7",
+    "adadelta": "learning_rate=0.001, rho=0.95, epsilon=1e-7",
+    "adam": "epsilon=1e-7",
+    "adamw": "weight_decay=0.004, epsilon=1e-7",
+    "nadam": "learning_rate=0.001, epsilon=1e-7",
+}
+
 
 class SGD(Optimizer):
     """p -= lr * g, with optional (Nesterov) momentum: buf = momentum*buf + (1-dampening)*g."""

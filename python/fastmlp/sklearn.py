@@ -111,7 +111,8 @@ except ImportError:  # pragma: no cover - older scikit-learn
 from .callbacks import Callback
 
 _ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-                "linear": "linear", "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "elu": "elu"}
+                "linear": "linear", "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu",
+                "softplus": "softplus", "gelu": "gelu", "silu": "silu", "swish": "silu"}
 def _solvers():
     from .optimizers import _PER_STEP
 
