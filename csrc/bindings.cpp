@@ -250,7 +250,7 @@ void bind_engine(py::module_& m, const char* name) {
              });
            })
       .def("upload",
-           [](const E& e, Array<T> x, std::optional<Array<T>> y, bool weighted) {
+           [](const E& e, Array<T> x, std::optional<Array<T>> y, bool weighted, bool borrow) {
              if (x.ndim() != 2 || x.shape(1) != e.spec().input_dim)
                throw std::invalid_argument("features must be a 2-D array of " + std::to_string(e.spec().input_dim) +
                                            " columns");
@@ -265,10 +265,11 @@ void bind_engine(py::module_& m, const char* name) {
                py::gil_scoped_acquire gil;
                delete static_cast<const py::object*>(p);
              });
-             return without_gil([&] { return e.upload(x.data(), yp, rows, std::move(keep), weighted); });
+             return without_gil([&] { return e.upload(x.data(), yp, rows, std::move(keep), weighted, borrow); });
            },
-           py::arg("x"), py::arg("y") = py::none(), py::arg("weighted") = false,
-           "weighted: y's last column is each row's sample weight")
+           py::arg("x"), py::arg("y") = py::none(), py::arg("weighted") = false, py::arg("borrow") = false,
+           "weighted: y's last column is each row's sample weight; borrow: on the CPU read x in place (it "
+           "must not change while the dataset lives)")
       .def("borrow",
            [](const E& e, uintptr_t x, int64_t rows, std::optional<Array<T>> y, bool copy, bool weighted) {
              if (e.device() == "cpu") throw std::invalid_argument("the CPU backend cannot use device memory");

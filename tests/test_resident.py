@@ -155,3 +155,26 @@ def test_predict_ignores_the_targets_a_dataset_carries():
     np.testing.assert_array_equal(reg.predict(classifier_data), reg.predict(X))
     with pytest.raises(ValueError, match="class id per row"):
         reg.evaluate(classifier_data)  # evaluate reads them, so the layout must match
+
+
+def test_cpu_fit_reads_x_in_place_with_the_same_result_and_upload_still_copies():
+    # fit on the CPU reads a C-contiguous array of the model's dtype in place (no second copy of
+    # the data); the result is bit-identical to training on a copy. model.upload owns a copy:
+    # changing the source afterwards changes nothing.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 200)
+
+    def trained(data_x):
+        m = fm.Sequential([fm.Dense(8, "relu", input_dim=6), fm.Dense(3, "softmax")], seed=4)
+        m.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+        m.fit(data_x, y, epochs=2, batch_size=32, verbose=0)
+        return m
+
+    a, b = trained(x), trained(x.copy())
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    resident = a.upload(x, y)
+    before = a.evaluate(resident)["loss"]
+    x[:] = 0.0
+    assert a.evaluate(resident)["loss"] == before

@@ -274,6 +274,8 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
+  bool host_memory() const override { return true; }
+
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, double loss_param,
             Metric metric, ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
     const T scale = T(1) / T(rows);

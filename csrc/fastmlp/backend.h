@@ -46,6 +46,8 @@ class Backend {
   // Bytes a dataset may still take in backend memory before training data must be streamed from
   // the host (free device memory less a reserve for the workspace); unlimited on the host.
   virtual size_t memory_for_data() const { return SIZE_MAX; }
+  // True when backend memory is the process's own (the CPU): host arrays can be used in place.
+  virtual bool host_memory() const { return false; }
 
   // ---- one training step's pieces
   // The next batch: x_dst[i, :] = x[perm[counters->batch_start + i], :] for i < rows, and the

@@ -74,10 +74,21 @@ void Engine<T>::make_resident(Dataset<T>& d, const T* x, const T* y) const {
 
 template <typename T>
 std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t rows,
-                                              std::shared_ptr<const void> keep, bool weighted) const {
+                                              std::shared_ptr<const void> keep, bool weighted, bool borrow) const {
   auto held = lock();
   auto d = new_dataset(backend_, spec_, rows, y, weighted);
   const size_t bytes = sizeof(T) * rows * (d->x_cols + d->y_cols);
+  if (borrow && keep && backend_->host_memory() && bytes <= budget()) {
+    d->x = x;
+    d->host_owner = std::move(keep);
+    if (y) {
+      d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
+      backend_->to_backend(d->y_storage.get(), y, sizeof(T) * rows * d->y_cols);
+      d->y = d->y_storage.get();
+    }
+    d->id = next_dataset_id++;
+    return d;
+  }
   bool resident = bytes <= budget();
   if (resident) {
     try {
@@ -233,7 +244,7 @@ void Engine<T>::load_chunk(const Dataset<T>& data, const int32_t* order, int64_t
 #define FASTMLP_INSTANTIATE_DATASETS(T)                                                                      \
   template void Engine<T>::make_resident(Dataset<T>&, const T*, const T*) const;                             \
   template std::shared_ptr<Dataset<T>> Engine<T>::upload(const T*, const T*, int64_t,                        \
-                                                         std::shared_ptr<const void>, bool) const;            \
+                                                         std::shared_ptr<const void>, bool, bool) const;      \
   template std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T*, const T*, int64_t, bool, bool) const;    \
   template void Engine<T>::check_dataset(const Dataset<T>&, const char*, bool) const;                        \
   template int64_t Engine<T>::prepare_stream(const Dataset<T>&, int);                                        \

@@ -160,8 +160,11 @@ class Engine {
   // streamed: x read in place when `keep` keeps it alive as long as it lives, else from a copy;
   // y always from a copy (class ids are checked once, here).
   // weighted: y has one more column, each row's sample weight (finite, >= 0; checked here).
+  // borrow: where backend memory is host memory (the CPU), x is read in place, kept alive by
+  // `keep`, instead of copied (a fit on arrays the caller holds anyway); y is copied as always.
   std::shared_ptr<Dataset<T>> upload(const T* x, const T* y, int64_t rows,
-                                     std::shared_ptr<const void> keep = nullptr, bool weighted = false) const;
+                                     std::shared_ptr<const void> keep = nullptr, bool weighted = false,
+                                     bool borrow = false) const;
   // Bytes of backend memory a dataset may take before it is streamed: the backend's figure
   // (free GPU memory less a reserve; unlimited on the CPU) unless set here (tests, or to leave
   // GPU memory to others). nullopt restores the backend's figure.

@@ -51,6 +51,8 @@ def dataset(model, x, y=None, xname="x", yname="y", copy_device_arrays=False, sa
         return x._native, x.rows
     x_gpu = device_array(x)  # read once: a DLPack export makes a capsule per call
     if x_gpu is None:
+        if copy_device_arrays:  # model.upload: a ResidentDataset owns a copy, whatever the source does next
+            return upload_arrays(model, x, y, xname, yname, sample_weight, borrow=False)
         if sample_weight is None:
             return model._upload_arrays(x, y, xname, yname)
         return upload_arrays(model, x, y, xname, yname, sample_weight)
@@ -76,15 +78,17 @@ def dataset(model, x, y=None, xname="x", yname="y", copy_device_arrays=False, sa
         raise
     return model._engine.borrow(ptr, rows, ys, copy_device_arrays, sample_weight is not None), rows
 
-def upload_arrays(model, x, y, xname, yname, sample_weight=None):
-    """Host arrays validated, converted and copied into backend memory (one copy per call)."""
+def upload_arrays(model, x, y, xname, yname, sample_weight=None, borrow=True):
+    """Host arrays validated, converted and put in backend memory (one copy per call), except that
+    with borrow the CPU backend reads the features in place (the array fit, evaluate or predict
+    was given, or its converted copy, kept alive by the dataset): no second copy of the data."""
     if y is None:
         xs = model._x(x, xname)
-        return model._engine.upload(xs), xs.shape[0]
+        return model._engine.upload(xs, borrow=borrow), xs.shape[0]
     if sample_weight is None:
         xs, ys = model._xy(x, y, xname, yname)
-        return model._engine.upload(xs, ys), xs.shape[0]
+        return model._engine.upload(xs, ys, borrow=borrow), xs.shape[0]
     xs = as_features(x, xname, model.input_dim, model._dtype)  # all checked before the model is built
     ys = weighted_targets(model, model._y(y, xs.shape[0], yname), sample_weight)
     model._ensure_built(xs.shape[1])
-    return model._engine.upload(xs, ys, True), xs.shape[0]
+    return model._engine.upload(xs, ys, True, borrow), xs.shape[0]

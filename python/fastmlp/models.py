@@ -357,7 +357,8 @@ class Sequential:
         sample_weight: one weight >= 0 per row; class_weight: {class index: weight} (classes not
         listed weigh 1), multiplied into sample_weight. As in Keras, a batch's loss is the sum of
         weight * loss over its rows divided by its row count (not by the sum of the weights), and
-        the metric is not weighted."""
+        the metric is not weighted. On the CPU a C-contiguous x of the model's dtype is read in
+        place, not copied: do not change it while fit runs (model.upload makes a copy)."""
         self._require_compiled("fit")
         with self._lock:
             if self._fit_thread is not None:
