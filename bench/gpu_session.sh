@@ -5,7 +5,8 @@
 # MNIST does not travel with the checkout: first `mkdir -p .devdata && cp -r ../shared/data/mnist
 # .devdata/` here (git-ignored) and pass `carry: [".devdata"]` to the device tool.
 # quick: build and tests only; benches: build, sanitizer and benchmarks without the tests (the
-# two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings.
+# two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings;
+# verify: build, the GPU test files and a sanitizer run of the newest kernels (a short session).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -19,6 +20,28 @@ export FASTMLP_DATA="$PWD/${FASTMLP_DATA:-.devdata/mnist}"
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import fastmlp, json; print(json.dumps(fastmlp.build_info(), indent=1))"
 REPO=$OLDPWD
+if [ "${1:-}" = "verify" ]; then
+  # The GPU-relevant test files only, then compute-sanitizer on a fit that uses this session's
+  # new kernels (weighted loss, Poisson/Huber, GELU through an Activation op, the metrics'
+  # atomics, hvp): a short device session's check of what was written without a GPU.
+  timeout 300 python3 -m pytest -q -ra -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_layers.py" \
+    "$REPO/tests/test_cuda_workflow.py" "$REPO/tests/test_interop.py" 2>&1 | tee "$OUT/tests.log" | tail -25
+  timeout 200 compute-sanitizer --tool memcheck python3 -c "
+import numpy as np, fastmlp as fm
+rng = np.random.default_rng(0); x = rng.normal(size=(300, 20)).astype(np.float32); y = rng.integers(0, 3, 300)
+w = rng.uniform(0, 2, 300).astype(np.float32)
+m = fm.Sequential([fm.Dense(32, 'gelu', input_dim=20), fm.Dropout(0.1), fm.Dense(16, 'silu'), fm.Dense(3, 'softmax')], seed=0)
+m.compile('adam', 'sparse_categorical_crossentropy', metrics=['accuracy', 'auc', 'precision', fm.metrics.TopKCategoricalAccuracy(2)], device='cuda')
+m.fit(x, y, sample_weight=w, epochs=2, batch_size=7, verbose=0); print('memcheck weighted/gelu/metrics', m.evaluate(x, y, sample_weight=w))
+r = fm.Sequential([fm.Dense(8, 'softplus', input_dim=20), fm.Dense(2, 'exponential')], seed=1)
+r.compile('sgd', 'poisson', device='cuda'); r.fit(x, rng.poisson(1.0, (300, 2)).astype(np.float32), epochs=1, verbose=0)
+h = fm.Sequential([fm.Dense(8, 'tanh', input_dim=20), fm.Dense(2)], seed=2)
+h.compile('sgd', fm.losses.Huber(0.5), device='cuda'); h.fit(x, rng.normal(size=(300, 2)).astype(np.float32), epochs=1, verbose=0)
+print('memcheck hvp', np.abs(fm.hvp(h, x[:50], rng.normal(size=(50, 2)).astype(np.float32), [np.ones_like(a) for a in h.get_weights()])[0]).max())
+del m, r, h; import gc; gc.collect()
+" > "$OUT/sanitizer.log" 2>&1; tail -4 "$OUT/sanitizer.log"
+  exit 0
+fi
 if [ "${1:-}" != "benches" ]; then
   python3 -m pytest -q -ra "$REPO/tests" 2>&1 | tee "$OUT/tests.log" | tail -30
 fi

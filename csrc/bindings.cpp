@@ -111,12 +111,22 @@ LayerSpec make_layer(const py::handle& h) {
 }
 
 ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const py::handle& loss,
-                    const py::handle& metric, double loss_param) {
+                    const py::handle& metric, double loss_param, const py::list& metrics) {
   ModelSpec s;
   s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& h : layers) s.layers.push_back(make_layer(h));
   s.loss = checked_enum(loss, "loss id", kLastLoss);
   s.loss_param = loss_param;
+  if (py::len(metrics) > size_t(kMaxMetrics))
+    throw std::invalid_argument("at most " + std::to_string(kMaxMetrics) + " further metrics");
+  for (const auto& h : metrics) {  // (kind id, param, first slot)
+    const auto t = h.cast<py::tuple>();
+    if (t.size() != 3) throw std::invalid_argument("a metric is (kind id, param, slot)");
+    MetricSpec& m = s.metrics.specs[s.metrics.count++];
+    m.kind = checked_enum(t[0], "metric kind", kLastMetricKind);
+    m.param = int32_t(checked_int(t[1], "metric param", 0, kIntMax));
+    m.slot = int32_t(checked_int(t[2], "metric slot", 0, kMetricSlots));
+  }
   s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
   return s;
 }
@@ -129,6 +139,7 @@ py::dict epoch_dict(const EpochResult& r) {
   d["steps"] = r.steps;
   d["rows"] = r.rows;
   d["finished"] = r.finished;
+  if (!r.metric_slots.empty()) d["metric_slots"] = r.metric_slots;
   return d;
 }
 
@@ -180,14 +191,14 @@ void bind_engine(py::module_& m, const char* name) {
   py::class_<E>(m, name)
       .def(py::init([](const py::object& input_dim, const py::list& layers, const py::object& loss,
                        const py::object& metric, const std::string& device, const std::string& precision,
-                       double loss_param) {
-             ModelSpec spec = make_spec(input_dim, layers, loss, metric, loss_param);
+                       double loss_param, const py::list& metrics) {
+             ModelSpec spec = make_spec(input_dim, layers, loss, metric, loss_param, metrics);
              auto e = without_gil([&] { return std::make_unique<E>(std::move(spec), device, precision); });
              e->set_interrupt_poll(poll_python_signals);
              return e;
            }),
            py::arg("input_dim"), py::arg("layers"), py::arg("loss"), py::arg("metric"), py::arg("device"),
-           py::arg("precision"), py::arg("loss_param") = 0.0)
+           py::arg("precision"), py::arg("loss_param") = 0.0, py::arg("metrics") = py::list())
       // Fixed at construction: read without the lock.
       .def_property_readonly("num_params", &E::num_params)
       .def_property_readonly("device", &E::device)

@@ -229,6 +229,12 @@ void CudaBackend::loss(int rows, int n_out, const float* Z, const float* Y, int 
   launch_loss(rows, n_out, Z, Y, y_cols, weighted, loss, loss_param, metric, out_act, dZ, counters, stream_);
 }
 
+void CudaBackend::metrics(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool class_ids, Loss loss,
+                          ActivationSpec out_act, MetricSet set, double* slots) {
+  bind();
+  launch_metrics(rows, n_out, Z, Y, y_cols, class_ids, loss, out_act, set, slots, stream_);
+}
+
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                                  const ParamSegment* segments, int n_segments, bool any_regularizer,
                                  const OptimizerConfig* config, int norm_passes, double* segment_norms,

@@ -55,6 +55,8 @@ class CudaBackend final : public Backend<float> {
   void loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
             double loss_param, Metric metric,
             ActivationSpec out_act, float* dZ, TrainCounters* counters) override;
+  void metrics(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool class_ids, Loss loss,
+               ActivationSpec out_act, MetricSet set, double* slots) override;
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, int norm_passes, double* segment_norms,

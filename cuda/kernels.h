@@ -46,6 +46,8 @@ void launch_loss_hessian_vector(int rows, int n_out, const float* Z, const float
                                 double loss_param,
                                 ActivationSpec out_act, const float* RZ, float* RDZ, cudaStream_t s);
 
+void launch_metrics(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool class_ids, Loss loss,
+                    ActivationSpec out_act, MetricSet set, double* slots, cudaStream_t s);
 void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
                  double loss_param, Metric metric,
                  ActivationSpec out_act, float* dZ, TrainCounters* counters, cudaStream_t s);

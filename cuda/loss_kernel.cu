@@ -31,7 +31,35 @@ __global__ void loss_kernel(int rows, int n_out, const float* __restrict__ Z, co
   }
 }
 
+// The further metrics: one thread per row, each contribution an atomic add into its slot (a
+// row touches a few scalar slots, or one histogram bin per output for AUC).
+struct AtomicAdd {
+  double* slots;
+  __device__ void operator()(int slot, double v) const {
+    if (v != 0.0) atomicAdd(slots + slot, v);
+  }
+};
+
+__global__ void metrics_kernel(int rows, int n_out, const float* __restrict__ Z, const float* __restrict__ Y,
+                               int y_cols, bool class_ids, Loss loss, ActivationSpec out_act, MetricSet set,
+                               double* slots) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= rows) return;
+  AtomicAdd add{slots};
+  for (int k = 0; k < set.count; ++k)
+    math::metric_row(set.specs[k], loss, out_act, class_ids, n_out, Z + int64_t(i) * n_out, Y + int64_t(i) * y_cols,
+                     add);
+}
+
 }  // namespace
+
+void launch_metrics(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool class_ids, Loss loss,
+                    ActivationSpec out_act, MetricSet set, double* slots, cudaStream_t s) {
+  constexpr int threads = 128;
+  metrics_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(rows, n_out, Z, Y, y_cols, class_ids, loss, out_act,
+                                                                     set, slots);
+  FASTMLP_LAUNCH_CHECK("metrics_kernel");
+}
 
 void launch_loss(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
                  double loss_param, Metric metric, ActivationSpec out_act, float* dZ, TrainCounters* counters,

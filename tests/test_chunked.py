@@ -80,3 +80,48 @@ def test_weighted_chunks_and_errors():
         m.evaluate(X, Y, steps=2)
     with pytest.raises(ValueError, match="yielded no rows"):
         m.predict(iter([]))
+
+
+def test_fit_on_a_sequence_equals_fit_on_its_chunks_in_order():
+    # One step per chunk (batch_size None), no shuffling: the same steps as train_on_batch per chunk.
+    a, b = model(), model()
+    seq = Seq(size=20)
+    h = a.fit(seq, epochs=2, shuffle=False, verbose=0)
+    assert seq.epochs_ended == 2 and len(h.history["loss"]) == 2
+    for _ in range(2):
+        for i in range(len(seq)):
+            b.train_on_batch(*seq[i])
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-14)
+
+
+def test_fit_on_a_generator_with_steps_per_epoch_and_validation_source():
+    def forever():
+        while True:
+            yield from gen(size=10)
+
+    m = model()
+    h = m.fit(forever(), steps_per_epoch=6, epochs=3, batch_size=5, verbose=0,
+              validation_data=Seq(size=30), validation_steps=2)
+    assert len(h.history["val_loss"]) == 3 and h.history["loss"][-1] < h.history["loss"][0]
+    # a plain iterator without steps_per_epoch is used up by the first epoch
+    with pytest.raises(ValueError, match="used up by the previous epoch"):
+        model().fit(gen(), epochs=2, verbose=0)
+    with pytest.raises(ValueError, match="leave y, sample_weight"):
+        model().fit(gen(), Y, verbose=0)
+    with pytest.raises(ValueError, match="steps_per_epoch goes with a data source"):
+        model().fit(X, Y, steps_per_epoch=3, verbose=0)
+    with pytest.raises(ValueError, match="has no targets"):
+        model().fit(iter([X]), verbose=0)
+
+
+def test_fit_on_a_loader_matches_the_array_fit_when_it_yields_one_chunk():
+    class One:
+        def __iter__(self):
+            return iter([(X, Y)])
+
+    a, b = model(), model()
+    a.fit(One(), epochs=3, batch_size=16, verbose=0)
+    b.fit(X, Y, epochs=3, batch_size=16, verbose=0, shuffle=True)
+    # shuffling differs (chunk seeds), so compare the quality, not the bits
+    assert abs(a.evaluate(X, Y)["loss"] - b.evaluate(X, Y)["loss"]) < 0.05

@@ -305,3 +305,18 @@ def test_gpu_hvp_matches_cpu():
         cpu, gpu_model = make_pair(layers, loss, OPTIMIZERS["adam"])
         v = rng.normal(size=cpu.count_params()).astype(np.float32)
         assert rel(fm.hvp(gpu_model, x, y, v), fm.hvp(cpu, x, y, v)) <= 1e-4
+
+
+@gpu
+def test_gpu_metrics_match_cpu():
+    # The further metrics' atomic sums on the GPU against the CPU's, for every kind at once.
+    rng = np.random.default_rng(12)
+    x, y = data_for("sparse_categorical_crossentropy", 300, 12, 5, rng)
+    layers = [dict(units=16, activation="tanh", input_dim=12), dict(units=5, activation="softmax")]
+    metrics = ["accuracy", fm.metrics.TopKCategoricalAccuracy(2), "mae", "mse", "precision", "recall", "auc"]
+    cpu, gpu_model = make_pair(layers, "sparse_categorical_crossentropy", OPTIMIZERS["adam"], metrics=metrics)
+    for m in (cpu, gpu_model):
+        m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    a, b = cpu.evaluate(x, y), gpu_model.evaluate(x, y)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=2e-3), key

@@ -61,7 +61,7 @@ def test_grid_search_on_the_gpu_uploads_once(monkeypatch):
     uploads = []
     real = Sequential._upload_arrays
     monkeypatch.setattr(Sequential, "_upload_arrays",
-                        lambda self, x, y, xn, yn: uploads.append(self.device) or real(self, x, y, xn, yn))
+                        lambda self, x, y, xn, yn, **kw: uploads.append(self.device) or real(self, x, y, xn, yn, **kw))
     res = grid_search(lambda units, lr: make(units=units, lr=lr), X, Y, (XV, YV),
                       {"units": [8, 32], "lr": [1e-3, 1e-2]}, epochs=2)
     assert len(uploads) == 2 and all(d.startswith("cuda") for d in uploads)

@@ -127,8 +127,8 @@ def test_data_is_uploaded_once_and_stays_resident_across_trials(monkeypatch):
 
     uploads = []
     real = Sequential._upload_arrays
-    monkeypatch.setattr(Sequential, "_upload_arrays", lambda self, x, y, xn, yn: uploads.append((xn, self._dtype.name))
-                        or real(self, x, y, xn, yn))
+    monkeypatch.setattr(Sequential, "_upload_arrays", lambda self, x, y, xn, yn, **kw:
+                        uploads.append((xn, self._dtype.name)) or real(self, x, y, xn, yn, **kw))
     grid = {"lr": [1e-3, 1e-2, 1e-1], "units": [4, 8]}
     res = grid_search(build, XT, YT, (XV, YV), grid, epochs=2)
     assert len(res) == 6 and uploads == [("x", "float32"), ("x", "float32")]  # train and validation, once

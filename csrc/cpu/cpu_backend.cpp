@@ -274,6 +274,14 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
+  void metrics(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool class_ids, Loss loss,
+               ActivationSpec out_act, MetricSet set, double* slots) override {
+    auto add = [slots](int slot, double v) { slots[slot] += v; };
+    for (int64_t i = 0; i < rows; ++i)
+      for (int k = 0; k < set.count; ++k)
+        math::metric_row(set.specs[k], loss, out_act, class_ids, n_out, Z + i * n_out, Y + i * y_cols, add);
+  }
+
   bool host_memory() const override { return true; }
 
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, double loss_param,

@@ -84,7 +84,8 @@ class OptimizerStep {
               with_bool(clip, [&](auto clipped) {
                 if constexpr ((adam || !std::decay_t<decltype(amsgrad)>::value) && (rms || !std::decay_t<decltype(centered)>::value) &&
                               (has_momentum || !std::decay_t<decltype(momentum)>::value)) {
-                  using F = Flags<K, std::decay_t<decltype(amsgrad)>::value, std::decay_t<decltype(decay)>::value, std::decay_t<decltype(momentum)>::value,
+                  // not K: GCC 13 refuses a constexpr local of an enclosing lambda as a template argument
+                  using F = Flags<std::decay_t<decltype(kind)>::value, std::decay_t<decltype(amsgrad)>::value, std::decay_t<decltype(decay)>::value, std::decay_t<decltype(momentum)>::value,
                                   std::decay_t<decltype(centered)>::value, std::decay_t<decltype(clipped)>::value>;
                   if (F::slots != slots)  // the engine sized the state with optimizer_state_slots
                     throw std::logic_error("optimizer state has " + std::to_string(slots) +

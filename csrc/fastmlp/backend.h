@@ -116,6 +116,11 @@ class Backend {
                     double loss_param, Metric metric,
                     ActivationSpec out_act, T* dZ, TrainCounters* counters) = 0;
 
+  // Adds each row's contributions to the further metrics (math::metric_row) into slots, which
+  // live in backend memory next to the counters (kMetricSlots doubles).
+  virtual void metrics(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool class_ids, Loss loss,
+                       ActivationSpec out_act, MetricSet set, double* slots) = 0;
+
   // One fused update of all parameters, segment by segment (segments and config are backend
   // memory, so a captured step replays with the current learning rate). A moving-average
   // segment gets p = momentum * p + (1 - momentum) * grads[k] instead (kept when not finite),

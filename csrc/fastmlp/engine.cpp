@@ -52,8 +52,9 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
   be->to_backend(segments_dev_.get(), segments_.data(), sizeof(ParamSegment) * segments_.size());
   segment_norms_ = BackendBuffer<T>(be, sizeof(double) * (kSegmentNormSlots * segments_.size() + 1));
   config_dev_ = BackendBuffer<T>(be, sizeof(OptimizerConfig));
-  train_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
-  eval_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters));
+  // Each counters buffer holds the TrainCounters, then kMetricSlots doubles of metric sums.
+  train_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters) + sizeof(double) * kMetricSlots);
+  eval_counters_ = BackendBuffer<T>(be, sizeof(TrainCounters) + sizeof(double) * kMetricSlots);
   set_optimizer(OptimizerConfig{}, true);
 }
 
@@ -283,6 +284,7 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data) {
   forward(rows, x_batch_.get(), true, counters);
   be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, dz_.back().get(),
            counters);
+  add_metrics(rows, y_batch_.get(), data, train_counters_);
   backward(rows, x_batch_.get(), counters);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
                      int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(),
@@ -298,6 +300,38 @@ void Engine<T>::reset_counters(BackendBuffer<T>& counters, bool keep_step) {
     c.mu_product = old.mu_product;
   }
   write_counters(counters, c);
+  zero_metric_slots(counters);
+}
+
+template <typename T>
+void Engine<T>::zero_metric_slots(BackendBuffer<T>& counters) {
+  if (spec_.metrics.count == 0) return;
+  static const std::vector<double> zeros(kMetricSlots, 0.0);
+  backend_->to_backend(metric_slots(counters), zeros.data(), sizeof(double) * kMetricSlots);
+}
+
+template <typename T>
+double* Engine<T>::metric_slots(BackendBuffer<T>& counters) {
+  static_assert(sizeof(TrainCounters) % alignof(double) == 0, "the metric sums follow the counters");
+  return reinterpret_cast<double*>(reinterpret_cast<char*>(counters.template as<TrainCounters>()) +
+                                   sizeof(TrainCounters));
+}
+
+template <typename T>
+std::vector<double> Engine<T>::read_metric_slots(const BackendBuffer<T>& counters) const {
+  std::vector<double> slots;
+  if (spec_.metrics.count == 0) return slots;
+  slots.resize(kMetricSlots);
+  const char* base = reinterpret_cast<const char*>(counters.template as<TrainCounters>());
+  backend_->to_host(slots.data(), base + sizeof(TrainCounters), sizeof(double) * kMetricSlots);
+  return slots;
+}
+
+template <typename T>
+void Engine<T>::add_metrics(int rows, const T* y, const Dataset<T>& data, BackendBuffer<T>& counters) {
+  if (spec_.metrics.count == 0) return;
+  backend_->metrics(rows, n_out(), logits(), y, data.y_cols, data.class_ids, spec_.loss, out_act_, spec_.metrics,
+                    metric_slots(counters));
 }
 
 template <typename T>
@@ -416,6 +450,7 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   result.nonfinite = c.nonfinite != 0;
   result.loss = (c.loss_sum + c.reg_sum) / double(epoch_.rows_done);
   result.metric = c.metric_sum / double(epoch_.rows_done);
+  result.metric_slots = read_metric_slots(train_counters_);
   return result;
 }
 
@@ -472,11 +507,14 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
   for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
     forward(rows, x, false, counters);
     backend_->loss(rows, n_out(), logits(), y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, nullptr, counters);
+    add_metrics(rows, y, data, eval_counters_);
   });
   const TrainCounters c = read_counters(eval_counters_);
   result.nonfinite = c.nonfinite != 0;
   result.loss = c.loss_sum / double(data.rows) + regularization_penalty();
   result.metric = c.metric_sum / double(data.rows);
+  result.metric_slots = read_metric_slots(eval_counters_);
+  result.rows = data.rows;
   return result;
 }
 
@@ -530,10 +568,12 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
   start.step = trained.step;
   start.mu_product = trained.mu_product;
   write_counters(counters, start);
+  zero_metric_slots(counters);
   auto* c = counters.template as<TrainCounters>();
   forward(rows, data.x, true, c);
   backend_->loss(rows, n_out(), logits(), data.y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_,
                  with_backward ? dz_.back().get() : nullptr, c);
+  add_metrics(rows, data.y, data, counters);
   if (with_backward) backward(rows, data.x, c);
   return read_counters(counters);
 }
@@ -649,6 +689,8 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   r.nonfinite = c.nonfinite != 0;
   r.loss = (c.loss_sum + c.reg_sum) / double(rows);
   r.metric = c.metric_sum / double(rows);
+  r.metric_slots = read_metric_slots(train_counters_);
+  r.rows = rows;
   if (r.nonfinite) {
     be->copy(params_.get(), undo_.get(), p_bytes);
     if (s_bytes) be->copy(state_.get(), undo_.get() + num_params_, s_bytes);

@@ -112,6 +112,7 @@ struct EpochResult {
   int64_t steps = 0;    // batches trained (in this epoch so far, for train_batches)
   int64_t rows = 0;     // rows those batches held
   bool finished = true; // train_batches: the epoch's last batch has run
+  std::vector<double> metric_slots;  // the further metrics' sums (spec.metrics), when there are any
 };
 
 template <typename T>
@@ -282,6 +283,12 @@ class Engine {
   TrainCounters gradients_of_whole(const Dataset<T>& data, BackendBuffer<T>& counters, bool with_backward = true);
   void reset_counters(BackendBuffer<T>& counters, bool keep_step);
   TrainCounters read_counters(const BackendBuffer<T>& counters) const;
+  // The further metrics' sums, kept in the counters buffer after the TrainCounters.
+  double* metric_slots(BackendBuffer<T>& counters);
+  std::vector<double> read_metric_slots(const BackendBuffer<T>& counters) const;
+  void zero_metric_slots(BackendBuffer<T>& counters);
+  // The further metrics of a batch whose loss was just computed (nothing when there are none).
+  void add_metrics(int rows, const T* y, const Dataset<T>& data, BackendBuffer<T>& counters);
   void write_counters(BackendBuffer<T>& counters, const TrainCounters& c);
   double regularization_penalty() const;
   // Mean loss + penalty of `data` in training mode and its gradient (host), the lock held.

@@ -21,6 +21,7 @@ namespace math {
 
 #if !defined(__CUDA_ARCH__)
 // Host code gets the float and double overloads from std; CUDA device code has its own.
+using std::ceil;
 using std::cos;
 using std::erf;
 using std::exp;
@@ -332,6 +333,83 @@ FASTMLP_HD RowResult loss_row(Loss loss, T loss_param, Metric metric, const Acti
     }
   }
   return r;
+}
+
+// ------------------------------------------------------------------ further metrics
+// The index of the largest of Keras's AUC thresholds below score s: thresholds are -eps,
+// 1/(B-1), ..., (B-2)/(B-1), 1+eps for B = kAucBins, so a score counts as positive at threshold i
+// exactly when its bin is >= i.
+template <typename T>
+FASTMLP_HD int auc_bin(T s) {
+  if (!(s > T(0))) return 0;
+  if (s > T(1)) return s > T(1) + T(1e-7) ? kAucBins - 1 : kAucBins - 2;
+  const int i = static_cast<int>(ceil(s * T(kAucBins - 1))) - 1;
+  return i < 0 ? 0 : (i > kAucBins - 2 ? kAucBins - 2 : i);
+}
+
+// One row's contribution to metric m: add(slot, value) for each slot it touches. Scores are
+// probabilities for the cross-entropy losses (sigmoid or softmax of the logits, whatever the
+// output layer says, so from_logits models score alike) and the activated output otherwise; a
+// class-id target stands for its one-hot row.
+template <typename T, typename Add>
+FASTMLP_HD void metric_row(const MetricSpec& m, Loss loss, const ActivationSpec& out, bool class_ids, int n,
+                           const T* z, const T* y, Add& add) {
+  const bool ce = loss == Loss::SparseCategoricalCrossentropy || loss == Loss::CategoricalCrossentropy;
+  const bool bce = loss == Loss::BinaryCrossentropy;
+  const T lse = ce ? row_logsumexp(n, z) : (out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0));
+  const int c = class_ids ? static_cast<int>(y[0]) : -1;
+  auto score = [&](int j) -> T {
+    if (bce) return sigmoid(z[j]);
+    if (ce) return exp(z[j] - lse);
+    return output_value(out, lse, z[j]);
+  };
+  auto target = [&](int j) -> T { return class_ids ? (j == c ? T(1) : T(0)) : y[j]; };
+  auto argmax_score = [&]() {
+    int best = 0;
+    for (int j = 1; j < n; ++j)
+      if (score(j) > score(best)) best = j;
+    return best;
+  };
+  const int cls = class_ids ? c : row_argmax(n, y);
+  switch (m.kind) {
+    case MetricKind::Accuracy:
+      if (!class_ids && (bce || n == 1)) {  // binary outputs: each thresholded at 0.5
+        T hits = T(0);
+        for (int j = 0; j < n; ++j) hits += ((score(j) > T(0.5)) == (y[j] > T(0.5))) ? T(1) : T(0);
+        add(m.slot, double(hits / T(n)));
+      } else {
+        add(m.slot, argmax_score() == cls ? 1.0 : 0.0);
+      }
+      return;
+    case MetricKind::TopK: {
+      const T sc = score(cls);
+      int above = 0;
+      for (int j = 0; j < n; ++j) above += score(j) > sc ? 1 : 0;
+      add(m.slot, above < m.param ? 1.0 : 0.0);
+      return;
+    }
+    case MetricKind::MeanAbsoluteError:
+    case MetricKind::MeanSquaredError: {
+      T sum = T(0);
+      for (int j = 0; j < n; ++j) {
+        const T d = score(j) - target(j);
+        sum += m.kind == MetricKind::MeanAbsoluteError ? fabs(d) : d * d;
+      }
+      add(m.slot, double(sum / T(n)));
+      return;
+    }
+    case MetricKind::Precision:
+    case MetricKind::Recall:
+      for (int j = 0; j < n; ++j) {
+        const bool predicted = score(j) > T(0.5), actual = target(j) > T(0.5);
+        if (predicted && actual) add(m.slot, 1.0);
+        if (m.kind == MetricKind::Precision ? predicted : actual) add(m.slot + 1, 1.0);
+      }
+      return;
+    case MetricKind::Auc:
+      for (int j = 0; j < n; ++j) add(m.slot + (target(j) > T(0.5) ? 0 : kAucBins) + auc_bin(score(j)), 1.0);
+      return;
+  }
 }
 
 // One sample's (loss's Hessian w.r.t. z) times rz, times scale, into rdz: the R-operator of

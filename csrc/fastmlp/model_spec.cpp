@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace fastmlp {
 
@@ -122,6 +123,22 @@ void validate(const ModelSpec& spec) {
     }
   }
   if (!any_dense) throw std::invalid_argument("a model needs at least one Dense layer");
+  const MetricSet& ms = spec.metrics;
+  if (ms.count < 0 || ms.count > kMaxMetrics)
+    throw std::invalid_argument("at most " + std::to_string(kMaxMetrics) + " further metrics");
+  std::vector<bool> taken(kMetricSlots, false);
+  for (int k = 0; k < ms.count; ++k) {
+    const MetricSpec& m = ms.specs[k];
+    if (int(m.kind) < 0 || m.kind > kLastMetricKind) throw std::invalid_argument("unknown metric kind");
+    const int n = metric_slot_count(m.kind);
+    if (m.slot < 0 || m.slot + n > kMetricSlots)
+      throw std::invalid_argument("metric slots beyond " + std::to_string(kMetricSlots));
+    for (int s = m.slot; s < m.slot + n; ++s) {
+      if (taken[s]) throw std::invalid_argument("two metrics share a slot");
+      taken[s] = true;
+    }
+    if (m.kind == MetricKind::TopK && m.param < 1) throw std::invalid_argument("top-k accuracy needs k >= 1");
+  }
   const Activation out = output_activation(spec).kind;
   const int width = output_width(spec);
   switch (spec.loss) {

@@ -61,6 +61,7 @@ struct ModelSpec {
   Loss loss = Loss::MeanSquaredError;
   double loss_param = 0.0;  // Huber's delta; unused by the other losses
   Metric metric = Metric::None;
+  MetricSet metrics;  // further metrics, each into its own slots (types.h)
 };
 
 // Checks a spec and throws std::invalid_argument naming the problem.

@@ -28,6 +28,36 @@ constexpr Loss kLastLoss = Loss::LogCosh;  // ids are checked against it
 // Metric accumulated next to the loss: accuracy for classifiers, mean absolute error otherwise.
 enum class Metric : int32_t { None = 0, Accuracy, BinaryAccuracy, MeanAbsoluteError };
 
+// Further metrics (compile(metrics=[...]) with more than one): each adds per-row contributions to
+// its own slots of a sum array that follows the counters (math::metric_row); the final value is
+// computed from the sums when an epoch or evaluation ends (fastmlp/metrics.py).
+enum class MetricKind : int32_t {
+  Accuracy = 0,   // 1 slot: hits (argmax, or per-output 0.5 thresholds for binary outputs)
+  TopK,           // 1 slot: rows whose class is among the k largest outputs (param = k)
+  MeanAbsoluteError,  // 1 slot: mean over outputs of |a - y|
+  MeanSquaredError,   // 1 slot: mean over outputs of (a - y)^2
+  Precision,      // 2 slots: true positives, predicted positives (a > 0.5)
+  Recall,         // 2 slots: true positives, actual positives (y > 0.5)
+  Auc,            // 2 * kAucBins slots: histograms of the scores of positives and of negatives
+};
+constexpr MetricKind kLastMetricKind = MetricKind::Auc;
+constexpr int kAucBins = 200;       // Keras's AUC(num_thresholds=200): one bin per threshold
+constexpr int kMaxMetrics = 8;
+constexpr int kMetricSlots = 512;   // room for one AUC and seven two-slot metrics
+struct MetricSpec {
+  MetricKind kind = MetricKind::Accuracy;
+  int32_t param = 0;  // TopK: k
+  int32_t slot = 0;   // its first slot
+};
+struct MetricSet {
+  int32_t count = 0;
+  MetricSpec specs[kMaxMetrics];
+};
+constexpr int metric_slot_count(MetricKind kind) {
+  return kind == MetricKind::Auc ? 2 * kAucBins
+                                 : (kind == MetricKind::Precision || kind == MetricKind::Recall ? 2 : 1);
+}
+
 // Every optimizer, once: X(enum name, Python name). The enum, the bindings' OPTIMIZER_KINDS (which
 // Python reads instead of copying ids) and the CPU backend's dispatch are generated from this
 // list. An optimizer's hyper-parameters are fields of OptimizerConfig, its state slots a case of

@@ -125,6 +125,7 @@ def train_epoch(model, chunks: ChunkSource, batch_size, seed):
     (means over all rows of the epoch)."""
     rows = 0
     loss = metric = 0.0
+    slots = None  # the further metrics' sums, added over the chunks
     for i, chunk in enumerate(chunks.epoch()):
         x, y, w = unpack(chunk, "training", need_y=True)
         data, n = model._data(x, y, sample_weight=w)
@@ -137,15 +138,24 @@ def train_epoch(model, chunks: ChunkSource, batch_size, seed):
         loss += r["loss"] * n
         metric += r["metric"] * n
         rows += n
+        slots = _add_slots(slots, r)
     if rows == 0:
         raise ValueError("the training source yielded no rows this epoch")
-    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": False, "rows": rows}
+    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": False, "rows": rows, "metric_slots": slots}
+
+
+def _add_slots(total, result):
+    s = result.get("metric_slots")
+    if s is None:
+        return total
+    return np.asarray(s, dtype=np.float64) if total is None else total + np.asarray(s, dtype=np.float64)
 
 
 def evaluate(model, chunks: ChunkSource, batch_size):
     rows = 0
     loss = metric = 0.0
     nonfinite = False
+    slots = None
     for chunk in chunks.epoch():
         x, y, w = unpack(chunk, "evaluation", need_y=True)
         data, n = model._data(x, y, sample_weight=w)
@@ -156,9 +166,10 @@ def evaluate(model, chunks: ChunkSource, batch_size):
         loss += r["loss"] * n
         metric += r["metric"] * n
         rows += n
+        slots = _add_slots(slots, r)
     if rows == 0:
         raise ValueError("the evaluation source yielded no rows")
-    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": nonfinite}
+    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": nonfinite, "rows": rows, "metric_slots": slots}
 
 
 def predict(model, chunks: ChunkSource, batch_size):

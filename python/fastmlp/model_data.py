@@ -51,7 +51,9 @@ def dataset(model, x, y=None, xname="x", yname="y", copy_device_arrays=False, sa
         return x._native, x.rows
     x_gpu = device_array(x)  # read once: a DLPack export makes a capsule per call
     if x_gpu is None:
-        if copy_device_arrays:  # model.upload: a ResidentDataset owns a copy, whatever the source does next
+        if copy_device_arrays and sample_weight is None:  # model.upload: a ResidentDataset owns a copy
+            return model._upload_arrays(x, y, xname, yname, borrow=False)
+        if copy_device_arrays:
             return upload_arrays(model, x, y, xname, yname, sample_weight, borrow=False)
         if sample_weight is None:
             return model._upload_arrays(x, y, xname, yname)

@@ -19,6 +19,7 @@ from . import _core
 from . import activations as _activations
 from . import chunked as _chunked
 from . import losses as _losses
+from . import metrics as _metrics
 from . import model_structure as _structure
 from . import optimizers as _optimizers
 from ._enums import LOSS_IDS, METRIC_IDS
@@ -53,6 +54,15 @@ def resolve_device(device) -> str:
 
 
 _REGRESSION_LOSSES = ("mse", "poisson", "huber", "mae", "log_cosh")
+_FUSED_METRICS = ("accuracy", "acc", "binary_accuracy", "mae", "mean_absolute_error")
+
+
+def _single_fused_metric(metrics) -> bool:
+    """None, [] or one name the engine's fused metric computes: the original single-metric path."""
+    if metrics is None or isinstance(metrics, str):
+        return metrics is None or metrics.lower() in _FUSED_METRICS
+    names = list(metrics)
+    return len(names) == 0 or (len(names) == 1 and isinstance(names[0], str) and names[0].lower() in _FUSED_METRICS)
 
 
 def _resolve_metric(metrics, loss: _losses.Loss):
@@ -199,7 +209,13 @@ class Sequential:
         if isinstance(opt, _optimizers.FullBatchOptimizer):
             opt.check_model(self)
             opt.reset()
-        metric_native, metric_key = _resolve_metric(metrics, loss_obj)
+        if _single_fused_metric(metrics):  # the engine's original fused metric, as before
+            metric_native, metric_key = _resolve_metric(metrics, loss_obj)
+            further = []
+        else:  # several metrics (or metric objects): each in its own native slots (fastmlp.metrics)
+            metric_native, metric_key = None, None
+            further = _metrics.plan(metrics if not isinstance(metrics, str) else [metrics], loss_obj,
+                                    self._output_dim())
         device = resolve_device(device)
         if dtype not in ("float32", "float64", np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -231,7 +247,7 @@ class Sequential:
                 check_dtype(dtype)
         # The optimizer is copied: one instance given to two models must not tie their learning rates.
         args = dict(optimizer=opt.copy(), loss=loss_obj, metric=metric_native, metric_key=metric_key,
-                    device=device, precision=precision, dtype=dtype)
+                    further_metrics=further, device=device, precision=precision, dtype=dtype)
         with self._lock:
             self._check_not_fitting("compile")
             # Everything that can fail (the device, memory, converting the trained weights) happens
@@ -265,7 +281,8 @@ class Sequential:
         layers = [layer.native(self.seed, i) for i, layer in enumerate(self.layers)]
         cls = _core.Engine64 if np.dtype(dtype) == np.float64 else _core.Engine32
         return cls(self.input_dim if input_dim is None else input_dim, layers, LOSS_IDS[args["loss"].name],
-                   METRIC_IDS[args["metric"]], device, precision, float(args["loss"].param))
+                   METRIC_IDS[args["metric"]], device, precision, float(args["loss"].param),
+                   _metrics.native(args.get("further_metrics", [])))
 
     def _make_engine(self, args, input_dim: int):
         """A new engine for compile config `args` and this input width, its weights initialized from
@@ -311,8 +328,8 @@ class Sequential:
         """Validated (x, y) as an engine dataset and its row count (fastmlp.model_data.dataset)."""
         return _model_data.dataset(self, x, y, xname, yname, copy_device_arrays, sample_weight)
 
-    def _upload_arrays(self, x, y, xname, yname):
-        return _model_data.upload_arrays(self, x, y, xname, yname)
+    def _upload_arrays(self, x, y, xname, yname, borrow=True):
+        return _model_data.upload_arrays(self, x, y, xname, yname, borrow=borrow)
 
     @property
     def data_budget(self) -> int | None:
@@ -347,13 +364,17 @@ class Sequential:
 
     # ----------------------------------------------------------------------- fit
     def fit(self, x, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0, sample_weight=None, class_weight=None):
+            validation_data=None, shuffle=True, initial_epoch=0, sample_weight=None, class_weight=None,
+            steps_per_epoch=None, validation_steps=None):
         """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
         batch_size: None means 32 (Keras), or all training rows with a full-batch method (LBFGS,
         Newton, HessianFree: one step of it per epoch; a smaller batch_size takes one step per batch).
         x, y: arrays (NumPy, lists, GPU arrays), or x a ResidentDataset (model.upload) and no y.
         validation_data: a tuple (x_val, y_val), (x_val, y_val, val_sample_weight) or a
-        ResidentDataset with targets.
+        ResidentDataset with targets. x may also be a data source: a generator, Keras-style Sequence
+        or DataLoader yielding (x, y[, sample_weight]) chunks (fastmlp.chunked), steps_per_epoch of
+        them per epoch (default: one pass), each trained natively in batches of batch_size (None:
+        the chunk is one step); validation_data may be one too (validation_steps).
         sample_weight: one weight >= 0 per row; class_weight: {class index: weight} (classes not
         listed weigh 1), multiplied into sample_weight. As in Keras, a batch's loss is the sum of
         weight * loss over its rows divided by its row count (not by the sum of the weights), and
@@ -368,7 +389,8 @@ class Sequential:
             self._fit_thread = threading.get_ident()
         try:
             return _training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
-                                 validation_data, shuffle, initial_epoch, sample_weight, class_weight)
+                                 validation_data, shuffle, initial_epoch, sample_weight, class_weight,
+                                 steps_per_epoch, validation_steps)
         finally:
             self._fit_thread = None
 

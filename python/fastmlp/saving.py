@@ -47,6 +47,7 @@ from . import _core
 from . import layers as _layers
 from .layers import Dense
 from . import losses as _losses
+from . import metrics as _metrics
 from . import optimizers as _optimizers
 from ._atomic_write import write_atomic
 from .callbacks import History
@@ -89,6 +90,8 @@ def _config(model, engine, step) -> dict:
     if args is not None:
         cfg["compile"] = {"optimizer": args["optimizer"].get_config(), "loss": args["loss"].get_config(),
                           "metric": args["metric_key"], "device": args["device"],
+                          **({"metrics": [m.get_config() for m, _ in args["further_metrics"]]}
+                             if args.get("further_metrics") else {}),
                           "precision": args["precision"], "dtype": np.dtype(args["dtype"]).name}
     if engine is not None:
         cfg["step"] = int(step)
@@ -348,11 +351,20 @@ def _plan(cfg, path, device):
         precision = "float32"
     metric = c["metric"]
     _need(metric is None or isinstance(metric, str), path, f"bad metric {metric!r}")
+    further = c.get("metrics")  # several metrics (fastmlp.metrics); absent in older files
+    _need(further is None or (isinstance(further, list) and metric is None), path, f"bad metrics {further!r}")
+    if further is not None:
+        try:
+            metric_list = [_metrics.from_config(m) for m in further]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: bad metrics config: {exc}") from None
+    else:
+        metric_list = None if metric is None else [metric]
     _need(c["dtype"] in ("float32", "float64"), path, f"dtype must be 'float32' or 'float64', got {c['dtype']!r}")
     optimizer = _optimizers.from_config(c["optimizer"])
     plan["optimizer"] = optimizer
     plan["compile"] = dict(optimizer=optimizer, loss=_losses.from_config(c["loss"]),
-                           metrics=None if metric is None else [metric], device=device, precision=precision,
+                           metrics=metric_list, device=device, precision=precision,
                            dtype=c["dtype"])
     built = cfg.get("built", False)
     _need(isinstance(built, bool), path, f"built must be true or false, got {built!r}")

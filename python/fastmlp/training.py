@@ -26,6 +26,11 @@ def metric_logs(model, result: dict, prefix="") -> dict:
     key = model._compile_args["metric_key"]
     if key:
         logs[prefix + key] = float(result["metric"])
+    further = model._compile_args.get("further_metrics")
+    if further and result.get("metric_slots") is not None:
+        from .metrics import values
+
+        logs.update(values(further, result["metric_slots"], int(result.get("rows") or 0), prefix))
     return logs
 
 
@@ -51,7 +56,8 @@ def _row_weights(model, x, y, sample_weight, class_weight):
 
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-         initial_epoch, sample_weight=None, class_weight=None):
+         initial_epoch, sample_weight=None, class_weight=None, steps_per_epoch=None, validation_steps=None):
+    from . import chunked
     from .optimizers import FullBatchOptimizer
 
     full_batch = isinstance(model.optimizer, FullBatchOptimizer)
@@ -66,8 +72,26 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
             or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    if y is None and not isinstance(x, ResidentDataset):
-        raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y)")
+    # A data source (generator, Sequence, DataLoader) yields its chunks, targets included (fastmlp.chunked).
+    source = val_source = None
+    if chunked.is_chunk_source(x):
+        if y is not None or sample_weight is not None or class_weight is not None or validation_split:
+            raise ValueError("a data source yields (x, y[, sample_weight]) chunks itself: leave y, sample_weight, "
+                             "class_weight and validation_split out")
+        if full_batch:
+            raise ValueError(f"{type(model.optimizer).__name__} takes all rows at once: pass arrays, not a data source")
+        source = chunked.ChunkSource(x, chunked.check_steps(steps_per_epoch, "steps_per_epoch"), "training")
+    elif steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch goes with a data source (a generator, Sequence or DataLoader), not arrays")
+    if chunked.is_chunk_source(validation_data):
+        val_source = chunked.ChunkSource(validation_data, chunked.check_steps(validation_steps, "validation_steps"),
+                                         "validation")
+        validation_data = None
+    elif validation_steps is not None:
+        raise ValueError("validation_steps goes with a validation data source, not arrays")
+    if y is None and source is None and not isinstance(x, ResidentDataset):
+        raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y), or a "
+                         "data source yielding (x, y) chunks")
     if isinstance(x, ResidentDataset) and not x.has_targets:
         raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
     if validation_data is not None and not isinstance(validation_data, ResidentDataset):
@@ -89,8 +113,11 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             validation_data = (x[-n_val:], y[-n_val:]) + (() if weights is None else (weights[-n_val:],))
             x, y = x[:-n_val], y[:-n_val]
             weights = None if weights is None else weights[:-n_val]
-    train_data, n_train = model._data(x, y, sample_weight=weights)
-    if batch_size is None:
+    if source is None:
+        train_data, n_train = model._data(x, y, sample_weight=weights)
+    else:  # built from the first chunk; batch_size None: each chunk is one step, as Keras takes a batch
+        train_data, n_train = None, 0
+    if batch_size is None and source is None:
         batch_size = n_train if full_batch else 32
     host_batches = None  # a full-batch method on mini-batches: each batch of fit is one of its steps
     if full_batch and batch_size < n_train:
@@ -109,12 +136,25 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                                   sample_weight=val_weights)
     engine = model._engine
     history = History()
-    params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
-              "steps": -(-n_train // batch_size)}
+    if source is not None:  # steps are chunks (their count, when the source knows it)
+        try:
+            chunks_per_epoch = len(source)
+        except TypeError:
+            chunks_per_epoch = None
+        params = {"epochs": epochs, "batch_size": batch_size, "samples": None, "verbose": verbose,
+                  "steps": chunks_per_epoch}
+        if any(getattr(cb, "batch_interval", None) for cb in callbacks or []):
+            raise ValueError("callbacks with batch_interval need array data; a data source reports once per epoch")
+    else:
+        params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
+                  "steps": -(-n_train // batch_size)}
     from .progress import EpochProgress
 
-    progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
-    bar_hook = [progress.hook()] if progress.mode == "bar" else []
+    if source is not None:
+        progress = EpochProgress(verbose, epochs, chunks_per_epoch or 1, batch_size=1)
+    else:
+        progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
+    bar_hook = [progress.hook()] if progress.mode == "bar" and source is None else []
     cbs = CallbackList([history] + list(callbacks or []) + bar_hook, model, params)
     model.history = history
     model.stop_training = False
@@ -125,7 +165,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             progress.begin(epoch)
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
             started = time.perf_counter()
-            if host_batches is not None:
+            if source is not None:
+                result = chunked.train_epoch(model, source, batch_size, seed)
+                engine = model._engine  # built by the first chunk
+            elif host_batches is not None:
                 result = full_batch_steps(model, engine, host_batches, batch_size, seed)
             elif full_batch:  # one step of the full-batch method (shuffling changes nothing)
                 result = model.optimizer.step(engine, train_data)
@@ -142,12 +185,15 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             logs = metric_logs(model, result)
             if val_data is not None:
                 logs.update(metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH), "val_"))
+            elif val_source is not None:
+                logs.update(metric_logs(model, chunked.evaluate(model, val_source, _EVAL_BATCH), "val_"))
             progress.end(epoch, logs, seconds)
             cbs.on_epoch_end(epoch, logs)
             if model.stop_training:
                 break
     finally:
-        engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
+        if engine is not None:
+            engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
         progress.close()
     cbs.on_train_end()
     return history
