@@ -83,6 +83,10 @@ def test_train_save_evaluate_predict(capsys, tmp_path, npz_data):
                        "--save", str(model_path))
     assert rc == 0, err
     assert out.count("Epoch ") == 5 and "val_accuracy" in out and "saved model" in out
+    # Keras's bar (the final line of each epoch off a terminal): 240 samples, 8 steps of 32
+    assert len(re.findall(r"^8/8 ━{4,20} \d+s \d+(?:µs|ms|s)/step - loss: \d\.\d{4} - accuracy: \d\.\d{4}", out,
+                          re.M)) == 5, out
+    assert "\r" not in out and "\x1b" not in out
     test_acc = float(re.search(r"test loss: [\d.]+ - accuracy: ([\d.]+)", out).group(1))
     model = fm.load_model(model_path)
     assert [l.units for l in model.layers] == [32, 16, 3] and model.seed == 1
@@ -163,3 +167,117 @@ def test_bad_files(capsys, tmp_path, npz_data):
     rc, _, err = run(capsys, "predict", "--model", str(tmp_path / "ok.fm"), "--data", str(tmp_path / "wide.npz"),
                      "--out", str(tmp_path / "p.npy"))
     assert_one_line_error(rc, err, "9")
+
+
+# ------------------------------------------------------------------ MNIST IDX folders, --data-dir
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx_folder(folder, n_train=40, n_test=12, gz=True, seed=0):
+    """Four small MNIST-format IDX files (28x28 uint8 images, labels 0-9) in folder; returns the arrays."""
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {IDX_STEMS[0]: rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+             IDX_STEMS[1]: rng.integers(0, 10, n_train, dtype=np.uint8),
+             IDX_STEMS[2]: rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+             IDX_STEMS[3]: rng.integers(0, 10, n_test, dtype=np.uint8)}
+    for stem, arr in parts.items():
+        data = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+        if gz:
+            (folder / (stem + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / stem).write_bytes(data)
+    return parts
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """load_mnist's downloads fail at once, as offline."""
+    from fastmlp import datasets
+
+    def offline(url, timeout):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(datasets, "_urlopen", offline)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_data_accepts_a_folder_of_idx_files(capsys, tmp_path, gz, no_network):
+    parts = write_idx_folder(tmp_path / "mnist", gz=gz)
+    folder, model_path = str(tmp_path / "mnist"), tmp_path / "m.fm"
+    rc, out, err = run(capsys, "train", "--data", folder, "--hidden", "8", "--epochs", "2", "--batch-size", "16",
+                       "--device", "cpu", "--save", str(model_path))
+    assert rc == 0, err
+    assert out.count("Epoch ") == 2 and "val_loss" in out and "test loss" in out
+    model = fm.load_model(model_path)
+    assert model.input_dim == 784 and model.layers[-1].units == 10
+    rc, out, err = run(capsys, "evaluate", "--model", str(model_path), "--data", folder)
+    assert rc == 0 and "test (12 samples)" in out, err
+    rc, _, err = run(capsys, "predict", "--model", str(model_path), "--data", folder, "--out",
+                     str(tmp_path / "p.npy"))
+    assert rc == 0, err
+    x_test = parts[IDX_STEMS[2]].reshape(12, -1).astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), model.predict(x_test).argmax(axis=1))
+    # a folder whose subfolder mnist holds the files, as with $FASTMLP_DATA
+    rc, out, err = run(capsys, "evaluate", "--model", str(model_path), "--data", str(tmp_path))
+    assert rc == 0 and "test (12 samples)" in out, err
+
+
+def test_data_dir_is_where_mnist_looks_and_overrides_the_environment(capsys, tmp_path, monkeypatch, no_network):
+    write_idx_folder(tmp_path / "env" / "mnist", n_test=5, seed=1)
+    write_idx_folder(tmp_path / "dir", n_test=7, seed=2)
+    monkeypatch.setenv("FASTMLP_DATA", str(tmp_path / "env"))
+    rc, out, err = run(capsys, "train", "--data", "mnist", "--hidden", "4", "--epochs", "1", "--device", "cpu", "-q",
+                       "--save", str(tmp_path / "m.fm"))
+    assert rc == 0, err
+    assert "test loss" in out
+    rc, out, _ = run(capsys, "evaluate", "--model", str(tmp_path / "m.fm"), "--data", "mnist")
+    assert rc == 0 and "test (5 samples)" in out  # $FASTMLP_DATA/mnist
+    for data_dir in (tmp_path / "dir", "~/" + os.path.relpath(tmp_path / "dir", os.path.expanduser("~"))):
+        rc, out, err = run(capsys, "evaluate", "--model", str(tmp_path / "m.fm"), "--data", "mnist",
+                           "--data-dir", str(data_dir))
+        assert rc == 0 and "test (7 samples)" in out, err  # --data-dir wins over $FASTMLP_DATA
+    rc, out, err = run(capsys, "predict", "--model", str(tmp_path / "m.fm"), "--data", "mnist", "--data-dir",
+                       str(tmp_path / "dir"), "--out", str(tmp_path / "p.npy"))
+    assert rc == 0 and np.load(tmp_path / "p.npy").shape == (7,), err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_says_where_data_is_looked_for(capsys, monkeypatch, command):
+    monkeypatch.delenv("FASTMLP_DATA", raising=False)
+    rc, out, _ = run(capsys, command, "--help")
+    assert rc == 0
+    for text in ("--data-dir DIR", "$FASTMLP_DATA (not set now)", "~/.cache/fastmlp/mnist", "train-images-idx3-ubyte",
+                 "--data DIR", "--data digits", "--data FILE.npz"):
+        assert text in out, text
+    monkeypatch.setenv("FASTMLP_DATA", "/data/sets")
+    rc, out, _ = run(capsys, command, "--help")
+    assert rc == 0 and "$FASTMLP_DATA (now /data/sets)" in out
+
+
+def test_data_folder_errors(capsys, tmp_path, no_network):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run(capsys, "train", "--data", str(empty), "--epochs", "1")
+    assert_one_line_error(rc, err, r"empty: no MNIST IDX files \(expected train-images-idx3-ubyte, .*t10k-labels")
+    write_idx_folder(tmp_path / "part")
+    (tmp_path / "part" / "t10k-labels-idx1-ubyte.gz").unlink()
+    rc, _, err = run(capsys, "train", "--data", str(tmp_path / "part"), "--epochs", "1")
+    assert_one_line_error(rc, err, r"missing MNIST IDX file t10k-labels-idx1-ubyte \(or .gz\)")
+    rc, _, err = run(capsys, "train", "--data", str(tmp_path / "part" / "train-images-idx3-ubyte.gz"))
+    assert_one_line_error(rc, err, "is one MNIST IDX file: pass the folder")
+    (tmp_path / "part" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")
+    rc, _, err = run(capsys, "train", "--data", str(tmp_path / "part"), "--epochs", "1")
+    assert_one_line_error(rc, err, r"t10k-labels-idx1-ubyte: short data")
+    rc, _, err = run(capsys, "train", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(rc, err, "--data-dir .*nowhere: no such folder")
+    rc, _, err = run(capsys, "train", "--data", "digits", "--data-dir", str(empty))
+    assert_one_line_error(rc, err, "--data-dir is where --data mnist looks .* does not apply to --data digits")
+    rc, _, err = run(capsys, "train", "--data", "mnist", "--data-dir", str(empty), "--epochs", "1")
+    assert_one_line_error(rc, err, "could not download MNIST file .*network is unreachable")
+    assert not list(empty.iterdir())  # nothing half-written
+    rc, _, err = run(capsys, "train", "--data", str(tmp_path / "nope"))
+    assert_one_line_error(rc, err, "data file not found: .*nope .*a folder of MNIST IDX files")

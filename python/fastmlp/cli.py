@@ -2,12 +2,15 @@
 
     fastmlp train --data digits --hidden 128 --epochs 20 --save model.fm
     fastmlp train --data mnist --hidden 512,512 --dropout 0.2 --batch-norm
+    fastmlp train --data mnist --data-dir ~/data/mnist --epochs 5
+    fastmlp train --data /path/to/mnist          # a folder holding the four IDX files
     fastmlp evaluate --model model.fm --data digits
     fastmlp predict --model model.fm --data x.npz --out preds.npy
     fastmlp demo
     fastmlp info
 
---data is 'mnist', 'digits' or a .npz file with x_train, y_train (and optionally x_test, y_test).
+--data is 'mnist' (the IDX files in --data-dir, else $FASTMLP_DATA, else ~/.cache/fastmlp/mnist), 'digits',
+a folder holding MNIST's four IDX files, or a .npz file with x_train, y_train (and optionally x_test, y_test).
 Errors are reported as one line on stderr with exit status 2 (set FASTMLP_DEBUG=1 for a traceback).
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -44,15 +48,63 @@ def _split_digits(seed):
     return x_tr, y_tr, x_te, y_te
 
 
-def _load_data(spec: str, seed: int = 0):
-    """(x_train, y_train, x_test, y_test); the test pair may be None."""
-    if spec == "mnist":
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte")
+_DATA_CHOICES = "'mnist', 'digits', a folder of MNIST IDX files or a .npz file"
+
+
+def _mnist_folder(folder: Path) -> Path:
+    """folder, or folder/mnist when only that holds the files (as $FASTMLP_DATA is read)."""
+    from .datasets import _find
+
+    sub = folder / "mnist"
+    if _find(folder, _IDX_STEMS[0]) is None and sub.is_dir() and _find(sub, _IDX_STEMS[0]) is not None:
+        return sub
+    return folder
+
+
+def _load_idx_folder(folder: Path, download: bool):
+    """MNIST's train and test pairs from the IDX files in folder (load_mnist's reading and checks)."""
+    from .datasets import _find, load_mnist
+
+    folder = _mnist_folder(folder)
+    if not download:
+        missing = [stem for stem in _IDX_STEMS if _find(folder, stem) is None]
+        if len(missing) == len(_IDX_STEMS):
+            raise CLIError(f"{folder}: no MNIST IDX files (expected {', '.join(_IDX_STEMS)}, each optionally "
+                           "gzipped as .gz)")
+        if missing:
+            raise CLIError(f"{folder}: missing MNIST IDX file{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                           "(or .gz)")
+    (x_tr, y_tr), (x_te, y_te) = load_mnist(folder, download=download)  # malformed files: ValueError
+    return x_tr, y_tr, x_te, y_te
+
+
+def _load_mnist(data_dir):
+    """--data mnist: --data-dir when given (which must exist), else load_mnist's own lookup
+    ($FASTMLP_DATA, then ~/.cache/fastmlp/mnist); missing files are downloaded there."""
+    if data_dir is None:
         from .datasets import load_mnist
 
         (x_tr, y_tr), (x_te, y_te) = load_mnist()
         return x_tr, y_tr, x_te, y_te
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise CLIError(f"--data-dir {data_dir}: no such folder")
+    return _load_idx_folder(folder, download=True)
+
+
+def _load_data(spec: str, seed: int = 0, data_dir=None):
+    """(x_train, y_train, x_test, y_test); the test pair may be None."""
+    if data_dir is not None and spec != "mnist":
+        raise CLIError(f"--data-dir is where --data mnist looks for its IDX files; it does not apply to "
+                       f"--data {spec}")
+    if spec == "mnist":
+        return _load_mnist(data_dir)
     if spec == "digits":
         return _split_digits(seed)
+    if os.path.isdir(os.path.expanduser(spec)):  # also a quoted ~/data/mnist
+        return _load_idx_folder(Path(spec).expanduser(), download=False)
     arrays = _load_arrays(spec)
     if "x_train" not in arrays or "y_train" not in arrays:
         raise CLIError(f"{spec}: needs arrays x_train and y_train (has: {', '.join(arrays) or 'none'})")
@@ -64,7 +116,11 @@ def _load_data(spec: str, seed: int = 0):
 
 def _load_arrays(path: str) -> dict:
     if not os.path.exists(path):
-        raise CLIError(f"data file not found: {path} (use 'mnist', 'digits' or a .npz file)")
+        raise CLIError(f"data file not found: {path} (use {_DATA_CHOICES})")
+    name = os.path.basename(path)
+    if any(name in (stem, stem + ".gz") for stem in _IDX_STEMS):
+        raise CLIError(f"{path} is one MNIST IDX file: pass the folder that holds all four "
+                       f"(--data {os.path.dirname(path) or '.'})")
     try:
         if path.endswith(".npy"):
             return {"x": np.load(path, allow_pickle=False)}
@@ -78,16 +134,16 @@ def _load_arrays(path: str) -> dict:
         raise CLIError(f"{path}: could not read arrays ({type(e).__name__}: {e})") from None
 
 
-def _eval_pair(spec: str, seed: int):
-    x_tr, y_tr, x_te, y_te = _load_data(spec, seed)
+def _eval_pair(spec: str, seed: int, data_dir=None):
+    x_tr, y_tr, x_te, y_te = _load_data(spec, seed, data_dir)
     if x_te is not None:
         return x_te, y_te, "test"
     return x_tr, y_tr, "train"
 
 
-def _inputs(spec: str, seed: int):
-    if spec in ("mnist", "digits"):
-        return _load_data(spec, seed)[2]
+def _inputs(spec: str, seed: int, data_dir=None):
+    if spec in ("mnist", "digits") or os.path.isdir(os.path.expanduser(spec)) or data_dir is not None:
+        return _load_data(spec, seed, data_dir)[2]
     arrays = _load_arrays(spec)
     for key in ("x", "x_test", "x_train"):
         if key in arrays:
@@ -161,7 +217,7 @@ def _cmd_train(args):
 
     if args.save is not None:
         _check_save_path(args.save)
-    x_tr, y_tr, x_te, y_te = _load_data(args.data, args.seed)
+    x_tr, y_tr, x_te, y_te = _load_data(args.data, args.seed, args.data_dir)
     if y_tr.ndim == 2 and y_tr.shape[1] == 1:
         y_tr = y_tr[:, 0]
     x_tr = np.asarray(x_tr).reshape(len(x_tr), -1)
@@ -170,7 +226,8 @@ def _cmd_train(args):
         model.summary()
     val = None if x_te is None else (np.asarray(x_te).reshape(len(x_te), -1), y_te)
     start = time.perf_counter()
-    model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=2 if args.verbose else 0,
+    # verbose=1: Keras's bar, live on a terminal, each epoch's final line elsewhere (fastmlp.progress)
+    model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size, verbose=1 if args.verbose else 0,
               validation_data=val)
     seconds = time.perf_counter() - start
     logs = model.evaluate(*val) if val is not None else model.evaluate(x_tr, y_tr)
@@ -192,7 +249,7 @@ def _load(path):
 
 def _cmd_evaluate(args):
     model = _load(args.model)
-    x, y, which = _eval_pair(args.data, args.seed)
+    x, y, which = _eval_pair(args.data, args.seed, args.data_dir)
     x = np.asarray(x).reshape(len(x), -1)
     logs = model.evaluate(x, y)
     print(f"{which} ({len(x)} samples) " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
@@ -201,7 +258,7 @@ def _cmd_evaluate(args):
 
 def _cmd_predict(args):
     model = _load(args.model)
-    x = np.asarray(_inputs(args.data, args.seed))
+    x = np.asarray(_inputs(args.data, args.seed, args.data_dir))
     x = x.reshape(len(x), -1) if x.ndim > 1 else x
     out = np.asarray(model.predict(x))
     loss = model.loss.name
@@ -224,7 +281,7 @@ def _cmd_demo(args):
                   metrics=["accuracy"], device=args.device)
     print(f"digits: {len(x_tr)} training / {len(x_te)} test images of 8x8 pixels; "
           f"64-128-10 ReLU network on {model.device}")
-    model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=32, verbose=2, validation_data=(x_te, y_te))
+    model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=32, verbose=1, validation_data=(x_te, y_te))
     acc = model.evaluate(x_te, y_te)["accuracy"]
     print(f"test accuracy: {acc:.2%} - total time {time.perf_counter() - start:.2f}s")
     return 0
@@ -290,17 +347,40 @@ def _rate(text):
     return v
 
 
+def _data_epilog() -> str:
+    """Where each --data value is read from, with $FASTMLP_DATA's current value."""
+    env = os.environ.get("FASTMLP_DATA")
+    now = f"now {env}" if env else "not set now"
+    return f"""\
+where data is looked for:
+  --data mnist      MNIST's IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte,
+                    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz) in
+                    --data-dir DIR when given, else in $FASTMLP_DATA ({now}) or its
+                    subfolder mnist, else in ~/.cache/fastmlp/mnist; missing files are
+                    downloaded there from public mirrors and checked against SHA-256 digests
+  --data DIR        a folder holding those four IDX files (or a subfolder mnist holding them);
+                    never downloads (a folder named mnist or digits: write ./mnist)
+  --data digits     scikit-learn's 8x8 digits, a stratified 80/20 split by --seed
+  --data FILE.npz   arrays x_train, y_train and optionally x_test, y_test
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p = _Parser(prog="fastmlp", description="Train and use multilayer perceptrons with fastmlp.")
     p.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    data_help = "'mnist', 'digits' or a .npz file with x_train, y_train [, x_test, y_test]"
+    data_help = f"{_DATA_CHOICES} with x_train, y_train [, x_test, y_test] (see below)"
+    data_dir_help = ("the folder where --data mnist looks for (and downloads) its IDX files; overrides "
+                     "$FASTMLP_DATA")
+    epilog = _data_epilog()
+    raw = argparse.RawDescriptionHelpFormatter
 
-    t = sub.add_parser("train", help="train a model and optionally save it",
+    t = sub.add_parser("train", help="train a model and optionally save it", epilog=epilog, formatter_class=raw,
                        description="Train an MLP; classification when y holds integer labels, else regression.")
     t.add_argument("--data", required=True, help=data_help)
+    t.add_argument("--data-dir", default=None, metavar="DIR", help=data_dir_help)
     t.add_argument("--hidden", default="512,512", help="hidden layer sizes, comma-separated (default 512,512)")
     t.add_argument("--activation", default="relu", help="hidden activation (default relu)")
     t.add_argument("--dropout", type=_rate, default=0.0, metavar="RATE",
@@ -320,19 +400,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", dest="verbose", action="store_false", help="only print the final result")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a saved model",
+    e = sub.add_parser("evaluate", help="evaluate a saved model", epilog=epilog, formatter_class=raw,
                        description="Loss and metric of a saved model on the test split (or the training "
                                    "arrays when the data has no test split).")
     e.add_argument("--model", required=True, help="model file written by train --save")
     e.add_argument("--data", required=True, help=data_help)
+    e.add_argument("--data-dir", default=None, metavar="DIR", help=data_dir_help)
     e.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the digits split (default 0)")
     e.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="write a saved model's predictions to a .npy file",
+    pr = sub.add_parser("predict", help="write a saved model's predictions to a .npy file", epilog=epilog,
+                        formatter_class=raw,
                         description="Predict with a saved model. Inputs: array x (or x_test, x_train) of a "
-                                    ".npz, a .npy array, or the test split of 'mnist'/'digits'.")
+                                    ".npz, a .npy array, or the test split of 'mnist', a folder of MNIST IDX "
+                                    "files or 'digits'.")
     pr.add_argument("--model", required=True, help="model file written by train --save")
-    pr.add_argument("--data", required=True, help="a .npz/.npy file, 'mnist' or 'digits'")
+    pr.add_argument("--data", required=True, help="a .npz/.npy file, 'mnist', a folder of MNIST IDX files or "
+                                                   "'digits'")
+    pr.add_argument("--data-dir", default=None, metavar="DIR", help=data_dir_help)
     pr.add_argument("--out", required=True, help="output .npy file")
     pr.add_argument("--proba", action="store_true", help="write the raw outputs (probabilities), not class ids")
     pr.add_argument("--seed", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
