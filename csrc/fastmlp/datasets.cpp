@@ -45,6 +45,16 @@ void describe_targets(Dataset<T>& d, const ModelSpec& spec, const T* y_host, boo
   }
 }
 
+// Host targets (if any) copied into new backend memory of the dataset.
+template <typename T>
+void copy_targets(Backend<T>& backend, Dataset<T>& d, const T* y_host) {
+  if (!y_host) return;
+  const size_t bytes = sizeof(T) * d.rows * d.y_cols;
+  d.y_storage = BackendBuffer<T>(&backend, bytes);
+  backend.to_backend(d.y_storage.get(), y_host, bytes);
+  d.y = d.y_storage.get();
+}
+
 // A dataset of `rows` rows for this model's input width and targets (host y, checked), held by
 // the backend whose memory it will use.
 template <typename T>
@@ -81,11 +91,7 @@ std::shared_ptr<Dataset<T>> Engine<T>::upload(const T* x, const T* y, int64_t ro
   if (borrow && keep && backend_->host_memory() && bytes <= budget()) {
     d->x = x;
     d->host_owner = std::move(keep);
-    if (y) {
-      d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
-      backend_->to_backend(d->y_storage.get(), y, sizeof(T) * rows * d->y_cols);
-      d->y = d->y_storage.get();
-    }
+    copy_targets(*backend_, *d, y);
     d->id = next_dataset_id++;
     return d;
   }
@@ -135,11 +141,7 @@ std::shared_ptr<Dataset<T>> Engine<T>::borrow(const T* x_backend, const T* y_hos
     backend_->synchronize();  // other engines (other streams) may read it next
     d->x = d->x_storage.get();
   }
-  if (y_host) {
-    d->y_storage = BackendBuffer<T>(backend_.get(), sizeof(T) * rows * d->y_cols);
-    backend_->to_backend(d->y_storage.get(), y_host, sizeof(T) * rows * d->y_cols);
-    d->y = d->y_storage.get();
-  }
+  copy_targets(*backend_, *d, y_host);
   d->id = next_dataset_id++;
   return d;
 }

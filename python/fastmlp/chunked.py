@@ -123,9 +123,7 @@ def _host(v):
 def train_epoch(model, chunks: ChunkSource, batch_size, seed):
     """One epoch over the chunks: each uploaded and trained natively. Returns fit's epoch result
     (means over all rows of the epoch)."""
-    rows = 0
-    loss = metric = 0.0
-    slots = None  # the further metrics' sums, added over the chunks
+    sums = _Sums()
     for i, chunk in enumerate(chunks.epoch()):
         x, y, w = unpack(chunk, "training", need_y=True)
         data, n = model._data(x, y, sample_weight=w)
@@ -134,42 +132,43 @@ def train_epoch(model, chunks: ChunkSource, batch_size, seed):
         chunk_seed = None if seed is None else _core.derive_seed(seed, i)
         r = model._engine.train_epoch(data, chunk_seed, n if batch_size is None else batch_size)
         if r["nonfinite"]:
-            return {"loss": float("nan"), "metric": float("nan"), "nonfinite": True, "rows": rows + n}
-        loss += r["loss"] * n
-        metric += r["metric"] * n
-        rows += n
-        slots = _add_slots(slots, r)
-    if rows == 0:
-        raise ValueError("the training source yielded no rows this epoch")
-    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": False, "rows": rows, "metric_slots": slots}
+            return {"loss": float("nan"), "metric": float("nan"), "nonfinite": True, "rows": sums.rows + n}
+        sums.add(r, n)
+    return sums.result("the training source yielded no rows this epoch")
 
 
-def _add_slots(total, result):
-    s = result.get("metric_slots")
-    if s is None:
-        return total
-    return np.asarray(s, dtype=np.float64) if total is None else total + np.asarray(s, dtype=np.float64)
+class _Sums:
+    """The per-chunk results of an epoch or evaluation, weighted by their rows (the further
+    metrics' slots are sums already: added)."""
+
+    def __init__(self):
+        self.rows, self.loss, self.metric, self.nonfinite, self.slots = 0, 0.0, 0.0, False, None
+
+    def add(self, r, n):
+        self.loss += r["loss"] * n
+        self.metric += r["metric"] * n
+        self.rows += n
+        self.nonfinite = self.nonfinite or r["nonfinite"]
+        s = r.get("metric_slots")
+        if s is not None:
+            s = np.asarray(s, dtype=np.float64)
+            self.slots = s if self.slots is None else self.slots + s
+
+    def result(self, empty_message):
+        if self.rows == 0:
+            raise ValueError(empty_message)
+        return {"loss": self.loss / self.rows, "metric": self.metric / self.rows, "nonfinite": self.nonfinite,
+                "rows": self.rows, "metric_slots": self.slots}
 
 
 def evaluate(model, chunks: ChunkSource, batch_size):
-    rows = 0
-    loss = metric = 0.0
-    nonfinite = False
-    slots = None
+    sums = _Sums()
     for chunk in chunks.epoch():
         x, y, w = unpack(chunk, "evaluation", need_y=True)
         data, n = model._data(x, y, sample_weight=w)
-        if n == 0:
-            continue
-        r = model._engine.evaluate(data, batch_size)  # built by the first chunk if need be
-        nonfinite = nonfinite or r["nonfinite"]
-        loss += r["loss"] * n
-        metric += r["metric"] * n
-        rows += n
-        slots = _add_slots(slots, r)
-    if rows == 0:
-        raise ValueError("the evaluation source yielded no rows")
-    return {"loss": loss / rows, "metric": metric / rows, "nonfinite": nonfinite, "rows": rows, "metric_slots": slots}
+        if n:
+            sums.add(model._engine.evaluate(data, batch_size), n)  # the engine is built by the first chunk
+    return sums.result("the evaluation source yielded no rows")
 
 
 def predict(model, chunks: ChunkSource, batch_size):

@@ -162,6 +162,15 @@ def _torch_activation(act, torch_dtype, where: str):
     raise ValueError(f"{where}: activation {name!r} has no PyTorch equivalent in fastmlp.export")
 
 
+def _set_affine(torch, module, layer, w, fan_in, np_dtype, dtype):
+    """A normalization module's weight and bias from the layer's gamma and beta (a constant 1 / 0
+    torch does not train where fastmlp has none)."""
+    gamma, beta = _affine(w, fan_in, np_dtype)
+    as_tensor = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
+    module.weight = torch.nn.Parameter(as_tensor(gamma)) if layer.scale else _frozen(torch, gamma, dtype)
+    module.bias = torch.nn.Parameter(as_tensor(beta)) if layer.center else _frozen(torch, beta, dtype)
+
+
 def _frozen(torch, values, dtype):
     return torch.nn.Parameter(torch.tensor(values, dtype=dtype), requires_grad=False)
 
@@ -198,17 +207,13 @@ def to_torch(model):
                 bn.running_mean.copy_(tensor(w["moving_mean"]))
                 bn.running_var.copy_(tensor(w["moving_variance"]))
             if affine:
-                gamma, beta = _affine(w, fan_in, np_dtype)
-                bn.weight = nn.Parameter(tensor(gamma)) if layer.scale else _frozen(torch, gamma, dtype)
-                bn.bias = nn.Parameter(tensor(beta)) if layer.center else _frozen(torch, beta, dtype)
+                _set_affine(torch, bn, layer, w, fan_in, np_dtype, dtype)
             modules.append(bn)
         elif isinstance(layer, _layers.LayerNormalization):
             affine = layer.center or layer.scale
             ln = nn.LayerNorm(fan_in, eps=layer.epsilon, elementwise_affine=affine, dtype=dtype)
             if affine:
-                gamma, beta = _affine(w, fan_in, np_dtype)
-                ln.weight = nn.Parameter(tensor(gamma)) if layer.scale else _frozen(torch, gamma, dtype)
-                ln.bias = nn.Parameter(tensor(beta)) if layer.center else _frozen(torch, beta, dtype)
+                _set_affine(torch, ln, layer, w, fan_in, np_dtype, dtype)
             modules.append(ln)
         elif isinstance(layer, _layers.Activation):
             act = _torch_activation(layer.activation, dtype, where)
