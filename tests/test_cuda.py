@@ -63,7 +63,7 @@ def data_for(loss, n, d, k, rng):
 
 OUTPUT_FOR_LOSS = {"sparse_categorical_crossentropy": "softmax", "categorical_crossentropy": "softmax",
                    "binary_crossentropy": "sigmoid", "mse": "linear", "multiclass_hinge": "linear",
-                   "poisson": "exponential"}
+                   "poisson": "exponential", "huber": "linear", "mae": "linear", "log_cosh": "tanh"}
 ACTIVATIONS = ["linear", "sigmoid", "tanh", "relu", fm.activations.LeakyReLU(0.1), fm.activations.ELU(0.7),
                "softplus", "selu", "gelu", "silu"]
 REGULARIZERS = [None, fm.regularizers.L2(1e-3), fm.regularizers.L1(1e-3), fm.regularizers.L1L2(1e-3, 1e-3)]

@@ -50,6 +50,9 @@ def test_non_tty_output_is_plain_lines(capsys, monkeypatch, verbose):
     out = capsys.readouterr().out
     assert "\r" not in out and "\x1b" not in out
     lines = out.splitlines()
+    # fit's first line: the optimizer as it runs (PyTorch's defaults, and Keras's where they differ)
+    assert lines[0].startswith("Optimizer: Adam(lr=0.001") and "Keras's Adam defaults differ" in lines[0]
+    lines = lines[1:]
     assert len(lines) == 6  # a header when the epoch begins, one line when it ends
     for i in range(3):
         assert lines[2 * i] == f"Epoch {i + 1}/3"

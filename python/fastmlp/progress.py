@@ -262,6 +262,16 @@ class EpochProgress:
                 if self._live:
                     self._draw()
 
+    def header(self, text: str):
+        """Lines before the first epoch (fit's resolved optimizer settings), unless silent:
+        wrapped at the width between words, as the epoch lines are (a word is never cut)."""
+        if self.mode != "silent":
+            import textwrap
+
+            lines = textwrap.wrap(text, width=self.width(), subsequent_indent="    ", break_long_words=False,
+                                  break_on_hyphens=False)
+            self._write("\n".join(lines) + "\n")
+
     def begin(self, epoch: int):
         if self.mode == "silent":
             return

@@ -160,6 +160,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     model.stop_training = False
     try:
         cbs.on_train_begin()
+        # The optimizer as it will run: PyTorch's defaults, and Keras's where they differ.
+        progress.header(f"Optimizer: {model.optimizer.describe()}")
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             progress.begin(epoch)
