@@ -120,3 +120,23 @@ def test_train_on_batch_and_float32_carry_the_metrics():
     r = m.evaluate(x, y)
     p = m.predict(x)
     assert r["auc"] == pytest.approx(keras_auc(np.eye(4)[y].ravel(), p.ravel().astype(np.float64)), abs=2e-3)
+
+
+def test_streamed_data_and_full_batch_methods_give_the_same_metrics():
+    # Streamed chunks keep the class-id layout the metrics read (a lost flag once read past the
+    # targets); full-batch optimizers report the metrics of the weights each step starts from.
+    x, y = RNG.normal(size=(200, 6)), RNG.integers(0, 4, 200)
+    hist = []
+    for budget in (None, 2000):
+        m = softmax_model(metrics=["accuracy", "precision", "auc"])
+        m.data_budget = budget
+        hist.append(m.fit(x, y, epochs=2, batch_size=16, verbose=0).history)
+        if budget:
+            assert m.upload(x, y)._native.streamed
+    assert hist[0] == hist[1]
+    m = softmax_model(metrics=["accuracy", "auc"])
+    m.compile(fm.optimizers.LBFGS(max_iter=3), "sparse_categorical_crossentropy", metrics=["accuracy", "auc"],
+              device="cpu", dtype="float64")
+    start = m.evaluate(x, y)
+    h = m.fit(x, y, epochs=1, verbose=0).history
+    assert h["accuracy"] == [start["accuracy"]] and h["auc"] == [start["auc"]]

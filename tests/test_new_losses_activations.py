@@ -139,3 +139,11 @@ def test_regression_losses_take_the_mae_metric_and_refuse_accuracy():
         assert m.evaluate(x, y)["mae"] == pytest.approx(np.abs(m.predict(x) - y).mean(), rel=1e-13)
         with pytest.raises(ValueError, match="accuracy needs a classification loss"):
             m.compile("sgd", loss, metrics=["accuracy"], device="cpu")
+
+
+def test_poisson_on_an_exponential_output_reports_mae():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(50, 3)), rng.poisson(1.0, (50, 1)).astype(float)
+    m = fm.Sequential([fm.Dense(1, "exponential", input_dim=3)], seed=0)
+    m.compile("sgd", "poisson", metrics=["mae"], device="cpu", dtype="float64")
+    assert m.evaluate(x, y)["mae"] == pytest.approx(np.abs(m.predict(x) - y).mean(), rel=1e-13)

@@ -429,3 +429,39 @@ def test_every_documented_attribute_exists_with_scikit_learns_meaning(early):
     else:
         assert clf.best_loss_ == min(clf.loss_curve_) and clf.validation_scores_ is None
         assert clf.best_validation_score_ is None
+
+
+def test_a_failed_warm_fit_leaves_the_fitted_estimator_whole():
+    # The checkpoint is taken before fit touches anything (classes, n_features_in_, model_).
+    reg = MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0, device="cpu").fit(X, YR)
+    before = (reg.predict(X[:4]).copy(), reg.n_features_in_, [c.copy() for c in reg.coefs_])
+    reg.set_params(solver="sgd", learning_rate_init=1e6)
+    with pytest.raises(ValueError, match="non-finite"):
+        reg.fit(X * 1e150, YR * 1e150)
+    np.testing.assert_array_equal(reg.predict(X[:4]), before[0])
+    assert reg.n_features_in_ == before[1] and all(np.array_equal(a, b) for a, b in zip(reg.coefs_, before[2]))
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0, device="cpu").fit(X, Y3)
+    classes, proba = clf.classes_.copy(), clf.predict_proba(X[:3])
+    clf.set_params(solver="sgd", learning_rate_init=1e6)
+    with pytest.raises(ValueError, match="non-finite"):  # another width and other classes, then a failure
+        clf.fit(X[:, :2] * 1e150, np.arange(300) % 5)
+    np.testing.assert_array_equal(clf.classes_, classes)
+    np.testing.assert_array_equal(clf.predict_proba(X[:3]), proba)
+
+
+def test_later_calls_with_other_weights_or_batches_step_as_scikit_learn():
+    # scikit-learn divides each batch's loss and penalty by its total weight; fastmlp rescales the
+    # weights to mean 1 and resets the L2 coefficient for the call (keeping the optimizer state),
+    # so a partial_fit with weights 10, then one of 20 rows, step exactly as its own.
+    from sklearn.neural_network import MLPRegressor as SkR
+
+    x, y = X[:40], YR[:40]
+    kw = dict(hidden_layer_sizes=(3,), solver="sgd", momentum=0.9, alpha=1.0, batch_size=40,
+              learning_rate_init=1e-2, random_state=0)
+    ours, theirs = MLPRegressor(device="cpu", **kw), SkR(**kw)
+    for est in (ours, theirs):  # full batches: scikit-learn's per-batch and fastmlp's per-call means agree
+        est.partial_fit(x, y)
+        est.partial_fit(x, y, sample_weight=np.full(40, 10.0))
+        est.partial_fit(x[:20], y[:20], sample_weight=np.linspace(1, 3, 20))  # 20 rows: another batch
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)

@@ -204,11 +204,17 @@ int64_t Engine<T>::prepare_stream(const Dataset<T>& data, int bs) {
     stream_.y = std::move(y);
     stream_.staging = std::move(staging);
   }
+  // A captured step bakes in the target layout: a new layout in the same buffers is a new view.
+  if (stream_.view.y_cols != data.y_cols || stream_.view.weighted != data.weighted ||
+      stream_.view.class_ids != data.class_ids)
+    stream_.view.id = next_dataset_id++;
   stream_.view.x = stream_.x.get();
   stream_.view.y = stream_.y.get();
   stream_.view.x_cols = data.x_cols;
   stream_.view.y_cols = data.y_cols;
   stream_.view.weighted = data.weighted;
+  stream_.view.class_ids = data.class_ids;  // the metrics read y as class ids or as target rows
+  stream_.view.max_class = data.max_class;
   stream_.view.rows = rows;
   stream_.view.device = backend_->name();
   return rows;

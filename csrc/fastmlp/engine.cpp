@@ -555,6 +555,8 @@ TrainCounters Engine<T>::gradients_of_whole(const Dataset<T>& given, BackendBuff
     whole.x_cols = given.x_cols;
     whole.y_cols = given.y_cols;
     whole.weighted = given.weighted;
+    whole.class_ids = given.class_ids;
+    whole.max_class = given.max_class;
     make_resident(whole, given.host_x, given.host_y);
   }
   const Dataset<T>& data = given.streamed ? whole : given;

@@ -279,13 +279,15 @@ FASTMLP_HD RowResult loss_row(Loss loss, T loss_param, Metric metric, const Acti
       // The log link fused in (PyTorch's PoissonNLLLoss(log_input=True)): a = e^z, so
       // a - y log a = e^z - y z, mean over the outputs.
       const T inv_n = T(1) / T(n);
-      T l = T(0);
+      T l = T(0), abs_err = T(0);
       for (int j = 0; j < n; ++j) {
         const T a = exp(z[j]);
         l += a - y[j] * z[j];
+        abs_err += fabs(a - y[j]);
         if (dz) dz[j] = (a - y[j]) * inv_n * scale;
       }
       r.loss = double(l * inv_n);
+      if (metric == Metric::MeanAbsoluteError) r.metric = double(abs_err * inv_n);
       return r;
     }
     default: break;

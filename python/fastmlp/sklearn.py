@@ -28,14 +28,18 @@ losses              classifier: binary cross-entropy on one sigmoid unit (2 clas
                     is a constant factor times scikit-learn's: the L2 penalty and the SGD rate are
                     rescaled by it, so the steps and the minimizer are scikit-learn's, and
                     loss_curve_, loss_ and best_loss_ are reported in scikit-learn's units (tol
-                    means the same). fastmlp's Poisson loss leaves out the constant y log y - y.
+                    means the same; one exception: for squared error over K > 1 outputs with
+                    alpha > 0, the penalty part of those numbers is 1/K of scikit-learn's, which
+                    sums its gradient over the outputs but averages its reported loss).
+                    fastmlp's Poisson loss leaves out the constant y log y - y.
 alpha (L2 penalty)  scikit-learn adds alpha / (2 * batch weight) * sum(||W||^2) to a batch's loss;
                     fastmlp's L2 on every kernel (not the biases) is set to the same, with the
                     nominal batch size (scikit-learn divides a short last batch's by its own).
 sample_weight       fit / partial_fit: native per-row weights. scikit-learn divides a batch's
-                    weighted loss by its total weight, fastmlp by its row count: the weights are
-                    rescaled to mean 1 over the training rows (and the penalty by their mean), so a
-                    full batch (lbfgs) gives scikit-learn's objective exactly, mini-batches on average.
+                    weighted loss and its penalty by its total weight, fastmlp the loss by its row
+                    count: the weights are rescaled (to mean 1 in the fit that builds the network,
+                    and by the penalty's build-time scale in later calls), so a full batch (lbfgs)
+                    gives scikit-learn's objective exactly, mini-batches on average.
 solver              "sgd" (momentum, nesterovs_momentum; learning_rate "constant", "invscaling"
                     with power_t, "adaptive", updated per epoch as in scikit-learn), "adam"
                     (beta_1, beta_2, epsilon), "adamw" (as adam, plus fastmlp's default decoupled
@@ -88,6 +92,7 @@ pickling            the fitted network is stored with fastmlp's model.save forma
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import os
@@ -348,12 +353,16 @@ class _BaseMLP(BaseEstimator):
             return cls(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=float(self.epsilon))
         return O.get(self.solver).__class__(lr=lr)
 
-    def _build_model(self, n_features, n_out, batch, hidden, device, seed, dtype=np.float32, weight_mean=1.0):
+    def _l2(self, batch, weight_mean):
+        """fastmlp's L2 coefficient for scikit-learn's alpha: it divides the penalty by a batch's
+        total weight (batch rows of weight_mean on average), and fastmlp's gradient is
+        _gradient_factor() times its own."""
+        return float(self.alpha) / (2.0 * batch * weight_mean) * self._gradient_factor()
+
+    def _build_model(self, n_features, n_out, l2, hidden, device, seed, dtype=np.float32):
         import fastmlp as fm
 
-        # fastmlp's gradient is _gradient_factor() times scikit-learn's, so the penalty is scaled
-        # alike; scikit-learn divides it by a batch's total weight, B rows of weight_mean on average.
-        l2 = float(self.alpha) / (2.0 * batch * weight_mean) * self._gradient_factor()
+        self._l2_now = l2
         reg = fm.regularizers.L2(l2) if l2 > 0 else None
         act = _ACTIVATIONS[self.activation]
         layers, fan_in = [], n_features
@@ -394,12 +403,24 @@ class _BaseMLP(BaseEstimator):
         gradient is not its reported loss's (squared error over K outputs: it sums them)."""
         return self._loss_factor()
 
-    def _fresh_optimizer(self):
-        """A warm-start fit starts a new optimizer, as scikit-learn's does (learning_rate_init,
-        zero momentum / moments); the weights and the estimator's counters are kept."""
+    def _recompile(self, l2, optimizer):
+        """The network with L2 coefficient l2 on its kernels, its weights kept; with `optimizer` a
+        new one (a warm-start fit), else the current one with its state and step (partial_fit)."""
+        import fastmlp as fm
+
         m = self.model_
-        m.compile(self._new_optimizer(), m.loss, metrics=m._compile_args["metric_key"] and [m._compile_args["metric_key"]],
-                  device=m._compile_args["device"], dtype=m._compile_args["dtype"])
+        kept = None if optimizer is not None else m._engine.get_snapshot()
+        for layer in m.layers:
+            if isinstance(layer, fm.Dense):
+                layer.kernel_regularizer = fm.regularizers.L2(l2) if l2 > 0 else None
+        args = m._compile_args
+        m.compile(optimizer if optimizer is not None else args["optimizer"], m.loss,
+                  metrics=args["metric_key"] and [args["metric_key"]], device=args["device"], dtype=args["dtype"])
+        if kept is not None:
+            _, state, step = kept
+            m._engine.set_state(state)
+            m._engine.step = step
+        self._l2_now = l2
 
     @property
     def _optimizer(self):
@@ -467,7 +488,19 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ failure
     _FITTED_STATE = ("model_", "coefs_", "intercepts_", "n_layers_", "loss_", "loss_curve_", "n_iter_", "t_",
                      "best_loss_", "validation_scores_", "best_validation_score_", "_no_improvement_count",
-                     "_dtype", "_weights_seen")
+                     "_dtype", "_weights_seen", "classes_", "n_outputs_", "out_activation_", "_multilabel",
+                     "n_features_in_", "feature_names_in_", "_y_1d", "_l2_now")
+
+    @contextlib.contextmanager
+    def _unchanged_on_failure(self):
+        """fit / partial_fit: whatever raises leaves the estimator (fitted attributes, network,
+        optimizer) as the call found it."""
+        checkpoint = self._checkpoint()
+        try:
+            yield
+        except BaseException:
+            self._restore(checkpoint)
+            raise
 
     def _checkpoint(self):
         """Everything a failed fit or partial_fit could change: the estimator's fitted attributes
@@ -494,17 +527,11 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------------ training
     def _train(self, X, y_fit, y_orig, incremental, sample_weight=None):
-        """Shared fit / partial_fit. y_fit: model targets (class ids or floats); y_orig for the split.
-        A failure leaves the estimator as the call found it."""
+        """Shared fit / partial_fit. y_fit: model targets (class ids or floats); y_orig for the split."""
         hidden, device = self._check_params()
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
-        checkpoint = self._checkpoint()
-        try:
-            return self._train_or_fail(X, y_fit, y_orig, incremental, sample_weight, hidden, device)
-        except BaseException:
-            self._restore(checkpoint)
-            raise
+        return self._train_or_fail(X, y_fit, y_orig, incremental, sample_weight, hidden, device)
 
     def _train_or_fail(self, X, y_fit, y_orig, incremental, sample_weight, hidden, device):
         rs = check_random_state(self.random_state)
@@ -535,25 +562,27 @@ class _BaseMLP(BaseEstimator):
         batch = self._effective_batch(n)
         weight_mean = 1.0
         if sample_weight is not None:
-            # scikit-learn's batch loss is sum(w * loss) / sum(w); fastmlp's (Keras's) divides by
-            # the rows. Weights rescaled to mean 1 (and the penalty by the mean) make them equal
-            # for a full batch, and on average for mini-batches.
             weight_mean = float(np.mean(sample_weight))
             if not weight_mean > 0:
                 raise ValueError("sample_weight sums to 0 over the training samples: nothing to fit")
-            sample_weight = sample_weight / weight_mean
+            # scikit-learn's batch loss is (sum(w * loss) + alpha/2 ||W||^2) / sum(w); fastmlp's
+            # (Keras's) divides sum(w * loss) by the rows: weights rescaled to mean 1, and the L2
+            # coefficient set for this call's batch and mean weight (_l2), give its objective.
+            sample_weight = np.ascontiguousarray(sample_weight / weight_mean, dtype=X.dtype)
+        l2 = self._l2(batch, weight_mean)
         if not reuse:
             seed = int(rs.randint(np.iinfo(np.int32).max))
             self._dtype = X.dtype  # of coefs_, intercepts_ and predictions (scikit-learn keeps the input's)
-            self.model_ = self._build_model(X.shape[1], self.n_outputs_, batch, hidden, device, seed, X.dtype,
-                                            weight_mean)
+            self.model_ = self._build_model(X.shape[1], self.n_outputs_, l2, hidden, device, seed, X.dtype)
             self.model_.set_weights(initial)
             self._reset_state(keep_existing=user is not None)  # scikit-learn goes on with the user's counters
         else:
             if user is not None:
                 self.model_.set_weights(user)
-            if not incremental:
-                self._fresh_optimizer()
+            if not incremental:  # a warm-start fit: a new optimizer, as scikit-learn's
+                self._recompile(l2, self._new_optimizer())
+            elif l2 != self.__dict__.get("_l2_now"):  # partial_fit with another batch or mean weight
+                self._recompile(l2, None)
         if self.solver == "lbfgs":
             return self._train_lbfgs(X, y_fit, sample_weight)
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them (t_ and loss_curve_ go on)
@@ -600,7 +629,8 @@ class _BaseMLP(BaseEstimator):
         if not isinstance(opt, LBFGS):
             raise ValueError("warm_start cannot switch a model fitted by another solver to solver='lbfgs'; fit a new "
                              "estimator (or warm_start=False)")
-        # A warm start keeps the model and its curvature history, but takes this call's limits.
+        # A warm-start fit got a new L-BFGS (_recompile), as scikit-learn restarts scipy's from the
+        # current weights; this call's limits in any case.
         opt.max_iter, opt.max_eval, opt.tolerance_grad = wanted.max_iter, wanted.max_eval, wanted.tolerance_grad
         from .training import NonFiniteLossError
 
@@ -742,35 +772,37 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def fit(self, X, y, sample_weight=None):
         """Trains for up to max_iter epochs (see the module doc for the stopping rule).
         sample_weight: one non-negative weight per row (see the module doc)."""
-        warm = self.warm_start and hasattr(self, "model_")
-        X, y, multilabel = self._xy(X, y, reset=not warm)
-        sample_weight = _sample_weight(sample_weight, X)
-        classes = np.arange(y.shape[1]) if multilabel else np.unique(y)
-        if warm and (not np.array_equal(classes, self.classes_) or multilabel != self._multilabel):
-            raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous call "
-                             f"to fit. Previously got {self.classes_}, `y` has {classes}")
-        self._set_classes(classes, multilabel)
-        return self._train(X, self._encode(y), y, incremental=False, sample_weight=sample_weight)
+        with self._unchanged_on_failure():
+            warm = self.warm_start and hasattr(self, "model_")
+            X, y, multilabel = self._xy(X, y, reset=not warm)
+            sample_weight = _sample_weight(sample_weight, X)
+            classes = np.arange(y.shape[1]) if multilabel else np.unique(y)
+            if warm and (not np.array_equal(classes, self.classes_) or multilabel != self._multilabel):
+                raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous call "
+                                 f"to fit. Previously got {self.classes_}, `y` has {classes}")
+            self._set_classes(classes, multilabel)
+            return self._train(X, self._encode(y), y, incremental=False, sample_weight=sample_weight)
 
     @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y). The first call needs `classes`, every label that can appear (for
         multilabel y, one per column)."""
-        first = not hasattr(self, "model_")
-        if first and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit.")
-        X, y, multilabel = self._xy(X, y, reset=first)
-        sample_weight = _sample_weight(sample_weight, X)
-        if first:
-            self._set_classes(classes, multilabel, y.shape[1] if multilabel else None)
-        else:
-            if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-                raise ValueError(f"`classes={np.unique(classes).tolist()}` is not the same as on the first call to "
-                                 f"partial_fit ({self.classes_.tolist()})")
-            if multilabel != self._multilabel or (multilabel and y.shape[1] != self.n_outputs_):
-                raise ValueError("y must have the same kind of targets (labels or a multilabel matrix with as many "
-                                 "columns) as on the first call to partial_fit")
-        return self._train(X, self._encode(y), y, incremental=True, sample_weight=sample_weight)
+        with self._unchanged_on_failure():
+            first = not hasattr(self, "model_")
+            if first and classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            X, y, multilabel = self._xy(X, y, reset=first)
+            sample_weight = _sample_weight(sample_weight, X)
+            if first:
+                self._set_classes(classes, multilabel, y.shape[1] if multilabel else None)
+            else:
+                if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+                    raise ValueError(f"`classes={np.unique(classes).tolist()}` is not the same as on the first call to "
+                                     f"partial_fit ({self.classes_.tolist()})")
+                if multilabel != self._multilabel or (multilabel and y.shape[1] != self.n_outputs_):
+                    raise ValueError("y must have the same kind of targets (labels or a multilabel matrix with as many "
+                                     "columns) as on the first call to partial_fit")
+            return self._train(X, self._encode(y), y, incremental=True, sample_weight=sample_weight)
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in classes_ order (for
@@ -870,30 +902,32 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def fit(self, X, y, sample_weight=None):
         """Trains for up to max_iter epochs (see the module doc for the stopping rule).
         sample_weight: one non-negative weight per row (see the module doc)."""
-        self._check_params()
-        warm = self.warm_start and hasattr(self, "model_")
-        X, y = self._xy(X, y, reset=not warm)
-        sample_weight = _sample_weight(sample_weight, X)
-        if warm and (y.shape[1] != self.n_outputs_ or self.out_activation_ != ("exp" if self.loss == "poisson"
-                                                                                else "identity")):
-            raise ValueError(f"warm_start needs y with {self.n_outputs_} columns and the same loss as the previous fit")
-        if not warm and hasattr(self, "model_"):
-            del self.model_
-        self._set_outputs(y.shape[1])
-        return self._train(X, y, y, incremental=False, sample_weight=sample_weight)
+        with self._unchanged_on_failure():
+            self._check_params()
+            warm = self.warm_start and hasattr(self, "model_")
+            X, y = self._xy(X, y, reset=not warm)
+            sample_weight = _sample_weight(sample_weight, X)
+            if warm and (y.shape[1] != self.n_outputs_ or self.out_activation_ != ("exp" if self.loss == "poisson"
+                                                                                    else "identity")):
+                raise ValueError(f"warm_start needs y with {self.n_outputs_} columns and the same loss as the previous fit")
+            if not warm and hasattr(self, "model_"):
+                del self.model_
+            self._set_outputs(y.shape[1])
+            return self._train(X, y, y, incremental=False, sample_weight=sample_weight)
 
     @available_if(_stochastic_solver)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y); the first call builds the network."""
-        self._check_params()
-        first = not hasattr(self, "model_")
-        X, y = self._xy(X, y, reset=first)
-        sample_weight = _sample_weight(sample_weight, X)
-        if first:
-            self._set_outputs(y.shape[1])
-        elif y.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {y.shape[1]} columns but the model was fitted with {self.n_outputs_}")
-        return self._train(X, y, y, incremental=True, sample_weight=sample_weight)
+        with self._unchanged_on_failure():
+            self._check_params()
+            first = not hasattr(self, "model_")
+            X, y = self._xy(X, y, reset=first)
+            sample_weight = _sample_weight(sample_weight, X)
+            if first:
+                self._set_outputs(y.shape[1])
+            elif y.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {y.shape[1]} columns but the model was fitted with {self.n_outputs_}")
+            return self._train(X, y, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X):
         network = self._network()

@@ -173,8 +173,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             elif host_batches is not None:
                 result = full_batch_steps(model, engine, host_batches, batch_size, seed)
             elif full_batch:  # one step of the full-batch method (shuffling changes nothing)
+                before = _further_metrics_before_step(model, engine, train_data)
                 result = model.optimizer.step(engine, train_data)
                 model._lbfgs_result = result  # LBFGS's iterations and evaluations, for the estimators
+                result = dict(result, **before)
             else:
                 result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
             seconds = time.perf_counter() - started
@@ -209,15 +211,29 @@ def full_batch_steps(model, engine, xy, batch_size, seed):
     n = x.shape[0]
     order = np.arange(n) if seed is None else np.asarray(_core.shuffled_indices(n, seed))
     loss = metric = 0.0
+    slots = None
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
         data, _ = model._data(x[rows], y[rows], sample_weight=None if w is None else w[rows])
+        before = _further_metrics_before_step(model, engine, data)
         r = model.optimizer.step(engine, data)
         if r["nonfinite"]:
             return {"loss": float("nan"), "metric": float("nan"), "nonfinite": True}
         loss += r["loss"] * len(rows)
         metric += r["metric"] * len(rows)
-    return {"loss": loss / n, "metric": metric / n, "nonfinite": False}
+        if before:
+            slots = before["metric_slots"] if slots is None else slots + before["metric_slots"]
+    out = {"loss": loss / n, "metric": metric / n, "nonfinite": False}
+    return out if slots is None else dict(out, metric_slots=slots, rows=n)
+
+
+def _further_metrics_before_step(model, engine, data) -> dict:
+    """The further metrics (fastmlp.metrics) of the weights a full-batch step starts from, as the
+    loss it reports is: one inference pass, only when the model has such metrics."""
+    if not model._compile_args.get("further_metrics"):
+        return {}
+    r = engine.evaluate(data, _EVAL_BATCH)
+    return {"metric_slots": np.asarray(r["metric_slots"], dtype=np.float64), "rows": int(r["rows"])}
 
 
 def train_epoch(model, engine, data, seed, batch_size, steps, cbs):
