@@ -158,3 +158,41 @@ def test_trial_whose_model_cannot_use_the_resident_data_fails_like_fit_would():
     res = grid_search(build_outputs, XT, y3, (XV, YV), {"n_out": [3, 2]}, epochs=1)
     assert res[0]["params"] == {"n_out": 3} and res[0]["score"] is not None
     assert res[1]["score"] is None and "class ids up to 2" in res[1]["error"]
+
+
+def _parallel_build(units=4, lr=1e-3):
+    m = fm.Sequential([fm.Dense(units, "relu", input_dim=XT.shape[1]), fm.Dense(3, "softmax")], seed=1)
+    m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+    return m
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_parallel_trials_give_the_sequential_results(backend):
+    # n_jobs runs the trials through joblib (worker processes or threads); every score equals the
+    # sequential run's, and keep_best retrains the winner here to the same model.
+    joblib = pytest.importorskip("joblib")
+    grid = {"units": [4, 8], "lr": [1e-3, 1e-2]}
+    seq = grid_search(_parallel_build, XT, YT, (XV, YV), grid, epochs=2)
+    with joblib.parallel_backend(backend):
+        par = grid_search(_parallel_build, XT, YT, (XV, YV), grid, epochs=2, n_jobs=2, keep_best=True)
+    assert [r["params"] for r in par] == [r["params"] for r in seq]
+    assert [r["score"] for r in par] == [r["score"] for r in seq]
+    assert par.best_model.evaluate(XV, YV)["loss"] == seq[0]["score"]
+    rnd = random_search(_parallel_build, XT, YT, (XV, YV), grid, n_iter=3, seed=4, epochs=1, n_jobs=2)
+    assert [r["score"] for r in rnd] == [r["score"] for r in random_search(_parallel_build, XT, YT, (XV, YV), grid,
+                                                                         n_iter=3, seed=4, epochs=1)]
+    with pytest.raises(ValueError, match="n_jobs"):
+        grid_search(_parallel_build, XT, YT, (XV, YV), grid, n_jobs=0)
+
+
+def test_estimators_in_a_parallel_grid_search_cv():
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    gs = model_selection.GridSearchCV(fm.MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0,
+                                                       device="cpu"),
+                                      {"alpha": [1e-4, 1e-2]}, cv=2, n_jobs=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gs.fit(XT, YT)
+    assert set(gs.cv_results_["param_alpha"]) == {1e-4, 1e-2} and 0 <= gs.best_score_ <= 1

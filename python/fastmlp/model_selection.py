@@ -29,6 +29,15 @@ differs in one of those, e.g. another device, gets its own upload, shared in tur
 kind.) Trials whose model cannot use the data (another input width, too few output classes)
 fail with the error fit would have raised.
 
+Parallel trials: n_jobs (None or 1: one after the other, here) runs the trials through joblib,
+under its active backend: worker processes by default (n_jobs=-1: one per core), threads with
+joblib.parallel_backend("threading"), or a cluster's with joblib.parallel_backend("dask")
+(dask.distributed) or Ray's joblib backend. Each worker uploads the data once per search and
+keeps it across its trials. A trial's result does not depend on where it ran (the builder's seed
+fixes it); with keep_best the best model is trained again here from its parameters, since models do
+not travel back from workers. build_fn, callbacks and a scoring callable must be picklable by
+joblib (cloudpickle: lambdas and local functions are fine) for process and cluster backends.
+
 Scoring: `scoring` is a validation log name ("val_loss", "val_accuracy", "val_mae"; "loss"
 etc. mean the same), minimized or maximized per `mode` ("auto": accuracy-like names are
 maximized); or a callable (model, x_val, y_val) -> float where higher is better. Trials whose
@@ -37,11 +46,14 @@ re-raises instead).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 import numbers
+import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -227,6 +239,14 @@ def _prepare(x, y, validation_data, build_fn, loss):
     return x32, targets(y_arr), xv32, targets(yv_arr), build_fn
 
 
+def _n_jobs(n_jobs):
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be None, a positive integer or -1 (all cores), got {n_jobs!r}")
+    return int(n_jobs)
+
+
 def _resolve_scoring(scoring, mode):
     if callable(scoring):
         return scoring, "max"
@@ -244,61 +264,109 @@ def _resident_data(model, cache, x, y, xv, yv):
     loss = model.loss
     kind = (model._compile_args["device"], model._dtype.str, loss.takes_class_ids,
             None if loss.takes_class_ids else model.layers[-1].units)
-    if kind not in cache:
-        cache[kind] = (model.upload(x, y), model.upload(xv, yv))
-    return cache[kind]
+    lock = getattr(cache, "lock", None)  # a worker's cache is shared by its threads
+    with lock if lock is not None else contextlib.nullcontext():
+        if kind not in cache:
+            cache[kind] = (model.upload(x, y), model.upload(xv, yv))
+        return cache[kind]
+
+
+def _trial(build_fn, params, x, y, xv, yv, key, epochs, batch_size, callbacks, fit_kwargs, error, resident):
+    """One trial: (its result row, its model or None)."""
+    from .models import Sequential
+
+    model_params = {k: v for k, v in params.items() if k not in _FIT_KEYS}
+    fit_params = dict(epochs=epochs, batch_size=batch_size, verbose=0, **(fit_kwargs or {}))
+    fit_params.update({k: v for k, v in params.items() if k in _FIT_KEYS})
+    cbs = callbacks() if callable(callbacks) else copy.deepcopy(list(callbacks or []))
+    row = {"params": dict(params), "score": None, "logs": {}, "history": {}, "epochs": 0, "seconds": 0.0,
+           "error": None}
+    started = time.perf_counter()
+    try:
+        model = build_fn(**model_params)
+        if not isinstance(model, Sequential):
+            raise _SetupError(f"build_fn must return an fm.Sequential, got {type(model).__name__}")
+        if model.optimizer is None:
+            raise _SetupError("build_fn must return a compiled model (call model.compile in build_fn)")
+        train, val = _resident_data(model, resident, x, y, xv, yv)
+        hist = model.fit(train, validation_data=val, callbacks=cbs, **fit_params)
+        logs = {"val_" + k: v for k, v in model.evaluate(val).items()}
+        if callable(key):
+            score = float(key(model, xv, yv))
+        else:
+            if key not in logs:
+                raise _SetupError(f"scoring {key!r} is not a validation log of this model; available: "
+                                  f"{', '.join(sorted(logs))}")
+            score = float(logs[key])
+        row.update(score=score, logs=logs, history=dict(hist.history), epochs=len(hist.epoch))
+    except _SetupError:
+        raise
+    except Exception as exc:
+        if error == "raise":
+            raise
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        model = None
+    row["seconds"] = time.perf_counter() - started
+    return row, model
+
+
+# A worker's uploads, kept across its trials of one search (the newest search only, so a
+# long-lived joblib worker does not hoard old data): token -> resident cache.
+_WORKER_UPLOADS: dict = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_trial(token, build_fn, params, x, y, xv, yv, key, epochs, batch_size, callbacks, fit_kwargs, error):
+    with _WORKER_LOCK:
+        if token not in _WORKER_UPLOADS:
+            _WORKER_UPLOADS.clear()
+            _WORKER_UPLOADS[token] = _LockedCache()
+        resident = _WORKER_UPLOADS[token]
+    row, _ = _trial(build_fn, params, x, y, xv, yv, key, epochs, batch_size, callbacks, fit_kwargs, error, resident)
+    return row
+
+
+class _LockedCache(dict):
+    """The resident-data cache shared by the threads of one worker (the threading backend)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
 
 
 def _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, callbacks, fit_kwargs, keep_best,
-         verbose, error):
-    from .models import Sequential
-
+         verbose, error, n_jobs=None):
     if error not in ("record", "raise"):
         raise ValueError(f"error must be 'record' or 'raise', got {error!r}")
     key, mode = _resolve_scoring(scoring, mode)
     rows, best_model, best_key = [], None, None
     resident = {}  # (device, dtype, target layout) -> (train, validation) ResidentDatasets
-    for i, params in enumerate(trials):
-        model_params = {k: v for k, v in params.items() if k not in _FIT_KEYS}
-        fit_params = dict(epochs=epochs, batch_size=batch_size, verbose=0, **(fit_kwargs or {}))
-        fit_params.update({k: v for k, v in params.items() if k in _FIT_KEYS})
-        cbs = callbacks() if callable(callbacks) else copy.deepcopy(list(callbacks or []))
-        row = {"params": dict(params), "score": None, "logs": {}, "history": {}, "epochs": 0, "seconds": 0.0,
-               "error": None}
-        started = time.perf_counter()
-        try:
-            model = build_fn(**model_params)
-            if not isinstance(model, Sequential):
-                raise _SetupError(f"build_fn must return an fm.Sequential, got {type(model).__name__}")
-            if model.optimizer is None:
-                raise _SetupError("build_fn must return a compiled model (call model.compile in build_fn)")
-            train, val = _resident_data(model, resident, x, y, xv, yv)
-            hist = model.fit(train, validation_data=val, callbacks=cbs, **fit_params)
-            logs = {"val_" + k: v for k, v in model.evaluate(val).items()}
-            if callable(key):
-                score = float(key(model, xv, yv))
-            else:
-                if key not in logs:
-                    raise _SetupError(f"scoring {key!r} is not a validation log of this model; available: "
-                                   f"{', '.join(sorted(logs))}")
-                score = float(logs[key])
-            row.update(score=score, logs=logs, history=dict(hist.history), epochs=len(hist.epoch))
-        except _SetupError:
-            raise
-        except Exception as exc:
-            if error == "raise":
-                raise
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            model = None
-        row["seconds"] = time.perf_counter() - started
+    args = (x, y, xv, yv, key, epochs, batch_size, callbacks, fit_kwargs, error)
+    if n_jobs in (None, 1):
+        results = ((_trial(build_fn, params, *args, resident)) for params in trials)
+    else:
+        # joblib runs the trials (its active backend: processes by default, or a cluster's with
+        # joblib.parallel_backend("dask") / Ray's); each worker uploads the data once per search.
+        import joblib
+
+        token = uuid.uuid4().hex
+        done = joblib.Parallel(n_jobs=n_jobs)(
+            joblib.delayed(_worker_trial)(token, build_fn, params, *args) for params in trials)
+        results = ((row, None) for row in done)
+    for i, (row, model) in enumerate(results):
+        params = trials[i]
         if verbose:
             s = "error: " + row["error"] if row["score"] is None else f"{row['score']:.5g}"
             print(f"[{i + 1}/{len(trials)}] {params} -> {s} ({row['seconds']:.2f}s)")
         if keep_best and row["score"] is not None and math.isfinite(row["score"]):
             k = row["score"] if mode == "max" else -row["score"]
             if best_key is None or k > best_key:
-                best_key, best_model = k, model
+                best_key, best_model = k, (model if model is not None else params)
         rows.append(row)
+    if keep_best and best_model is not None and not hasattr(best_model, "predict"):
+        # Parallel trials return no models: the best one is trained again here from its
+        # parameters (the builder's seed makes it the same model).
+        best_model = _trial(build_fn, best_model, *args, resident)[1]
 
     def sort_key(r):
         s = r["score"]
@@ -317,7 +385,7 @@ def _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, call
 
 def grid_search(build_fn, x, y, validation_data, param_grid, *, epochs=10, batch_size=32, scoring="val_loss",
                 mode="auto", callbacks=None, fit_kwargs=None, keep_best=False, loss=None, verbose=0,
-                error="record"):
+                error="record", n_jobs=None):
     """Trains one model per combination of param_grid (dict of name -> list of values) and ranks
     them by their validation score. Returns a SearchResult (list of dicts, best first)."""
     _check_grid(param_grid, "param_grid")
@@ -328,12 +396,12 @@ def grid_search(build_fn, x, y, validation_data, param_grid, *, epochs=10, batch
     names = list(param_grid)
     trials = [dict(zip(names, combo)) for combo in itertools.product(*(list(param_grid[k]) for k in names))]
     return _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, callbacks, fit_kwargs, keep_best,
-                verbose, error)
+                verbose, error, _n_jobs(n_jobs))
 
 
 def random_search(build_fn, x, y, validation_data, param_distributions, *, n_iter=10, seed=None, epochs=10,
                   batch_size=32, scoring="val_loss", mode="auto", callbacks=None, fit_kwargs=None, keep_best=False,
-                  loss=None, verbose=0, error="record"):
+                  loss=None, verbose=0, error="record", n_jobs=None):
     """Trains n_iter models with parameters drawn from param_distributions: each value is a list
     (uniform choice), an object with .rvs(random_state) (Uniform, LogUniform, IntUniform, scipy.stats
     distributions) or a callable rng -> value. When every value is a list, combinations are drawn
@@ -369,7 +437,7 @@ def random_search(build_fn, x, y, validation_data, param_distributions, *, n_ite
                     t[k] = t[k].item()
             trials.append(t)
     return _run(build_fn, trials, x, y, xv, yv, scoring, mode, epochs, batch_size, callbacks, fit_kwargs, keep_best,
-                verbose, error)
+                verbose, error, _n_jobs(n_jobs))
 
 
 __all__ = ["grid_search", "random_search", "build_mlp", "SearchResult", "Uniform", "LogUniform", "IntUniform"]
