@@ -125,3 +125,18 @@ def test_fit_on_a_loader_matches_the_array_fit_when_it_yields_one_chunk():
     b.fit(X, Y, epochs=3, batch_size=16, verbose=0, shuffle=True)
     # shuffling differs (chunk seeds), so compare the quality, not the bits
     assert abs(a.evaluate(X, Y)["loss"] - b.evaluate(X, Y)["loss"]) < 0.05
+
+
+def test_a_real_torch_dataloader():
+    # Skipped without torch (CI has none): its batches are tensors, (x, y) for fit and evaluate,
+    # 1-tuples (x,) for predict.
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    m = model()
+    loader = DataLoader(TensorDataset(torch.tensor(X), torch.tensor(Y)), batch_size=16, shuffle=True)
+    h = m.fit(loader, epochs=2, verbose=0)
+    assert len(h.history["loss"]) == 2
+    whole = DataLoader(TensorDataset(torch.tensor(X), torch.tensor(Y)), batch_size=25)
+    assert m.evaluate(whole) == pytest.approx(m.evaluate(X, Y), rel=1e-12)
+    np.testing.assert_array_equal(m.predict(DataLoader(TensorDataset(torch.tensor(X)), batch_size=7)), m.predict(X))
