@@ -30,14 +30,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
+    # bench_lbfgs's split: 75/25 stratified, standardized on the training part
+    from bench_lbfgs import load
 
-    x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-    scaler = StandardScaler().fit(xtr)
-    return scaler.transform(xtr), scaler.transform(xte), ytr, yte
+    return load("digits")
 
 
 def mnist(path, rows):

@@ -358,7 +358,7 @@ FASTMLP_HD void metric_row(const MetricSpec& m, Loss loss, const ActivationSpec&
                            const T* z, const T* y, Add& add) {
   const bool ce = loss == Loss::SparseCategoricalCrossentropy || loss == Loss::CategoricalCrossentropy;
   const bool bce = loss == Loss::BinaryCrossentropy;
-  const T lse = ce ? row_logsumexp(n, z) : (out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0));
+  const T lse = ce || out.kind == Activation::Softmax ? row_logsumexp(n, z) : T(0);
   const int c = class_ids ? static_cast<int>(y[0]) : -1;
   auto score = [&](int j) -> T {
     if (bce) return sigmoid(z[j]);
@@ -366,10 +366,16 @@ FASTMLP_HD void metric_row(const MetricSpec& m, Loss loss, const ActivationSpec&
     return output_value(out, lse, z[j]);
   };
   auto target = [&](int j) -> T { return class_ids ? (j == c ? T(1) : T(0)) : y[j]; };
-  auto argmax_score = [&]() {
+  auto argmax_score = [&]() {  // each score once (an exp each for the cross-entropies)
     int best = 0;
-    for (int j = 1; j < n; ++j)
-      if (score(j) > score(best)) best = j;
+    T top = score(0);
+    for (int j = 1; j < n; ++j) {
+      const T s = score(j);
+      if (s > top) {
+        top = s;
+        best = j;
+      }
+    }
     return best;
   };
   const int cls = class_ids ? c : row_argmax(n, y);

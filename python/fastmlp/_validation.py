@@ -86,16 +86,22 @@ def as_targets(y, name: str, n: int, n_out: int, class_ids: bool, dtype, loss=No
         arr = arr.reshape(n, 1)
     if arr.ndim != 2 or arr.shape[1] != n_out:
         raise ValueError(f"{name} must have shape ({n}, {n_out}), got {arr.shape}")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or Inf values (or values too large for {np.dtype(dtype).name})")
+    out = _finite(arr, dtype, name)
     bounds = getattr(loss, "target_range", None)
     if bounds is not None:
         lo, hi = float(out.min()), float(out.max())
         if lo < bounds[0] or hi > bounds[1]:
             raise ValueError(f"{name} has values in [{lo:g}, {hi:g}] but {loss.name} targets must be in "
                              f"[{bounds[0]:g}, {bounds[1]:g}]")
+    return out
+
+
+def _finite(arr, dtype, name: str) -> np.ndarray:
+    """arr as a C-contiguous array of dtype, every value finite (ValueError naming `name`)."""
+    with np.errstate(over="ignore"):  # overflow in the conversion is reported here, by name
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or Inf values (or values too large for {np.dtype(dtype).name})")
     return out
 
 
@@ -112,10 +118,7 @@ def as_sample_weight(w, name: str, n: int, dtype) -> np.ndarray:
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must hold one weight per sample, shape ({n},), got {arr.shape}")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or Inf (or values too large for {np.dtype(dtype).name})")
+    out = _finite(arr, dtype, name)
     if (out < 0).any():
         raise ValueError(f"{name} contains negative weights (min {float(out.min()):g}); weights must be >= 0")
     return out

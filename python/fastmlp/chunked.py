@@ -3,7 +3,8 @@
 A chunk source is anything that yields chunks and is not itself an array: a generator or other
 iterator, a Keras-style Sequence (__len__ and __getitem__(i) -> chunk i, on_epoch_end() called
 after each epoch if it has one), or a re-iterable such as a torch.utils.data.DataLoader. A chunk is
-a tuple (x, y) or (x, y, sample_weight) for fit and evaluate, and x or (x, ...) for predict; each
+a tuple or list (x, y) or (x, y, sample_weight) for fit and evaluate, and x (an array) or (x, ...)
+for predict (a chunk that is a tuple or list of 1 to 3 items is read as those items); each
 is validated, uploaded and trained natively (fit splits a chunk into batches of batch_size, one
 batch per chunk when batch_size is None, as Keras takes each yielded batch as one step).
 
@@ -92,7 +93,7 @@ def unpack(chunk, what, need_y: bool):
     """(x, y, sample_weight) of one chunk; y and the weights None where absent."""
     if isinstance(chunk, dict):
         raise TypeError(f"a {what} chunk must be a tuple (x, y) or (x, y, sample_weight), got a dict")
-    if isinstance(chunk, (tuple, list)) and len(chunk) in (1, 2, 3) and not _is_row_list(chunk):
+    if isinstance(chunk, (tuple, list)) and len(chunk) in (1, 2, 3):  # DataLoaders yield lists [x, y]
         x = chunk[0]
         y = chunk[1] if len(chunk) > 1 else None
         w = chunk[2] if len(chunk) > 2 else None
@@ -103,11 +104,6 @@ def unpack(chunk, what, need_y: bool):
         raise ValueError(f"a {what} chunk has no targets: each chunk must be a tuple (x, y) or (x, y, sample_weight) "
                          "(a data source carries its own targets: leave fit's y out)")
     return x, y, w
-
-
-def _is_row_list(chunk):
-    # [[1, 2], [3, 4]] is x itself (rows), not (x, y): a tuple of arrays is the usual chunk
-    return isinstance(chunk, list) and all(np.ndim(v) <= 1 for v in chunk) and len(chunk) != 2
 
 
 def _host(v):
