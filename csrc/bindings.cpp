@@ -14,6 +14,7 @@
 #include "fastmlp/engine.h"
 #include "fastmlp/initializers.h"
 #include "fastmlp/math.h"
+#include "fastmlp/mpi_communicator.h"
 #include "fastmlp/random.h"
 
 namespace py = pybind11;
@@ -325,11 +326,15 @@ void bind_engine(py::module_& m, const char* name) {
           "data_budget", [](const E& e) { return without_gil([&] { return e.data_budget(); }); },
           [](E& e, std::optional<size_t> bytes) { without_gil([&] { e.set_data_budget(bytes); }); })
       .def("end_epoch", [](E& e) { without_gil([&] { e.end_epoch(); }); })
-      .def("evaluate",
-           [batch](E& e, const D& d, const py::object& batch_size) {
-             const int bs = batch(batch_size);
-             return epoch_dict(without_gil([&] { return e.evaluate(d, bs); }));
-           })
+      .def(
+          "evaluate",
+          [batch](E& e, const D& d, const py::object& batch_size, bool across_ranks) {
+            const int bs = batch(batch_size);
+            return epoch_dict(without_gil([&] { return e.evaluate(d, bs, across_ranks); }));
+          },
+          py::arg("data"), py::arg("batch_size"), py::arg("across_ranks") = false)
+      .def("set_communicator",
+           [](E& e, std::shared_ptr<Communicator> c) { without_gil([&] { e.set_communicator(std::move(c)); }); })
       .def("predict",
            [batch](E& e, const D& d, const py::object& batch_size) {
              const int bs = batch(batch_size);
@@ -392,6 +397,37 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
+  // fastmlp.distributed.DistributedError: a collective timed out or failed.
+  py::register_exception<DistributedError>(m, "DistributedError", PyExc_RuntimeError);
+
+  // Data-parallel training's collectives (fastmlp.distributed builds one from mpi4py's handles).
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def("allreduce_sum", [](Communicator& c, py::array_t<double, py::array::c_style> values) {
+        if (!values.writeable()) throw std::invalid_argument("allreduce_sum needs a writable float64 array");
+        double* p = values.mutable_data();
+        const int64_t n = values.size();
+        without_gil([&] { c.allreduce_sum(p, n); });
+      }, "Sums a contiguous float64 array over the ranks, in place (collective).");
+  m.def("mpi_communicator",
+        [](const std::string& library, int handle_bytes, int status_bytes, uint64_t comm, uint64_t float_type,
+           uint64_t double_type, uint64_t sum_op, int rank, int size, double timeout_seconds) {
+          MpiHandles h;
+          h.library = library;
+          h.handle_bytes = handle_bytes;
+          h.status_bytes = status_bytes;
+          h.comm = comm;
+          h.float_type = float_type;
+          h.double_type = double_type;
+          h.sum_op = sum_op;
+          h.rank = rank;
+          h.size = size;
+          h.timeout_seconds = timeout_seconds;
+          return make_mpi_communicator(h);
+        },
+        py::arg("library"), py::arg("handle_bytes"), py::arg("status_bytes"), py::arg("comm"), py::arg("float_type"),
+        py::arg("double_type"), py::arg("sum_op"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"));
 
   py::class_<Schedule>(m, "Schedule")
       .def(py::init<>())

@@ -29,24 +29,25 @@ __global__ void activation_layer_backward_kernel(int64_t n, const float* X, cons
   }
 }
 
-// The element index of row r, column c is r * cols + c, i.e. i itself; the step comes from device
+// The element index of row r, column c is r * cols + c, i.e. i itself, after the rows of the
+// global batch before this slice (row_offset, data-parallel training); the step comes from device
 // memory so a captured graph draws a fresh mask at every replay, the same as the CPU's.
-__global__ void dropout_forward_kernel(int64_t n, const float* X, DropoutSpec d, const TrainCounters* counters,
-                                       float* Y) {
-  const int64_t step = counters->step;
+__global__ void dropout_forward_kernel(int64_t n, int cols, const float* X, DropoutSpec d,
+                                       const TrainCounters* counters, float* Y) {
+  const int64_t step = counters->step, first = counters->row_offset * cols;
   const float scale = math::dropout_scale<float>(d.rate);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    Y[i] = math::dropout_keep(d.seed, step, i, d.rate) ? X[i] * scale : 0.0f;
+    Y[i] = math::dropout_keep(d.seed, step, first + i, d.rate) ? X[i] * scale : 0.0f;
 }
 
-__global__ void dropout_backward_kernel(int64_t n, const float* X, const float* dY, DropoutSpec d,
+__global__ void dropout_backward_kernel(int64_t n, int cols, const float* X, const float* dY, DropoutSpec d,
                                         const TrainCounters* counters, ActivationSpec x_act, float* dX) {
-  const int64_t step = counters->step;
+  const int64_t step = counters->step, first = counters->row_offset * cols;
   const float scale = math::dropout_scale<float>(d.rate);
   const float xp = float(x_act.param);
   const bool chain = x_act.kind != Activation::Linear;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float g = math::dropout_keep(d.seed, step, i, d.rate) ? dY[i] * scale : 0.0f;
+    float g = math::dropout_keep(d.seed, step, first + i, d.rate) ? dY[i] * scale : 0.0f;
     if (chain) g *= math::activation_grad_from_output(x_act.kind, xp, X[i]);
     dX[i] = g;
   }
@@ -71,7 +72,7 @@ void launch_dropout_forward(int rows, int cols, const float* X, DropoutSpec d, c
                             float* Y, cudaStream_t s) {
   const int64_t n = int64_t(rows) * cols;
   if (n <= 0) return;
-  dropout_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, X, d, counters, Y);
+  dropout_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, cols, X, d, counters, Y);
   FASTMLP_LAUNCH_CHECK("dropout_forward_kernel");
 }
 
@@ -79,7 +80,7 @@ void launch_dropout_backward(int rows, int cols, const float* X, const float* dY
                              const TrainCounters* counters, ActivationSpec x_act, float* dX, cudaStream_t s) {
   const int64_t n = int64_t(rows) * cols;
   if (n <= 0 || !dX) return;
-  dropout_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, X, dY, d, counters, x_act, dX);
+  dropout_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, cols, X, dY, d, counters, x_act, dX);
   FASTMLP_LAUNCH_CHECK("dropout_backward_kernel");
 }
 

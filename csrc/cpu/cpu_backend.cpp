@@ -131,20 +131,20 @@ class CpuBackend final : public Backend<T> {
 
   void dropout_forward(int rows, int cols, const T* X, DropoutSpec d, const TrainCounters* counters,
                        T* Y) override {
-    const int64_t n = int64_t(rows) * cols, step = counters->step;
+    const int64_t n = int64_t(rows) * cols, step = counters->step, first = counters->row_offset * cols;
     const T scale = math::dropout_scale<T>(d.rate);
     cpu::parallel_for(n, cpu::parallel_pass(n), [&](int64_t lo, int64_t hi) {
-      cpu::dropout_forward_range(lo, hi, X, d.seed, step, d.rate, scale, Y);
+      cpu::dropout_forward_range(lo, hi, X, d.seed, step, first, d.rate, scale, Y);
     });
   }
 
   void dropout_backward(int rows, int cols, const T* X, const T* dY, DropoutSpec d, const TrainCounters* counters,
                         ActivationSpec x_act, T* dX) override {
-    const int64_t n = int64_t(rows) * cols, step = counters->step;
+    const int64_t n = int64_t(rows) * cols, step = counters->step, first = counters->row_offset * cols;
     const T scale = math::dropout_scale<T>(d.rate), xp = T(x_act.param);
     with_activation(x_act.kind, [&](auto x_kind) {
       cpu::parallel_for(n, cpu::parallel_pass(n), [&](int64_t lo, int64_t hi) {
-        cpu::dropout_backward_range<x_kind.value>(lo, hi, X, dY, d.seed, step, d.rate, scale, xp, dX);
+        cpu::dropout_backward_range<x_kind.value>(lo, hi, X, dY, d.seed, step, first, d.rate, scale, xp, dX);
       });
     });
   }

@@ -49,21 +49,24 @@ FASTMLP_VECTOR_CLONES void activation_backward_range(int64_t lo, int64_t hi, con
             math::activation_grad_from_output(XK, x_param, X[i]);
 }
 
-// Y = X * keep / (1 - rate); element i of the batch is kept by math::dropout_keep.
+// Y = X * keep / (1 - rate); element i of the batch is kept by math::dropout_keep as element
+// first + i of the global batch (first: TrainCounters::row_offset * cols).
 template <typename T>
 FASTMLP_VECTOR_CLONES void dropout_forward_range(int64_t lo, int64_t hi, const T* __restrict X, uint64_t seed,
-                                                 int64_t step, double rate, T scale, T* __restrict Y) {
+                                                 int64_t step, int64_t first, double rate, T scale,
+                                                 T* __restrict Y) {
 #pragma omp simd
-  for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(seed, step, i, rate) ? X[i] * scale : T(0);
+  for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(seed, step, first + i, rate) ? X[i] * scale : T(0);
 }
 
 // dX = dY * keep / (1 - rate) * x_act'(X), the forward pass's mask drawn again.
 template <Activation XK, typename T>
 FASTMLP_VECTOR_CLONES void dropout_backward_range(int64_t lo, int64_t hi, const T* X, const T* dY, uint64_t seed,
-                                                  int64_t step, double rate, T scale, T x_param, T* dX) {
+                                                  int64_t step, int64_t first, double rate, T scale, T x_param,
+                                                  T* dX) {
 #pragma omp simd
   for (int64_t i = lo; i < hi; ++i)
-    dX[i] = math::dropout_keep(seed, step, i, rate)
+    dX[i] = math::dropout_keep(seed, step, first + i, rate)
                 ? dY[i] * scale * math::activation_grad_from_output(XK, x_param, X[i])
                 : T(0);
 }

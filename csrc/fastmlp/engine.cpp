@@ -47,7 +47,8 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
   lower(layout);
   Backend<T>* be = backend_.get();
   params_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
-  grads_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
+  // One more value than the parameters: a data-parallel step sums its non-finite flag with them.
+  grads_ = BackendBuffer<T>(be, sizeof(T) * (num_params_ + 1));
   segments_dev_ = BackendBuffer<T>(be, sizeof(ParamSegment) * segments_.size());
   be->to_backend(segments_dev_.get(), segments_.data(), sizeof(ParamSegment) * segments_.size());
   segment_norms_ = BackendBuffer<T>(be, sizeof(double) * (kSegmentNormSlots * segments_.size() + 1));
@@ -276,16 +277,49 @@ void Engine<T>::set_learning_rate(double lr) {
 }
 
 template <typename T>
-void Engine<T>::train_step(int rows, const Dataset<T>& data) {
+void Engine<T>::set_communicator(std::shared_ptr<Communicator> communicator) {
+  auto held = lock();
+  if (epoch_.open) throw std::logic_error("the communicator cannot change while an epoch is in progress");
+  if (communicator && communicator->size() > 1 && !backend_->host_memory())
+    throw std::invalid_argument("data-parallel training on " + device_ +
+                                " needs NCCL, which fastmlp does not support yet: train data-parallel on CPU ranks "
+                                "(device='cpu')");
+  communicator_ = std::move(communicator);
+}
+
+template <typename T>
+void Engine<T>::sum_over_ranks(std::vector<double>& values) {
+  communicator_->allreduce_sum(values.data(), int64_t(values.size()));
+}
+
+template <typename T>
+void Engine<T>::reduce_gradients(int rows, int global_rows) {
+  // Host memory (set_communicator checked): the gradient buffer and counters are read in place.
+  T* g = grads_.get();
+  auto* counters = train_counters_.template as<TrainCounters>();
+  const T share = T(double(rows) / double(global_rows));
+  for (int64_t k = 0; k < num_params_; ++k) g[k] *= share;
+  g[num_params_] = counters->nonfinite ? T(1) : T(0);
+  communicator_->allreduce_sum(g, num_params_ + 1);
+  counters->nonfinite = g[num_params_] != T(0) ? 1 : 0;
+}
+
+template <typename T>
+void Engine<T>::train_step(int rows, const Dataset<T>& data, int global_rows) {
   Backend<T>* be = backend_.get();
   auto* counters = train_counters_.template as<TrainCounters>();
-  be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
-                   x_batch_.get(), y_batch_.get());
-  forward(rows, x_batch_.get(), true, counters);
-  be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, dz_.back().get(),
-           counters);
-  add_metrics(rows, y_batch_.get(), data, train_counters_);
-  backward(rows, x_batch_.get(), counters);
+  if (rows > 0) {
+    be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
+                     x_batch_.get(), y_batch_.get());
+    forward(rows, x_batch_.get(), true, counters);
+    be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param,
+             spec_.metric, out_act_, dz_.back().get(), counters);
+    add_metrics(rows, y_batch_.get(), data, train_counters_);
+    backward(rows, x_batch_.get(), counters);
+  } else {  // a data-parallel rank whose slice of a small last batch is empty adds nothing
+    be->fill(grads_.get(), T(0), num_params_);
+  }
+  if (global_rows > 0) reduce_gradients(rows, global_rows);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
                      int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(),
                      optimizer_norm_passes(config_), segment_norms_.template as<double>(), counters, rows);
@@ -380,12 +414,28 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
   epoch_ = EpochProgress{};
   epoch_.generation = ++epochs_begun_;
   const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(data.rows, 1)));
-  ensure_workspace(bs);
-  // The device order: the permutation itself, or for streamed data 0, 1, ... over a chunk that
-  // the host has already gathered in permutation order (chunks are loaded by train_batches).
+  if (parallel()) {
+    if (data.streamed)
+      throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
+    // This rank's order: its contiguous slice of each global batch, batch after batch.
+    const int64_t rank = communicator_->rank(), ranks = communicator_->size();
+    std::vector<int32_t> local;
+    local.reserve(size_t(data.rows / ranks + bs));
+    for (int64_t first = 0; first < data.rows; first += bs) {
+      const int64_t g = std::min<int64_t>(bs, data.rows - first);
+      local.insert(local.end(), perm.begin() + first + g * rank / ranks, perm.begin() + first + g * (rank + 1) / ranks);
+    }
+    ensure_workspace(int((bs + ranks - 1) / ranks));
+    upload_order(local.data(), int64_t(local.size()));
+  } else {
+    ensure_workspace(bs);
+  }
+  // The device order: the permutation itself (or this rank's part of it), or for streamed data
+  // 0, 1, ... over a chunk that the host has already gathered in permutation order (chunks are
+  // loaded by train_batches).
   if (data.streamed) {
     epoch_.order = perm;
-  } else {
+  } else if (!parallel()) {
     upload_order(perm.data(), data.rows);
   }
   reset_counters(train_counters_, true);
@@ -416,7 +466,8 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
     }
     // Checked before every step: a call from another thread (or a batch callback) between two
     // steps may have grown the workspace or used the chunk buffers for its own rows.
-    ensure_workspace(bs);
+    const int64_t ranks = parallel() ? communicator_->size() : 1;
+    ensure_workspace(int((bs + ranks - 1) / ranks));
     if (data.streamed && (epoch_.chunk_rows == 0 || !stream_.holds_epoch_chunk)) {
       // The epoch's first step, or evaluate / predict used the chunk buffers since the last
       // one: start a new chunk here, at a batch boundary.
@@ -436,7 +487,16 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
       epoch_.loaded_to += n;
     }
     const int rows = int(std::min<int64_t>(bs, data.rows - epoch_.rows_done));
-    backend_->run_step(rows, [&] { train_step(rows, source); });
+    if (parallel()) {  // this rank's slice [lo, hi) of the global batch
+      const int64_t rank = communicator_->rank();
+      const int lo = int(rows * rank / ranks), hi = int(rows * (rank + 1) / ranks);
+      TrainCounters c = read_counters(train_counters_);
+      c.row_offset = lo;
+      write_counters(train_counters_, c);
+      backend_->run_step(hi - lo, [&] { train_step(hi - lo, source, rows); });
+    } else {
+      backend_->run_step(rows, [&] { train_step(rows, source); });
+    }
     epoch_.rows_done += rows;
     epoch_.batches_done += 1;
   }
@@ -448,9 +508,18 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   if (epoch_.rows_done == 0) return result;
   const TrainCounters c = read_counters(train_counters_);
   result.nonfinite = c.nonfinite != 0;
-  result.loss = (c.loss_sum + c.reg_sum) / double(epoch_.rows_done);
-  result.metric = c.metric_sum / double(epoch_.rows_done);
+  double loss_sum = c.loss_sum + c.reg_sum, metric_sum = c.metric_sum;
   result.metric_slots = read_metric_slots(train_counters_);
+  if (parallel()) {  // the sums of every rank's slices (the flag is already common to all)
+    std::vector<double> sums = {loss_sum, metric_sum};
+    sums.insert(sums.end(), result.metric_slots.begin(), result.metric_slots.end());
+    sum_over_ranks(sums);
+    loss_sum = sums[0];
+    metric_sum = sums[1];
+    std::copy(sums.begin() + 2, sums.end(), result.metric_slots.begin());
+  }
+  result.loss = loss_sum / double(epoch_.rows_done);
+  result.metric = metric_sum / double(epoch_.rows_done);
   return result;
 }
 
@@ -494,27 +563,43 @@ double Engine<T>::regularization_penalty() const {
 }
 
 template <typename T>
-EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size) {
+EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size, bool across_ranks) {
   auto held = lock();
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   check_dataset(data, "evaluation data", true);
+  across_ranks = across_ranks && parallel();
   EpochResult result;
-  if (data.rows == 0) return result;
-  const int bs = int(std::min<int64_t>(batch_size, data.rows));
-  ensure_workspace(bs);
+  if (data.rows == 0 && !across_ranks) return result;
   reset_counters(eval_counters_, false);
-  auto* counters = eval_counters_.template as<TrainCounters>();
-  for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
-    forward(rows, x, false, counters);
-    backend_->loss(rows, n_out(), logits(), y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param, spec_.metric, out_act_, nullptr, counters);
-    add_metrics(rows, y, data, eval_counters_);
-  });
+  if (data.rows > 0) {
+    const int bs = int(std::min<int64_t>(batch_size, data.rows));
+    ensure_workspace(bs);
+    auto* counters = eval_counters_.template as<TrainCounters>();
+    for_each_batch(data, bs, [&](int rows, const T* x, const T* y) {
+      forward(rows, x, false, counters);
+      backend_->loss(rows, n_out(), logits(), y, data.y_cols, data.weighted, spec_.loss, spec_.loss_param,
+                     spec_.metric, out_act_, nullptr, counters);
+      add_metrics(rows, y, data, eval_counters_);
+    });
+  }
   const TrainCounters c = read_counters(eval_counters_);
+  double loss_sum = c.loss_sum, metric_sum = c.metric_sum, rows = double(data.rows);
   result.nonfinite = c.nonfinite != 0;
-  result.loss = c.loss_sum / double(data.rows) + regularization_penalty();
-  result.metric = c.metric_sum / double(data.rows);
   result.metric_slots = read_metric_slots(eval_counters_);
-  result.rows = data.rows;
+  if (across_ranks) {  // every rank's part of the rows
+    std::vector<double> sums = {loss_sum, metric_sum, rows, result.nonfinite ? 1.0 : 0.0};
+    sums.insert(sums.end(), result.metric_slots.begin(), result.metric_slots.end());
+    sum_over_ranks(sums);
+    loss_sum = sums[0];
+    metric_sum = sums[1];
+    rows = sums[2];
+    result.nonfinite = sums[3] != 0.0;
+    std::copy(sums.begin() + 4, sums.end(), result.metric_slots.begin());
+    if (rows == 0) return EpochResult{};
+  }
+  result.loss = loss_sum / rows + regularization_penalty();
+  result.metric = metric_sum / rows;
+  result.rows = int64_t(rows);
   return result;
 }
 

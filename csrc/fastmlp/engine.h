@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "fastmlp/backend.h"
+#include "fastmlp/communicator.h"
 #include "fastmlp/fair_mutex.h"
 #include "fastmlp/lbfgs.h"
 #include "fastmlp/model_spec.h"
@@ -179,6 +180,14 @@ class Engine {
   std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy = false,
                                      bool weighted = false) const;
 
+  // Data-parallel training (null, or a communicator of one rank: off). While set, train_epoch and
+  // train_batches train every rank on its contiguous slice of each batch of `perm` (the global
+  // order and global batch, the same on every rank; data resident and replicated): the loss
+  // gradient is scaled by the global batch rows and the gradient buffer summed over the ranks
+  // between the backward pass and the update, with the step's non-finite flag, so every rank
+  // applies the same update; their epoch results are the global ones. Only backends whose memory
+  // is host memory (the CPU) take one for now: a GPU needs NCCL on its stream.
+  void set_communicator(std::shared_ptr<Communicator> communicator);
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.
   EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
@@ -190,8 +199,9 @@ class Engine {
   EpochResult train_batches(const Dataset<T>& data, int64_t max_batches);
   bool epoch_in_progress() const;
   void end_epoch();  // abandons an unfinished epoch (e.g. stopped early)
-  // Mean loss (with the regularization penalty) and metric, no update.
-  EpochResult evaluate(const Dataset<T>& data, int batch_size);
+  // Mean loss (with the regularization penalty) and metric, no update. across_ranks (with a
+  // communicator set): data is this rank's part of the rows, and the result is over all ranks' parts.
+  EpochResult evaluate(const Dataset<T>& data, int batch_size, bool across_ranks = false);
   // Output of the last layer's activation for each row of data, into host memory.
   void predict(const Dataset<T>& data, int batch_size, T* out_host);
   // Gradient of mean loss + penalty over all rows (host, num_params values); returns that loss.
@@ -275,7 +285,14 @@ class Engine {
   // The output (logits) of the last forward pass.
   const T* logits() const { return outputs_.back(); }
   int n_out() const { return ops_.back().out; }
-  void train_step(int rows, const Dataset<T>& data);
+  // global_rows: the global batch of a data-parallel step (this rank's `rows` may be 0), else 0.
+  void train_step(int rows, const Dataset<T>& data, int global_rows = 0);
+  bool parallel() const { return communicator_ && communicator_->size() > 1; }
+  // Data-parallel: scales this rank's gradient (of its mean loss) to its share of the global
+  // batch's mean and sums it over the ranks with the step's non-finite flag.
+  void reduce_gradients(int rows, int global_rows);
+  // Data-parallel: sums an epoch's or evaluation's sums over the ranks (values in place).
+  void sum_over_ranks(std::vector<double>& values);
   // Forward, loss and backward over all rows of data as one batch (gradients land in grads_).
   // Forward (training mode) and loss over all rows of data as one batch, into `counters` reset
   // to the current step (which keys dropout masks), and the backward pass unless with_backward
@@ -322,6 +339,7 @@ class Engine {
   std::string device_;
   mutable FairMutex mutex_;  // guards everything below
   std::function<void()> interrupt_poll_;
+  std::shared_ptr<Communicator> communicator_;
   std::chrono::milliseconds poll_interval_{50};
   std::chrono::steady_clock::time_point last_poll_{};
   int64_t num_params_ = 0;

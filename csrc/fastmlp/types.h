@@ -87,8 +87,8 @@ struct ActivationSpec {
 enum class LayerKind : int32_t { Dense = 0, Dropout, BatchNormalization, LayerNormalization, Activation };
 
 // Inverted dropout: each element is kept with probability 1 - rate, drawn from (seed, the
-// optimizer step, the element's index in the batch) by math::dropout_keep, so every backend
-// and every replay of a step draws the same mask.
+// optimizer step, the element's index in the (global) batch) by math::dropout_keep, so every
+// backend, every replay of a step and every data-parallel split draws the same mask.
 struct DropoutSpec {
   double rate = 0.0;
   uint64_t seed = 0;
@@ -198,6 +198,9 @@ struct TrainCounters {
   int32_t update_overflow = 0;  // CUDA: a block's update overflowed this step; the last block
                                 // moves it to nonfinite, so every block skips or runs alike
   double mu_product = 1.0;  // NAdam: the product of its momentum coefficients mu_1..mu_step
+  // Data-parallel training: the row of the global batch where this rank's slice starts, so
+  // dropout draws the masks a single process would (element index = (row_offset + row) * cols + col).
+  int64_t row_offset = 0;
 };
 
 }  // namespace fastmlp

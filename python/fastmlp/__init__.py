@@ -56,7 +56,7 @@ def __getattr__(name):
     # Optional parts load on first use so `import fastmlp` never imports matplotlib or scikit-learn.
     import importlib
 
-    if name in ("plot", "datasets", "model_selection", "saving", "export"):
+    if name in ("plot", "datasets", "model_selection", "saving", "export", "distributed"):
         return importlib.import_module(f".{name}", __name__)
     if name in ("MLPClassifier", "MLPRegressor"):
         return getattr(importlib.import_module(".sklearn", __name__), name)

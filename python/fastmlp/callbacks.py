@@ -59,6 +59,7 @@ class Callback:
 
     handles_nonfinite = False
     batch_interval = None
+    writes_files = False  # data-parallel fit runs such callbacks on rank 0 only (fastmlp.distributed)
 
     def __init__(self):
         self.model = None
@@ -272,6 +273,8 @@ class ModelCheckpoint(Callback):
     must end in .weights.npz) instead of whole models.
     """
 
+    writes_files = True
+
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
                  save_freq="epoch", initial_value_threshold=None, save_weights_only=False):
         super().__init__()
@@ -472,6 +475,8 @@ class CSVLogger(Callback):
     append=True adds to an existing file (writing the header only when the file is new or empty).
     Rows are flushed as they are written, so the file is readable while training runs.
     """
+
+    writes_files = True
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()

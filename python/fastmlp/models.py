@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import weakref
 
@@ -42,7 +43,7 @@ def cuda_is_available() -> bool:
 
 def resolve_device(device) -> str:
     if device is None or device == "auto":
-        return "cuda" if cuda_is_available() else "cpu"
+        device = "cuda" if cuda_is_available() else "cpu"
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'auto', got {device!r}")
     device = device.lower()
@@ -50,6 +51,9 @@ def resolve_device(device) -> str:
         device = "cuda"
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    distributed = sys.modules.get("fastmlp.distributed")
+    if device == "cuda" and distributed is not None and distributed.world_size() > 1:
+        device = f"cuda:{distributed.local_rank()}"  # one GPU per rank on a node, as torchrun's LOCAL_RANK
     return device
 
 

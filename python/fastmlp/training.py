@@ -57,10 +57,11 @@ def _row_weights(model, x, y, sample_weight, class_weight):
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
          initial_epoch, sample_weight=None, class_weight=None, steps_per_epoch=None, validation_steps=None):
-    from . import chunked
+    from . import chunked, distributed
     from .optimizers import FullBatchOptimizer
 
     full_batch = isinstance(model.optimizer, FullBatchOptimizer)
+    communicator = distributed._active()  # data-parallel training (fastmlp.distributed.init())
     if batch_size is not None:
         batch_size = positive_int(batch_size, "batch_size")
     epochs = non_negative_int(epochs, "epochs")
@@ -68,6 +69,14 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     if verbose not in (0, 1, 2, "auto", True, False):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     verbose = 1 if verbose in ("auto", True) else int(verbose)
+    if communicator is not None:
+        if full_batch:
+            raise ValueError(f"data-parallel fit trains with first-order optimizers; {type(model.optimizer).__name__} "
+                             "takes all rows at once")
+        if chunked.is_chunk_source(x) or chunked.is_chunk_source(validation_data):
+            raise ValueError("data-parallel fit takes arrays (every rank holding all rows), not a data source")
+        if communicator.rank != 0:
+            verbose = 0  # rank 0 reports for all
     if isinstance(validation_split, bool) \
             or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
             or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
@@ -132,9 +141,25 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         val_data, _ = model._data(validation_data, None, "validation data")
     elif validation_data is not None:
         val_weights = validation_data[2] if len(validation_data) == 3 else None
-        val_data, _ = model._data(validation_data[0], validation_data[1], "validation x", "validation y",
-                                  sample_weight=val_weights)
+        vx, vy = validation_data[0], validation_data[1]
+        if communicator is not None:  # each rank evaluates its share of the rows; the sums are reduced
+            vx, vy = model._xy(vx, vy, "validation x", "validation y")
+            val_rows = vx.shape[0]
+            share = distributed.part(val_rows)
+            vx, vy = vx[share], vy[share]
+            val_weights = None if val_weights is None else np.asarray(val_weights)[share]
+        val_data, _ = model._data(vx, vy, "validation x", "validation y", sample_weight=val_weights)
+    val_across_ranks = communicator is not None and val_data is not None \
+        and not isinstance(validation_data, ResidentDataset)
     engine = model._engine
+    if communicator is not None:
+        if isinstance(validation_data, ResidentDataset):  # every rank evaluates all of it alike
+            val_rows = validation_data.rows
+        distributed.check_same("the training rows, batch_size, epochs, initial_epoch, shuffle and validation rows",
+                               [n_train, batch_size, epochs, initial_epoch, bool(shuffle),
+                                val_rows if val_data is not None else -1])
+        distributed.sync_model(model)
+        callbacks = [cb for cb in callbacks or [] if communicator.rank == 0 or not getattr(cb, "writes_files", False)]
     history = History()
     if source is not None:  # steps are chunks (their count, when the source knows it)
         try:
@@ -158,6 +183,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     cbs = CallbackList([history] + list(callbacks or []) + bar_hook, model, params)
     model.history = history
     model.stop_training = False
+    if communicator is not None:
+        engine.set_communicator(communicator)
     try:
         cbs.on_train_begin()
         # The optimizer as it will run: PyTorch's defaults, and Keras's where they differ.
@@ -166,6 +193,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             cbs.on_epoch_begin(epoch)
             progress.begin(epoch)
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
+            if communicator is not None:
+                seed = distributed.shuffle_seed(seed)  # rank 0's: one global order
             started = time.perf_counter()
             if source is not None:
                 result = chunked.train_epoch(model, source, batch_size, seed)
@@ -188,16 +217,22 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                     "no weight was given a non-finite value (try a lower learning rate)")
             logs = metric_logs(model, result)
             if val_data is not None:
-                logs.update(metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH), "val_"))
+                logs.update(metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH, val_across_ranks), "val_"))
             elif val_source is not None:
                 logs.update(metric_logs(model, chunked.evaluate(model, val_source, _EVAL_BATCH), "val_"))
             progress.end(epoch, logs, seconds)
             cbs.on_epoch_end(epoch, logs)
+            if communicator is not None:  # a stop asked for on any rank stops every rank
+                stop = np.array([1.0 if model.stop_training else 0.0])
+                communicator.allreduce_sum(stop)
+                model.stop_training = bool(stop[0])
             if model.stop_training:
                 break
     finally:
         if engine is not None:
             engine.end_epoch()  # an epoch left unfinished by an exception (or Ctrl-C) is abandoned
+            if communicator is not None:
+                engine.set_communicator(None)
         progress.close()
     cbs.on_train_end()
     return history

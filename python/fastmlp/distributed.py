@@ -1,0 +1,227 @@
+"""Data-parallel training over MPI: one process (rank) per core group or node, each holding the whole
+training set, the same model and the same seed.
+
+    import fastmlp as fm
+    fm.distributed.init()            # reads mpiexec's / srun's environment; no-op in a plain process
+    model = fm.Sequential([...], seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
+    model.fit(x, y, batch_size=256, epochs=5)   # every rank: its slice of each global batch of 256
+
+Launch with ``mpiexec -n 4 python train.py`` (or ``srun``). After ``init()``, ``fit`` trains
+data-parallel: ``batch_size`` is the global batch; every rank shuffles with the same seed and
+takes its contiguous slice of each global batch; the slices' gradients are summed over the ranks
+(MPI_Iallreduce, natively, between the backward pass and the update) with each step's non-finite
+flag; rank 0's weights, optimizer state and shuffling seed are used from the start. Validation
+rows are split over the ranks and their sums reduced, so every rank's callbacks decide alike;
+only rank 0 prints progress and runs the callbacks that write files (ModelCheckpoint, CSVLogger).
+A collective that does not complete within ``timeout`` seconds (a rank died or stopped calling
+fit) raises DistributedError on the ranks still waiting. docs/distributed.md has the details.
+
+The collectives run on the MPI library of mpi4py (``pip install fastmlp[mpi]`` and an MPI: a
+cluster's, or ``pip install mpich``), on a duplicate of MPI_COMM_WORLD, so they never mix with the
+script's own MPI messages. GPU ranks (NCCL) are not supported yet.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+
+DistributedError = _core.DistributedError
+
+# Variables that MPI launchers set in every rank's environment: MPICH/Hydra and Intel MPI (PMI_*),
+# Open MPI (OMPI_*), PMIx (srun --mpi=pmix), MVAPICH.
+_MPI_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass
+class _World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    communicator: object = None  # _core.Communicator (size > 1)
+    mpi_comm: object = None      # the mpi4py communicator behind it, kept alive
+
+
+_world: _World | None = None
+
+
+def _launcher() -> str | None:
+    if any(v in os.environ for v in _MPI_VARIABLES):
+        return "mpi"
+    if all(v in os.environ for v in _TORCHRUN_VARIABLES):
+        return "torchrun"
+    return None
+
+
+def init(timeout: float = 600.0) -> None:
+    """Joins the job the launcher started (mpiexec/mpirun/srun through mpi4py). In a process no
+    launcher started, or a job of one rank, it does nothing and fit trains as usual. Calling it again
+    does nothing. timeout: seconds a collective may wait for the other ranks before DistributedError.
+
+    Each rank's CPU threads default to the cores it can use divided by the ranks on its node
+    (fm.set_num_threads overrides that)."""
+    global _world
+    if _world is not None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not np.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    launcher = _launcher()
+    if launcher == "torchrun":
+        size = int(os.environ["WORLD_SIZE"])
+        if size > 1:
+            raise DistributedError(
+                f"torchrun started {size} processes, but fastmlp's CPU ranks communicate through MPI and its GPU "
+                "ranks (NCCL) are not supported yet: launch with mpiexec -n N (or srun) instead")
+        _world = _World()
+        return
+    if launcher is None:
+        _world = _World()
+        return
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("fastmlp.distributed needs mpi4py under an MPI launcher: pip install 'fastmlp[mpi]' "
+                          "(and an MPI library, e.g. pip install mpich)") from e
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        _world = _World()
+        return
+    comm = world.Dup()  # fastmlp's own messages never match the script's
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    sizes = {MPI._sizeof(t) for t in (MPI.Comm, MPI.Datatype, MPI.Op, MPI.Request)}
+    if len(sizes) != 1:
+        raise DistributedError(f"this MPI library's handles have different sizes {sorted(sizes)}; not supported")
+    def handle(obj):  # the C handle's bits as an unsigned 64-bit integer
+        return MPI._handleof(obj) & 0xFFFFFFFFFFFFFFFF
+
+    communicator = _core.mpi_communicator(
+        MPI.__file__, sizes.pop(), MPI._sizeof(MPI.Status), handle(comm), handle(MPI.FLOAT), handle(MPI.DOUBLE),
+        handle(MPI.SUM), comm.Get_rank(), comm.Get_size(), float(timeout))
+    _world = _World(comm.Get_rank(), comm.Get_size(), local.Get_rank(), local.Get_size(), communicator, comm)
+    local.Free()
+    if "OMP_NUM_THREADS" not in os.environ:  # the node's cores shared out, not every rank using all
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _core.set_num_threads(max(1, cores // _world.local_size))
+
+
+def is_initialized() -> bool:
+    return _world is not None
+
+
+def _current() -> _World:
+    return _world if _world is not None else _World()
+
+
+def rank() -> int:
+    """This process's rank (0 without a launcher or before init())."""
+    return _current().rank
+
+
+def world_size() -> int:
+    """The number of ranks (1 without a launcher or before init())."""
+    return _current().size
+
+
+def local_rank() -> int:
+    """This process's rank among those on its node (cuda:LOCAL_RANK would be its GPU)."""
+    return _current().local_rank
+
+
+def barrier() -> None:
+    """Waits until every rank has called barrier() (within the timeout)."""
+    if _active() is not None:
+        _active().allreduce_sum(np.zeros(1))
+
+
+def shutdown() -> None:
+    """Leaves the job: later fits train on this process alone. init() may be called again."""
+    global _world
+    if _world is not None and _world.mpi_comm is not None:
+        _world.mpi_comm.Free()
+    _world = None
+
+
+def _active():
+    """The native communicator when data-parallel training is on (init() in a job of > 1 rank)."""
+    w = _world
+    return w.communicator if w is not None and w.size > 1 else None
+
+
+# ---- collectives fit uses (all ranks call them in the same order)
+
+def broadcast(values: np.ndarray) -> np.ndarray:
+    """Rank 0's values on every rank, exactly (a sum in which the other ranks add zeros)."""
+    comm = _active()
+    buf = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    if comm is None:
+        return buf
+    if comm.rank != 0:
+        buf[:] = 0.0
+    comm.allreduce_sum(buf)
+    return buf
+
+
+def _broadcast_uint64(value: int) -> int:
+    """Rank 0's unsigned 64-bit integer, sent as four exact 16-bit parts."""
+    parts = np.array([(int(value) >> (16 * i)) & 0xFFFF for i in range(4)], dtype=np.float64)
+    got = broadcast(parts)
+    return sum(int(p) << (16 * i) for i, p in enumerate(got))
+
+
+def check_same(what: str, values) -> None:
+    """Raises ValueError on every rank when some rank's values differ from rank 0's (what names them)."""
+    comm = _active()
+    if comm is None:
+        return
+    mine = np.asarray(values, dtype=np.float64).reshape(-1)
+    root = broadcast(mine)
+    differs = np.array([0.0 if np.array_equal(mine, root) else 1.0])
+    comm.allreduce_sum(differs)
+    if differs[0]:
+        raise ValueError(f"data-parallel fit: {what} differ between ranks ({int(differs[0])} of {comm.size} ranks "
+                         "differ from rank 0); every rank must call fit with the same data shape and arguments")
+
+
+def shuffle_seed(seed):
+    """Rank 0's shuffling seed for an epoch (None: no shuffling) on every rank."""
+    if _active() is None or seed is None:
+        return seed
+    return _broadcast_uint64(seed)
+
+
+def sync_model(model) -> None:
+    """Rank 0's weights, optimizer state and step on every rank (the start of a data-parallel fit)."""
+    engine = model._engine
+    # Dropout masks are drawn from each layer's seed (fixed when the engine was built): they must agree.
+    seeds = [layer.native(model.seed, i)["seed"] for i, layer in enumerate(model.layers) if type(layer).__name__ == "Dropout"]
+    check_same("the Dropout layers' seeds (build the model with the same seed on every rank, e.g. "
+               "Sequential(..., seed=0))", [(s >> (16 * k)) & 0xFFFF for s in seeds for k in range(4)])
+    params = engine.get_params()
+    state = np.asarray(engine.get_state())
+    shape = np.array([params.size, state.size, engine.step], dtype=np.float64)
+    check_same("the models (parameter counts or optimizer state sizes)", shape[:2])
+    got = broadcast(np.concatenate([params.astype(np.float64), state.astype(np.float64).reshape(-1),
+                                    [float(engine.step)]]))
+    engine.set_params(got[:params.size].astype(params.dtype))
+    if state.size:
+        engine.set_state(got[params.size:params.size + state.size].astype(state.dtype))
+    engine.step = int(got[-1])
+
+
+def part(rows: int) -> slice:
+    """This rank's contiguous share of `rows` rows (the validation rows each rank evaluates)."""
+    comm = _active()
+    if comm is None:
+        return slice(0, rows)
+    r, n = comm.rank, comm.size
+    return slice(rows * r // n, rows * (r + 1) // n)
+
+
+__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "shutdown", "DistributedError"]

@@ -1,0 +1,94 @@
+"""One rank of the data-parallel tests (tests/test_distributed.py starts it under mpiexec -n 2):
+python distributed_worker.py SCENARIO OUT_DIR. Each rank writes what the test compares into OUT_DIR."""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import fastmlp as fm
+
+scenario, out = sys.argv[1], sys.argv[2]
+fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")))
+rank, size = fm.distributed.rank(), fm.distributed.world_size()
+sys.path.insert(0, os.path.dirname(__file__))
+from distributed_cases import CASES, data, build  # noqa: E402  (the cases, shared with the single-process side)
+
+
+def save(name, model, history=None):
+    np.savez(os.path.join(out, f"{name}-rank{rank}.npz"), *model.get_weights())
+    if history is not None:
+        with open(os.path.join(out, f"{name}-rank{rank}.json"), "w") as f:
+            json.dump(dict(history.history, final_lr=model.get_learning_rate()), f)
+
+
+if scenario == "equivalence":
+    for name, case in CASES.items():
+        x, y = data(case)
+        # Every rank starts from other initial weights: fit must take rank 0's.
+        model = build(case, seed=case.get("seed", 1) if rank == 0 else 1000 + rank, same_dropout_seed=True)
+        h = model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
+                      validation_split=case.get("validation_split", 0.0))
+        save(name, model, h)
+elif scenario == "nonfinite":
+    x, _ = data(CASES["adam_float32"])
+    y = x[:, :2].copy()
+    if rank == 1:
+        y[500, 1] = 1e30  # only this rank's copy: a finite target whose squared error overflows
+    model = fm.Sequential([fm.Dense(8, activation="tanh", input_dim=12), fm.Dense(2)], seed=1)
+    model.compile(optimizer="adam", loss="mse", device="cpu")
+    try:
+        model.fit(x, y, batch_size=110, epochs=3, verbose=0)
+        result = "finished"
+    except fm.NonFiniteLossError:
+        result = "NonFiniteLossError"
+    save("nonfinite", model)
+    with open(os.path.join(out, f"nonfinite-rank{rank}.txt"), "w") as f:
+        f.write(result)
+elif scenario == "callbacks":
+    case = CASES["sgd_momentum_float32"]
+    x, y = data(case)
+    model = build(case, seed=1)
+    cbs = [fm.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=1e-3, restore_best_weights=True),
+           fm.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=0, factor=0.5, min_delta=1e-2),
+           fm.callbacks.CSVLogger(os.path.join(out, f"log-rank{rank}.csv")),
+           fm.callbacks.ModelCheckpoint(os.path.join(out, f"ckpt-rank{rank}.weights.npz"), save_weights_only=True)]
+    h = model.fit(x, y, batch_size=64, epochs=40, verbose=1 if rank == 1 else 0, callbacks=cbs,
+                  validation_split=0.2)
+    save("callbacks", model, h)
+elif scenario == "mismatch":
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    model = build(case, seed=1)
+    try:
+        model.fit(x, y, batch_size=case["batch"] + rank, epochs=1, verbose=0)
+        result = "finished"
+    except ValueError as e:
+        result = str(e)
+    with open(os.path.join(out, f"mismatch-rank{rank}.txt"), "w") as f:
+        f.write(result)
+elif scenario in ("stall", "die"):
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    model = build(case, seed=1)
+
+    def epoch_end(epoch, logs):
+        if rank == 1 and epoch == 0:
+            if scenario == "die":
+                os._exit(7)  # a rank lost without a word
+            time.sleep(float(os.environ["FASTMLP_TEST_STALL"]))  # a rank that stops calling
+
+    started = time.monotonic()
+    try:
+        model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
+                  callbacks=[fm.callbacks.LambdaCallback(on_epoch_end=epoch_end)])
+        result = "finished"
+    except fm.distributed.DistributedError as e:
+        result = f"DistributedError after {time.monotonic() - started:.1f} s: {e}"
+    with open(os.path.join(out, f"{scenario}-rank{rank}.txt"), "w") as f:
+        f.write(result)
+    sys.stdout.flush()
+    os._exit(3 if result != "finished" else 0)  # an MPI job with a failed collective cannot finalize
+else:
+    raise SystemExit(f"unknown scenario {scenario}")

@@ -1,0 +1,212 @@
+"""fastmlp.distributed: data-parallel fit over MPI. The MPI tests start 2 ranks with mpiexec
+(tests/distributed_worker.py) and compare what they wrote with each other and with a
+single-process fit of the same case (tests/distributed_cases.py); they skip without mpi4py and
+an mpiexec. The rest runs in this process."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import distributed
+
+sys.path.insert(0, os.path.dirname(__file__))
+from distributed_cases import CASES, build, data  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+
+
+def _mpi_available():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("mpiexec") is not None
+
+
+needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="needs mpi4py and mpiexec (pip install mpi4py mpich)")
+
+
+def run_ranks(scenario, out, timeout=180, **env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    # Open MPI refuses to run as root, and more ranks than cores, unless told (CI runs as root on 2 cores).
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"):
+        env.pop(v, None)  # this process's own launcher, if any, is not the ranks'
+    # python -m mpi4py: an exception a rank does not catch aborts the whole job instead of hanging it.
+    cmd = [shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", WORKER, scenario, str(out)]
+    started = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return p, time.monotonic() - started
+
+
+def weights(path):
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def relative_difference(a, b):
+    return max(float(np.max(np.abs(u - v))) / max(float(np.max(np.abs(v))), 1e-30) for u, v in zip(a, b))
+
+
+# ---- in this process
+
+
+def test_without_a_launcher_init_is_a_no_op(monkeypatch):
+    for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(distributed, "_world", None)
+    distributed.init()
+    assert distributed.is_initialized()
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (0, 1, 0)
+    assert distributed._active() is None
+    distributed.barrier()  # nothing to wait for
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    a = build(case, seed=1)
+    a.fit(x, y, batch_size=case["batch"], epochs=1, verbose=0)
+    distributed.shutdown()
+    b = build(case, seed=1)
+    b.fit(x, y, batch_size=case["batch"], epochs=1, verbose=0)
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_torchrun_with_several_processes_is_refused_clearly(monkeypatch):
+    for v in distributed._MPI_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(distributed, "_world", None)
+    with pytest.raises(fm.distributed.DistributedError, match="mpiexec"):
+        distributed.init()
+    assert not distributed.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.init()  # a job of one process: nothing to do
+    assert distributed.world_size() == 1
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), True, "10"])
+def test_init_refuses_a_bad_timeout(monkeypatch, timeout):
+    monkeypatch.setattr(distributed, "_world", None)
+    with pytest.raises(ValueError, match="timeout"):
+        distributed.init(timeout=timeout)
+
+
+class _TwoRanks:  # what fit reads of a communicator before its first collective
+    rank, size = 0, 2
+
+    def allreduce_sum(self, values):
+        raise AssertionError("no collective expected before the refusal")
+
+
+def test_data_parallel_fit_refuses_what_it_cannot_split(monkeypatch):
+    monkeypatch.setattr(distributed, "_world", distributed._World(size=2, communicator=_TwoRanks()))
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    model = fm.Sequential([fm.Dense(3, activation="softmax", input_dim=12)], seed=0)
+    model.compile(optimizer=fm.optimizers.LBFGS(), loss="sparse_categorical_crossentropy", device="cpu")
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="first-order"):
+        model.fit(x, y, epochs=1, verbose=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
+    with pytest.raises(ValueError, match="data source"):
+        model.fit(((x[i:i + 100], y[i:i + 100]) for i in range(0, 1000, 100)), epochs=1, verbose=0)
+    for u, v in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_device_cuda_means_the_local_ranks_gpu_under_a_launcher(monkeypatch):
+    monkeypatch.setattr(distributed, "_world", distributed._World(rank=3, size=4, local_rank=1, local_size=2))
+    from fastmlp.models import resolve_device
+
+    assert resolve_device("cuda") == "cuda:1"
+    assert resolve_device("cuda:0") == "cuda:0"  # an explicit index is kept
+    assert resolve_device("cpu") == "cpu"
+
+
+# ---- two MPI ranks
+
+
+@needs_mpi
+def test_two_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
+    p, _ = run_ranks("equivalence", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name, case in CASES.items():
+        r0, r1 = weights(tmp_path / f"{name}-rank0.npz"), weights(tmp_path / f"{name}-rank1.npz")
+        for u, v in zip(r0, r1):  # the same update on every rank, bit for bit
+            np.testing.assert_array_equal(u, v)
+        x, y = data(case)
+        single = build(case, seed=case.get("seed", 1), same_dropout_seed=True)
+        h = single.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
+                       validation_split=case.get("validation_split", 0.0))
+        tolerance = 1e-5 if case["dtype"] == "float32" else 1e-12
+        assert relative_difference(r0, single.get_weights()) < tolerance, name
+        with open(tmp_path / f"{name}-rank0.json") as f:
+            logs0 = json.load(f)
+        with open(tmp_path / f"{name}-rank1.json") as f:
+            assert json.load(f) == logs0  # the reduced epoch results, the same on every rank
+        logs0.pop("final_lr")
+        for key, values in h.history.items():  # global means: what one process reports
+            np.testing.assert_allclose(logs0[key], values, rtol=10 * tolerance, err_msg=f"{name} {key}")
+
+
+@needs_mpi
+def test_a_nan_on_one_rank_stops_every_rank_with_the_same_finite_weights(tmp_path):
+    p, _ = run_ranks("nonfinite", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for r in (0, 1):
+        assert (tmp_path / f"nonfinite-rank{r}.txt").read_text() == "NonFiniteLossError"
+    r0, r1 = weights(tmp_path / "nonfinite-rank0.npz"), weights(tmp_path / "nonfinite-rank1.npz")
+    for u, v in zip(r0, r1):
+        np.testing.assert_array_equal(u, v)
+        assert np.all(np.isfinite(u))
+
+
+@needs_mpi
+def test_callbacks_decide_alike_and_only_rank_0_writes_files_and_prints(tmp_path):
+    p, _ = run_ranks("callbacks", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / "callbacks-rank0.json") as f:
+        h0 = json.load(f)
+    with open(tmp_path / "callbacks-rank1.json") as f:
+        assert json.load(f) == h0
+    assert len(h0["loss"]) < 40  # EarlyStopping ended both ranks at the same epoch
+    assert h0["final_lr"] < 0.05  # ReduceLROnPlateau acted, alike on both
+    for u, v in zip(weights(tmp_path / "callbacks-rank0.npz"), weights(tmp_path / "callbacks-rank1.npz")):
+        np.testing.assert_array_equal(u, v)
+    assert (tmp_path / "log-rank0.csv").exists() and (tmp_path / "ckpt-rank0.weights.npz").exists()
+    assert not (tmp_path / "log-rank1.csv").exists() and not (tmp_path / "ckpt-rank1.weights.npz").exists()
+    assert "Epoch" not in p.stdout  # rank 1 asked for verbose=1; rank 0 (verbose=0) reports for all
+
+
+@needs_mpi
+def test_ranks_called_with_different_arguments_all_raise(tmp_path):
+    p, _ = run_ranks("mismatch", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for r in (0, 1):
+        assert "differ between ranks" in (tmp_path / f"mismatch-rank{r}.txt").read_text()
+
+
+@needs_mpi
+def test_a_stalled_rank_makes_the_other_raise_after_the_timeout(tmp_path):
+    p, seconds = run_ranks("stall", tmp_path, FASTMLP_TEST_TIMEOUT="3", FASTMLP_TEST_STALL="30")
+    text = (tmp_path / "stall-rank0.txt").read_text()
+    assert text.startswith("DistributedError"), text
+    assert "still incomplete after 3 s" in text and "rank 0 of 2" in text
+    assert float(text.split()[2]) < 15  # about the timeout, not the 30 s rank 1 sleeps
+    assert p.returncode != 0 and seconds < 60
+
+
+@needs_mpi
+def test_a_rank_that_dies_does_not_hang_the_job(tmp_path):
+    p, seconds = run_ranks("die", tmp_path, FASTMLP_TEST_TIMEOUT="5", timeout=120)
+    assert p.returncode != 0 and seconds < 60
+    rank0 = tmp_path / "die-rank0.txt"  # the launcher may end rank 0 before its timeout does
+    assert not rank0.exists() or rank0.read_text().startswith("DistributedError")
