@@ -299,18 +299,27 @@ void bind_engine(py::module_& m, const char* name) {
              without_gil([&] { e.read_backend_memory(reinterpret_cast<const void*>(src), bytes, out.data()); });
              return py::bytes(out);
            })
-      .def("train_epoch",
-           [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size) {
-             const auto seed = shuffle_seed_of(shuffle_seed);
-             const int bs = batch(batch_size);
-             return epoch_dict(without_gil([&] { return e.train_epoch(d, epoch_order(d.rows, seed), bs); }));
-           })
-      .def("begin_epoch",
-           [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size) {
-             const auto seed = shuffle_seed_of(shuffle_seed);
-             const int bs = batch(batch_size);
-             without_gil([&] { e.begin_epoch(d, epoch_order(d.rows, seed), bs); });
-           })
+      // shard_global_rows: a sharded data-parallel epoch (Engine::train_epoch), -1 otherwise.
+      .def(
+          "train_epoch",
+          [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
+                  const py::object& shard_global_rows) {
+            const auto seed = shuffle_seed_of(shuffle_seed);
+            const int bs = batch(batch_size);
+            const int64_t total = checked_int(shard_global_rows, "shard_global_rows", -1, INT64_MAX);
+            return epoch_dict(without_gil([&] { return e.train_epoch(d, epoch_order(d.rows, seed), bs, total); }));
+          },
+          py::arg("data"), py::arg("shuffle_seed"), py::arg("batch_size"), py::arg("shard_global_rows") = -1)
+      .def(
+          "begin_epoch",
+          [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
+                  const py::object& shard_global_rows) {
+            const auto seed = shuffle_seed_of(shuffle_seed);
+            const int bs = batch(batch_size);
+            const int64_t total = checked_int(shard_global_rows, "shard_global_rows", -1, INT64_MAX);
+            without_gil([&] { e.begin_epoch(d, epoch_order(d.rows, seed), bs, total); });
+          },
+          py::arg("data"), py::arg("shuffle_seed"), py::arg("batch_size"), py::arg("shard_global_rows") = -1)
       .def("train_batches",
            [](E& e, const D& d, const py::object& max_batches) {
              const int64_t n = checked_int(max_batches, "max_batches", 0, INT64_MAX);
@@ -404,6 +413,15 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("stats",
+                             [](const Communicator& c) {
+                               const Communicator::Stats s = c.stats();
+                               py::dict d;
+                               d["calls"] = s.calls;
+                               d["bytes"] = s.bytes;
+                               d["seconds"] = s.seconds;
+                               return d;
+                             })
       .def("allreduce_sum", [](Communicator& c, py::array_t<double, py::array::c_style> values) {
         if (!values.writeable()) throw std::invalid_argument("allreduce_sum needs a writable float64 array");
         double* p = values.mutable_data();

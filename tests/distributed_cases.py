@@ -36,3 +36,13 @@ def build(case, seed, same_dropout_seed=False):
     model.compile(optimizer=case["opt"](), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   device="cpu", dtype=case["dtype"])
     return model
+
+
+def shard_of_slices(n_rows, batch, rank, ranks):
+    """The rows a rank's slices of the global batches take in an unshuffled replicated fit, in order:
+    as its shard (sharded=True, shuffle=False) it trains exactly what the replicated fit gives it."""
+    rows = []
+    for first in range(0, n_rows, batch):
+        g = min(batch, n_rows - first)
+        rows.extend(range(first + g * rank // ranks, first + g * (rank + 1) // ranks))
+    return np.array(rows, dtype=np.int64)

@@ -13,7 +13,7 @@ scenario, out = sys.argv[1], sys.argv[2]
 fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")))
 rank, size = fm.distributed.rank(), fm.distributed.world_size()
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_cases import CASES, data, build  # noqa: E402  (the cases, shared with the single-process side)
+from distributed_cases import CASES, build, data, shard_of_slices  # noqa: E402  (the cases, shared with the single-process side)
 
 
 def save(name, model, history=None):
@@ -31,6 +31,21 @@ if scenario == "equivalence":
         h = model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
                       validation_split=case.get("validation_split", 0.0))
         save(name, model, h)
+elif scenario == "sharded":
+    # 1. Exact: each rank's shard is what its slices of an unshuffled replicated fit would take.
+    case = CASES["adam_float64"]
+    x, y = data(case)
+    mine = shard_of_slices(len(x), case["batch"], rank, size)
+    model = build(case, seed=1)
+    h = model.fit(x[mine], y[mine], batch_size=case["batch"], epochs=3, verbose=0, shuffle=False, sharded=True)
+    save("sharded_exact", model, h)
+    # 2. Shuffled, uneven shards (600 and 401 rows) with their own validation rows.
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    part = slice(0, 600) if rank == 0 else slice(600, None)
+    model = build(case, seed=1)
+    h = model.fit(x[part], y[part], batch_size=64, epochs=4, verbose=0, validation_split=0.25, sharded=True)
+    save("sharded_shuffled", model, h)
 elif scenario == "nonfinite":
     x, _ = data(CASES["adam_float32"])
     y = x[:, :2].copy()

@@ -16,9 +16,15 @@ import fastmlp as fm
 from fastmlp import distributed
 
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_cases import CASES, build, data  # noqa: E402
+from distributed_cases import CASES, build, data, shard_of_slices  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+
+
+def _mpiexec():
+    """The mpiexec beside this Python (the mpich wheel's), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
 
 
 def _mpi_available():
@@ -26,7 +32,7 @@ def _mpi_available():
         import mpi4py  # noqa: F401
     except ImportError:
         return False
-    return shutil.which("mpiexec") is not None
+    return _mpiexec() is not None
 
 
 needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="needs mpi4py and mpiexec (pip install mpi4py mpich)")
@@ -39,7 +45,7 @@ def run_ranks(scenario, out, timeout=180, **env_extra):
     for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"):
         env.pop(v, None)  # this process's own launcher, if any, is not the ranks'
     # python -m mpi4py: an exception a rank does not catch aborts the whole job instead of hanging it.
-    cmd = [shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", WORKER, scenario, str(out)]
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", WORKER, scenario, str(out)]
     started = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     return p, time.monotonic() - started
@@ -72,9 +78,11 @@ def test_without_a_launcher_init_is_a_no_op(monkeypatch):
     a.fit(x, y, batch_size=case["batch"], epochs=1, verbose=0)
     distributed.shutdown()
     b = build(case, seed=1)
-    b.fit(x, y, batch_size=case["batch"], epochs=1, verbose=0)
+    b.fit(x, y, batch_size=case["batch"], epochs=1, verbose=0, sharded=True)  # one process's shard: all rows
     for u, v in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="sharded"):
+        b.fit(x, y, epochs=1, verbose=0, sharded="yes")
 
 
 def test_torchrun_with_several_processes_is_refused_clearly(monkeypatch):
@@ -155,6 +163,33 @@ def test_two_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
         logs0.pop("final_lr")
         for key, values in h.history.items():  # global means: what one process reports
             np.testing.assert_allclose(logs0[key], values, rtol=10 * tolerance, err_msg=f"{name} {key}")
+
+
+@needs_mpi
+def test_sharded_fit_trains_each_rank_on_its_own_rows(tmp_path):
+    p, _ = run_ranks("sharded", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # Exact: shards holding what the unshuffled replicated fit gives each rank give its result.
+    case = CASES["adam_float64"]
+    x, y = data(case)
+    single = build(case, seed=1)
+    h = single.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0, shuffle=False)
+    r0, r1 = weights(tmp_path / "sharded_exact-rank0.npz"), weights(tmp_path / "sharded_exact-rank1.npz")
+    for u, v in zip(r0, r1):
+        np.testing.assert_array_equal(u, v)
+    assert relative_difference(r0, single.get_weights()) < 1e-12
+    with open(tmp_path / "sharded_exact-rank0.json") as f:
+        np.testing.assert_allclose(json.load(f)["loss"], h.history["loss"], rtol=1e-11)
+    # Shuffled uneven shards: statistically, not bitwise, a single-process fit; the ranks agree exactly.
+    r0, r1 = weights(tmp_path / "sharded_shuffled-rank0.npz"), weights(tmp_path / "sharded_shuffled-rank1.npz")
+    for u, v in zip(r0, r1):
+        np.testing.assert_array_equal(u, v)
+    with open(tmp_path / "sharded_shuffled-rank0.json") as f:
+        logs0 = json.load(f)
+    with open(tmp_path / "sharded_shuffled-rank1.json") as f:
+        assert json.load(f) == logs0
+    assert logs0["loss"][-1] < 0.8 * logs0["loss"][0] and logs0["val_loss"][-1] < logs0["val_loss"][0]
+    assert 0.5 < logs0["val_accuracy"][-1] <= 1.0
 
 
 @needs_mpi

@@ -196,3 +196,27 @@ def test_estimators_in_a_parallel_grid_search_cv():
         warnings.simplefilter("ignore")
         gs.fit(XT, YT)
     assert set(gs.cv_results_["param_alpha"]) == {1e-4, 1e-2} and 0 <= gs.best_score_ <= 1
+
+
+def test_a_search_on_a_dask_cluster_gives_the_sequential_results():
+    # Issue 14: trials spread over a dask.distributed cluster through joblib's "dask" backend (two
+    # worker processes here) score exactly as the sequential run.
+    pytest.importorskip("distributed")
+    import joblib
+    from distributed import Client, LocalCluster
+
+    def build_local(units=4, lr=1e-3):  # defined here: shipped to the workers by value
+        m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(3, "softmax")], seed=1)
+        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+        return m
+
+    grid = {"units": [4, 8], "lr": [1e-3, 1e-2]}
+    seq = grid_search(build_local, XT, YT, (XV, YV), grid, epochs=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with joblib.parallel_backend("dask"):
+            par = grid_search(build_local, XT, YT, (XV, YV), grid, epochs=2, n_jobs=2)
+        workers = client.run(lambda: __import__("os").getpid())
+    assert len(workers) == 2
+    assert [r["params"] for r in par] == [r["params"] for r in seq]
+    assert [r["score"] for r in par] == [r["score"] for r in seq]

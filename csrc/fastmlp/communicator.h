@@ -25,6 +25,14 @@ class Communicator {
   // data[i] = the sum over ranks of data[i], host memory, the same result on every rank.
   virtual void allreduce_sum(float* data, int64_t n) = 0;
   virtual void allreduce_sum(double* data, int64_t n) = 0;
+
+  // What the collectives cost so far (bench/bench_distributed.py reports the all-reduce's share of a step).
+  struct Stats {
+    int64_t calls = 0;
+    int64_t bytes = 0;     // summed per rank
+    double seconds = 0.0;  // in the calls, waiting for the other ranks included
+  };
+  virtual Stats stats() const = 0;
 };
 
 }  // namespace fastmlp

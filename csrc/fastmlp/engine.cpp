@@ -399,22 +399,51 @@ void Engine<T>::upload_order(const int32_t* order, int64_t rows) {
 }
 
 template <typename T>
-void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                            int64_t shard_global_rows) {
   auto held = lock();
-  begin_epoch_locked(data, perm, batch_size);
+  begin_epoch_locked(data, perm, batch_size, shard_global_rows);
 }
 
 template <typename T>
-void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+int64_t Engine<T>::shard_rows(int64_t global_rows, int batch_size) const {
+  const int64_t rank = communicator_->rank(), ranks = communicator_->size();
+  const int64_t bs = std::min<int64_t>(batch_size, std::max<int64_t>(global_rows, 1));
+  int64_t rows = 0;
+  for (int64_t first = 0; first < global_rows; first += bs) {
+    const int64_t g = std::min(bs, global_rows - first);
+    rows += g * (rank + 1) / ranks - g * rank / ranks;
+  }
+  return rows;
+}
+
+template <typename T>
+void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                                   int64_t shard_global_rows) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
+  const bool sharded = shard_global_rows >= 0;
+  if (sharded && !parallel()) throw std::invalid_argument("sharded epochs need a communicator of several ranks");
+  const int64_t total = sharded ? shard_global_rows : data.rows;  // the epoch's rows over all ranks
   if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
+  if (sharded && data.rows == 0) throw std::invalid_argument("this rank's shard of the training data is empty");
   check_dataset(data, "training data", true);
   for (int32_t i : perm)  // the gather trusts these indices
     if (i < 0 || i >= data.rows) throw std::invalid_argument("permutation holds an index outside the data");
   epoch_ = EpochProgress{};
   epoch_.generation = ++epochs_begun_;
-  const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(data.rows, 1)));
-  if (parallel()) {
+  epoch_.total_rows = total;
+  const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(total, 1)));
+  if (sharded) {
+    if (data.streamed)
+      throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
+    // This rank's slices of the global batches take its shard's rows in the order perm, starting
+    // over when a shard smaller than its share runs out (rows of a larger one wait for a later epoch).
+    const int64_t ranks = communicator_->size(), rows = shard_rows(total, bs);
+    std::vector<int32_t> local(size_t(rows), 0);
+    for (int64_t i = 0; i < rows; ++i) local[size_t(i)] = perm[size_t(i % data.rows)];
+    ensure_workspace(int((bs + ranks - 1) / ranks));
+    upload_order(local.data(), rows);
+  } else if (parallel()) {
     if (data.streamed)
       throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
     // This rank's order: its contiguous slice of each global batch, batch after batch.
@@ -457,7 +486,7 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
   const int bs = epoch_.batch_size;
   const uint64_t generation = epoch_.generation;
-  for (int64_t b = 0; b < max_batches && epoch_.rows_done < data.rows; ++b) {
+  for (int64_t b = 0; b < max_batches && epoch_.rows_done < epoch_.total_rows; ++b) {
     if (b > 0) {
       between_steps(held);
       // Whoever held the lock meanwhile may have ended the epoch, or begun another.
@@ -486,7 +515,7 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
       set_batch_start(0);
       epoch_.loaded_to += n;
     }
-    const int rows = int(std::min<int64_t>(bs, data.rows - epoch_.rows_done));
+    const int rows = int(std::min<int64_t>(bs, epoch_.total_rows - epoch_.rows_done));
     if (parallel()) {  // this rank's slice [lo, hi) of the global batch
       const int64_t rank = communicator_->rank();
       const int lo = int(rows * rank / ranks), hi = int(rows * (rank + 1) / ranks);
@@ -503,7 +532,7 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   EpochResult result;
   result.steps = epoch_.batches_done;
   result.rows = epoch_.rows_done;
-  result.finished = epoch_.rows_done >= data.rows;
+  result.finished = epoch_.rows_done >= epoch_.total_rows;
   if (result.finished) epoch_.open = false;
   if (epoch_.rows_done == 0) return result;
   const TrainCounters c = read_counters(train_counters_);
@@ -524,9 +553,10 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
 }
 
 template <typename T>
-EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size) {
+EpochResult Engine<T>::train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                                   int64_t shard_global_rows) {
   auto held = lock();
-  begin_epoch_locked(data, perm, batch_size);
+  begin_epoch_locked(data, perm, batch_size, shard_global_rows);
   return train_batches_locked(data, INT64_MAX, held);
 }
 

@@ -190,12 +190,18 @@ class Engine {
   void set_communicator(std::shared_ptr<Communicator> communicator);
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.
-  EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  // Sharded data-parallel epochs (shard_global_rows >= 0, a communicator set): data is this rank's
+  // own shard (perm a permutation of it), the epoch has shard_global_rows rows over all ranks, and
+  // this rank's slice of each global batch takes the next rows of its shard in the order perm,
+  // starting over when the shard runs out.
+  EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                          int64_t shard_global_rows = -1);
   // The same epoch in pieces, for callers that act between batches (every-N-batches callbacks):
   // begin_epoch uploads the order; each train_batches runs up to max_batches of the remaining
   // batches and returns the epoch so far (means over the rows trained so far). The result is
   // bit-identical to train_epoch's however the batches are split.
-  void begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  void begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                   int64_t shard_global_rows = -1);
   EpochResult train_batches(const Dataset<T>& data, int64_t max_batches);
   bool epoch_in_progress() const;
   void end_epoch();  // abandons an unfinished epoch (e.g. stopped early)
@@ -273,7 +279,8 @@ class Engine {
   std::vector<T> download_state() const;
   void store_step(int64_t step);
   size_t budget() const { return data_budget_ ? *data_budget_ : backend_->memory_for_data(); }
-  void begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size);
+  void begin_epoch_locked(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
+                          int64_t shard_global_rows = -1);
   EpochResult train_batches_locked(const Dataset<T>& data, int64_t max_batches, Lock& held);
   void ensure_workspace(int rows);
   // train: training mode (dropout, batch statistics left in the gradient buffer for the moving
@@ -288,6 +295,8 @@ class Engine {
   // global_rows: the global batch of a data-parallel step (this rank's `rows` may be 0), else 0.
   void train_step(int rows, const Dataset<T>& data, int global_rows = 0);
   bool parallel() const { return communicator_ && communicator_->size() > 1; }
+  // A sharded epoch's rows this rank trains: the sum of its slices of the global batches.
+  int64_t shard_rows(int64_t global_rows, int batch_size) const;
   // Data-parallel: scales this rank's gradient (of its mean loss) to its share of the global
   // batch's mean and sums it over the ranks with the step's non-finite flag.
   void reduce_gradients(int rows, int global_rows);
@@ -371,7 +380,8 @@ class Engine {
     uint64_t generation = 0;  // which begin_epoch made it
     uint64_t dataset = 0;
     int batch_size = 0;
-    int64_t batches_done = 0, rows_done = 0;
+    int64_t batches_done = 0, rows_done = 0;  // rows over all ranks in data-parallel epochs
+    int64_t total_rows = 0;  // the epoch's rows (over all ranks)
     std::vector<int32_t> order;  // streamed data: the epoch's permutation, applied on the host
     int64_t chunk_rows = 0, loaded_to = 0;  // streamed data: chunk size, rows loaded so far
   } epoch_;

@@ -54,8 +54,14 @@ class MpiCommunicator final : public Communicator {
     else return static_cast<H>(static_cast<uint32_t>(v));
   }
 
+  Stats stats() const override {
+    std::lock_guard<std::mutex> held(mutex_);
+    return stats_;
+  }
+
   void sum(void* data, int64_t n, size_t elem, uint64_t type) {
     std::lock_guard<std::mutex> held(mutex_);  // one collective at a time from this process
+    const auto started = std::chrono::steady_clock::now();
     if (broken_)
       throw DistributedError("an earlier collective of this communicator timed out or failed: the ranks are out of "
                              "step; end the job (restart every rank)");
@@ -76,6 +82,9 @@ class MpiCommunicator final : public Communicator {
       std::memcpy(bytes + first * elem, receive_.data(), receive_.size());
       first += count;
     }
+    stats_.calls += 1;
+    stats_.bytes += n * int64_t(elem);
+    stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   }
 
   void wait(H& request) {
@@ -111,8 +120,9 @@ class MpiCommunicator final : public Communicator {
   Test test_ = nullptr;
   std::vector<char> status_;  // MPI_Status is written here (MPI_STATUS_IGNORE's value differs too)
   std::vector<char> send_, receive_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   bool broken_ = false;
+  Stats stats_;
 };
 
 }  // namespace

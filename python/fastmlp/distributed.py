@@ -140,6 +140,13 @@ def barrier() -> None:
         _active().allreduce_sum(np.zeros(1))
 
 
+def collective_stats() -> dict:
+    """Collectives run so far by this rank: {"calls", "bytes", "seconds"} (seconds spent in them,
+    waiting for the other ranks included); zeros when data-parallel training is off."""
+    comm = _active()
+    return dict(comm.stats) if comm is not None else {"calls": 0, "bytes": 0, "seconds": 0.0}
+
+
 def shutdown() -> None:
     """Leaves the job: later fits train on this process alone. init() may be called again."""
     global _world
@@ -224,4 +231,5 @@ def part(rows: int) -> slice:
     return slice(rows * r // n, rows * (r + 1) // n)
 
 
-__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "shutdown", "DistributedError"]
+__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "collective_stats", "shutdown",
+           "DistributedError"]

@@ -369,7 +369,7 @@ class Sequential:
     # ----------------------------------------------------------------------- fit
     def fit(self, x, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0, sample_weight=None, class_weight=None,
-            steps_per_epoch=None, validation_steps=None):
+            steps_per_epoch=None, validation_steps=None, *, sharded=False):
         """Trains for `epochs` epochs (counting from initial_epoch) and returns a History.
         batch_size: None means 32 (Keras), or all training rows with a full-batch method (LBFGS,
         Newton, HessianFree: one step of it per epoch; a smaller batch_size takes one step per batch).
@@ -383,7 +383,10 @@ class Sequential:
         listed weigh 1), multiplied into sample_weight. As in Keras, a batch's loss is the sum of
         weight * loss over its rows divided by its row count (not by the sum of the weights), and
         the metric is not weighted. On the CPU a C-contiguous x of the model's dtype is read in
-        place, not copied: do not change it while fit runs (model.upload makes a copy)."""
+        place, not copied: do not change it while fit runs (model.upload makes a copy).
+        After fastmlp.distributed.init() in a job of several ranks, fit trains data-parallel
+        (batch_size is the global batch); sharded=True says x, y (and validation data) are this
+        rank's own shard of the rows instead of all of them (docs/distributed.md)."""
         self._require_compiled("fit")
         with self._lock:
             if self._fit_thread is not None:
@@ -394,7 +397,7 @@ class Sequential:
         try:
             return _training.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
                                  validation_data, shuffle, initial_epoch, sample_weight, class_weight,
-                                 steps_per_epoch, validation_steps)
+                                 steps_per_epoch, validation_steps, sharded)
         finally:
             self._fit_thread = None
 

@@ -56,12 +56,16 @@ def _row_weights(model, x, y, sample_weight, class_weight):
 
 
 def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-         initial_epoch, sample_weight=None, class_weight=None, steps_per_epoch=None, validation_steps=None):
+         initial_epoch, sample_weight=None, class_weight=None, steps_per_epoch=None, validation_steps=None,
+         sharded=False):
     from . import chunked, distributed
     from .optimizers import FullBatchOptimizer
 
     full_batch = isinstance(model.optimizer, FullBatchOptimizer)
     communicator = distributed._active()  # data-parallel training (fastmlp.distributed.init())
+    if not isinstance(sharded, (bool, np.bool_)):
+        raise ValueError(f"sharded must be True or False, got {sharded!r}")
+    sharded = bool(sharded) and communicator is not None  # one rank's shard is all the rows
     if batch_size is not None:
         batch_size = positive_int(batch_size, "batch_size")
     epochs = non_negative_int(epochs, "epochs")
@@ -142,7 +146,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     elif validation_data is not None:
         val_weights = validation_data[2] if len(validation_data) == 3 else None
         vx, vy = validation_data[0], validation_data[1]
-        if communicator is not None:  # each rank evaluates its share of the rows; the sums are reduced
+        if communicator is not None and not sharded:  # each rank evaluates its share; the sums are reduced
             vx, vy = model._xy(vx, vy, "validation x", "validation y")
             val_rows = vx.shape[0]
             share = distributed.part(val_rows)
@@ -152,12 +156,25 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     val_across_ranks = communicator is not None and val_data is not None \
         and not isinstance(validation_data, ResidentDataset)
     engine = model._engine
+    shard_total = -1  # a sharded epoch's rows over all ranks
     if communicator is not None:
-        if isinstance(validation_data, ResidentDataset):  # every rank evaluates all of it alike
+        if isinstance(validation_data, ResidentDataset) and not sharded:  # every rank evaluates all of it alike
             val_rows = validation_data.rows
+            val_across_ranks = False
+        if sharded:  # each rank's rows are its own: what must agree is their totals
+            if val_data is not None and isinstance(validation_data, ResidentDataset):
+                val_across_ranks = True
+            counts = np.array([n_train, val_data.rows if val_data is not None else 0, val_data is not None],
+                              dtype=np.float64)
+            communicator.allreduce_sum(counts)
+            if counts[2] not in (0, communicator.size):
+                raise ValueError("data-parallel fit: some ranks have validation data and some do not")
+            shard_total, n_rows, val_rows = int(counts[0]), int(counts[0]), int(counts[1])
+        else:
+            n_rows = n_train
         distributed.check_same("the training rows, batch_size, epochs, initial_epoch, shuffle and validation rows",
-                               [n_train, batch_size, epochs, initial_epoch, bool(shuffle),
-                                val_rows if val_data is not None else -1])
+                               [n_rows, batch_size, epochs, initial_epoch, bool(shuffle),
+                                val_rows if val_data is not None else -1, sharded])
         distributed.sync_model(model)
         callbacks = [cb for cb in callbacks or [] if communicator.rank == 0 or not getattr(cb, "writes_files", False)]
     history = History()
@@ -171,14 +188,15 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
         if any(getattr(cb, "batch_interval", None) for cb in callbacks or []):
             raise ValueError("callbacks with batch_interval need array data; a data source reports once per epoch")
     else:
-        params = {"epochs": epochs, "batch_size": batch_size, "samples": n_train, "verbose": verbose,
-                  "steps": -(-n_train // batch_size)}
+        n_epoch = shard_total if sharded else n_train  # the rows of an epoch, over all ranks
+        params = {"epochs": epochs, "batch_size": batch_size, "samples": n_epoch, "verbose": verbose,
+                  "steps": -(-n_epoch // batch_size)}
     from .progress import EpochProgress
 
     if source is not None:
         progress = EpochProgress(verbose, epochs, chunks_per_epoch or 1, batch_size=1)
     else:
-        progress = EpochProgress(verbose, epochs, n_train, batch_size=batch_size)
+        progress = EpochProgress(verbose, epochs, n_epoch, batch_size=batch_size)
     bar_hook = [progress.hook()] if progress.mode == "bar" and source is None else []
     cbs = CallbackList([history] + list(callbacks or []) + bar_hook, model, params)
     model.history = history
@@ -195,6 +213,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             seed = _core.derive_seed(model.seed, 1 + model._epochs_seen) if shuffle else None
             if communicator is not None:
                 seed = distributed.shuffle_seed(seed)  # rank 0's: one global order
+                if sharded and seed is not None:  # each rank shuffles its own shard
+                    seed = _core.derive_seed(seed, 1 + communicator.rank)
             started = time.perf_counter()
             if source is not None:
                 result = chunked.train_epoch(model, source, batch_size, seed)
@@ -207,7 +227,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                 model._lbfgs_result = result  # LBFGS's iterations and evaluations, for the estimators
                 result = dict(result, **before)
             else:
-                result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs)
+                result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs, shard_total)
             seconds = time.perf_counter() - started
             model._epochs_seen += 1
             if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
@@ -271,7 +291,7 @@ def _further_metrics_before_step(model, engine, data) -> dict:
     return {"metric_slots": np.asarray(r["metric_slots"], dtype=np.float64), "rows": int(r["rows"])}
 
 
-def train_epoch(model, engine, data, seed, batch_size, steps, cbs):
+def train_epoch(model, engine, data, seed, batch_size, steps, cbs, shard_total=-1):
     """One epoch natively. Without batch callbacks it is one native call; with them the native
     loop runs up to the next batch where a callback is due, calls it and goes on (the result is
     bit-identical either way). A callback with batch_interval N sees the epoch's batches in
@@ -279,8 +299,8 @@ def train_epoch(model, engine, data, seed, batch_size, steps, cbs):
     and on_train_batch_end(last batch of the group, running logs) after."""
     batch_cbs = cbs.batch_callbacks
     if not batch_cbs or steps == 0:
-        return engine.train_epoch(data, seed, batch_size)
-    engine.begin_epoch(data, seed, batch_size)
+        return engine.train_epoch(data, seed, batch_size, shard_total)
+    engine.begin_epoch(data, seed, batch_size, shard_total)
     done, result = 0, None
     while done < steps:
         # Only a batch hook that sets stop_training ends the epoch early (Keras); a flag set
