@@ -427,7 +427,7 @@ PYBIND11_MODULE(_core, m) {
         double* p = values.mutable_data();
         const int64_t n = values.size();
         without_gil([&] { c.allreduce_sum(p, n); });
-      }, "Sums a contiguous float64 array over the ranks, in place (collective).");
+      }, py::arg("values").noconvert(), "Sums a contiguous float64 array over the ranks, in place (collective).");
   m.def("mpi_communicator",
         [](const std::string& library, int handle_bytes, int status_bytes, uint64_t comm, uint64_t float_type,
            uint64_t double_type, uint64_t sum_op, int rank, int size, double timeout_seconds) {

@@ -46,6 +46,44 @@ elif scenario == "sharded":
     model = build(case, seed=1)
     h = model.fit(x[part], y[part], batch_size=64, epochs=4, verbose=0, validation_split=0.25, sharded=True)
     save("sharded_shuffled", model, h)
+    # 3. Unshuffled shards of 600 and 400 rows, 10 global batches of 100 (50 rows each): epoch 2
+    # starts where epoch 1 stopped in each shard (rank 0: rows 500-599 then 0-399).
+    case = CASES["adam_float64"]
+    x, y = data(case)
+    part = slice(0, 600) if rank == 0 else slice(600, 1000)
+    model = build(case, seed=1)
+    model.fit(x[part], y[part], batch_size=100, epochs=2, verbose=0, shuffle=False, sharded=True)
+    save("sharded_cursor", model)
+elif scenario == "agreement":
+    case = CASES["adam_float32"]
+    x, y = data(case)
+    results = {}
+    # Batch-level callbacks: ModelCheckpoint(save_freq=2) runs on rank 0 only, so rank 0 trains in
+    # groups of 2 batches; a hook on every rank stops the epoch on rank 1 only; verbose=2 on both.
+    class StopOnRank1(fm.callbacks.Callback):
+        batch_interval = 3
+
+        def on_train_batch_end(self, batch, logs=None):
+            if rank == 1 and batch >= 5:
+                self.model.stop_training = True
+
+    model = build(case, seed=1)
+    h = model.fit(x, y, batch_size=100, epochs=3, verbose=2, validation_data=(x[:1], y[:1]),
+                  callbacks=[fm.callbacks.ModelCheckpoint(os.path.join(out, f"batch-{rank}-{{batch}}.weights.npz"),
+                                                          save_freq=2, save_weights_only=True, monitor="loss"),
+                             StopOnRank1()])
+    save("agreement_batches", model, h)
+    # Ranks that disagree on sharded, or one rank failing before any collective: all raise at once.
+    for name, kwargs in (("sharded", dict(sharded=rank == 0)), ("empty", dict())):
+        xs, ys = (x[:0], y[:0]) if name == "empty" and rank == 1 else (x, y)
+        started = time.monotonic()
+        try:
+            build(case, seed=1).fit(xs, ys, batch_size=100, epochs=1, verbose=0, **kwargs)
+            results[name] = "finished"
+        except ValueError as e:
+            results[name] = f"ValueError after {time.monotonic() - started:.1f} s: {e}"
+    with open(os.path.join(out, f"agreement-rank{rank}.json"), "w") as f:
+        json.dump(results, f)
 elif scenario == "nonfinite":
     x, _ = data(CASES["adam_float32"])
     y = x[:, :2].copy()

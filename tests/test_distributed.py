@@ -107,15 +107,19 @@ def test_init_refuses_a_bad_timeout(monkeypatch, timeout):
         distributed.init(timeout=timeout)
 
 
-class _TwoRanks:  # what fit reads of a communicator before its first collective
+class _TwoRanks:  # rank 0 of two whose other rank adds zeros (it passed where this one failed)
     rank, size = 0, 2
 
+    def __init__(self):
+        self.sums = []
+
     def allreduce_sum(self, values):
-        raise AssertionError("no collective expected before the refusal")
+        self.sums.append(values.tolist())
 
 
 def test_data_parallel_fit_refuses_what_it_cannot_split(monkeypatch):
-    monkeypatch.setattr(distributed, "_world", distributed._World(size=2, communicator=_TwoRanks()))
+    ranks = _TwoRanks()
+    monkeypatch.setattr(distributed, "_world", distributed._World(size=2, communicator=ranks))
     case = CASES["adam_float32"]
     x, y = data(case)
     model = fm.Sequential([fm.Dense(3, activation="softmax", input_dim=12)], seed=0)
@@ -126,6 +130,10 @@ def test_data_parallel_fit_refuses_what_it_cannot_split(monkeypatch):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
     with pytest.raises(ValueError, match="data source"):
         model.fit(((x[i:i + 100], y[i:i + 100]) for i in range(0, 1000, 100)), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="empty"):  # this rank's data: the others are told, not left waiting
+        model.fit(x[:0], y[:0], epochs=1, verbose=0)
+    # Each refusal told the other rank in one collective (1: this rank failed), and made no other.
+    assert ranks.sums == [[1.0], [1.0], [1.0]]
     for u, v in zip(before, model.get_weights()):
         np.testing.assert_array_equal(u, v)
 
@@ -190,6 +198,55 @@ def test_sharded_fit_trains_each_rank_on_its_own_rows(tmp_path):
         assert json.load(f) == logs0
     assert logs0["loss"][-1] < 0.8 * logs0["loss"][0] and logs0["val_loss"][-1] < logs0["val_loss"][0]
     assert 0.5 < logs0["val_accuracy"][-1] <= 1.0
+
+
+@needs_mpi
+def test_unshuffled_shards_go_round_across_epochs(tmp_path):
+    p, _ = run_ranks("sharded", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    case = CASES["adam_float64"]
+    x, y = data(case)
+    shard0, shard1 = np.arange(600), np.arange(600, 1000)
+
+    def epoch_rows(first0, first1):  # global batches: 50 rows of each shard, going round it
+        rows = []
+        for k in range(10):
+            rows.extend(shard0[(first0 + 50 * k + np.arange(50)) % 600])
+            rows.extend(shard1[(first1 + 50 * k + np.arange(50)) % 400])
+        return np.array(rows)
+
+    single = build(case, seed=1)
+    for first0, first1 in ((0, 0), (500, 100)):  # where each shard's second epoch starts
+        rows = epoch_rows(first0, first1)
+        single.fit(x[rows], y[rows], batch_size=100, epochs=1, verbose=0, shuffle=False)
+    got = weights(tmp_path / "sharded_cursor-rank0.npz")
+    assert relative_difference(got, single.get_weights()) < 1e-12
+
+
+@needs_mpi
+def test_ranks_agree_on_groups_of_batches_small_validation_and_early_failures(tmp_path):
+    p, _ = run_ranks("agreement", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / "agreement_batches-rank0.json") as f:
+        h0 = json.load(f)
+    with open(tmp_path / "agreement_batches-rank1.json") as f:
+        assert json.load(f) == h0
+    # Rank 1's hook stopped both ranks in the first epoch (after batch 6 of 10).
+    assert len(h0["loss"]) == 1 and "val_loss" in h0
+    for u, v in zip(weights(tmp_path / "agreement_batches-rank0.npz"),
+                    weights(tmp_path / "agreement_batches-rank1.npz")):
+        np.testing.assert_array_equal(u, v)
+        assert np.all(np.isfinite(u))
+    written = sorted(f.name for f in tmp_path.glob("batch-*.weights.npz"))
+    assert written == ["batch-0-2.weights.npz", "batch-0-4.weights.npz", "batch-0-6.weights.npz"]
+    assert p.stdout.count("Epoch 1/3") == 1  # rank 0's line only
+    with open(tmp_path / "agreement-rank0.json") as f:
+        r0 = json.load(f)
+    with open(tmp_path / "agreement-rank1.json") as f:
+        r1 = json.load(f)
+    assert "differ between ranks" in r0["sharded"] and "differ between ranks" in r1["sharded"]
+    assert "empty" in r1["empty"] and "other rank(s) of 2 failed preparing fit" in r0["empty"]
+    assert float(r0["empty"].split()[2]) < 10  # at once, not after the 60 s timeout
 
 
 @needs_mpi

@@ -86,7 +86,7 @@ class Backend {
                                    ActivationSpec x_act, T* dX) = 0;
 
   // Training only (inference skips the op): Y = X * keep / (1 - rate), keep drawn by
-  // math::dropout_keep from (d.seed, counters->step, row * cols + col).
+  // math::dropout_keep from (d.seed, counters->step, (counters->row_offset + row) * cols + col).
   virtual void dropout_forward(int rows, int cols, const T* X, DropoutSpec d, const TrainCounters* counters,
                                T* Y) = 0;
   // dX = dY * keep / (1 - rate) * x_act'(X), the same mask redrawn.

@@ -436,13 +436,16 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
   if (sharded) {
     if (data.streamed)
       throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
-    // This rank's slices of the global batches take its shard's rows in the order perm, starting
-    // over when a shard smaller than its share runs out (rows of a larger one wait for a later epoch).
+    // This rank's slices of the global batches take its shard's rows in the order perm, from where
+    // the last epoch on this shard stopped, going round: a shard smaller than its share repeats
+    // rows, the rows of a larger one come first in the next epoch.
     const int64_t ranks = communicator_->size(), rows = shard_rows(total, bs);
+    if (shard_cursor_.dataset != data.id) shard_cursor_ = {data.id, 0};
     std::vector<int32_t> local(size_t(rows), 0);
-    for (int64_t i = 0; i < rows; ++i) local[size_t(i)] = perm[size_t(i % data.rows)];
+    for (int64_t i = 0; i < rows; ++i) local[size_t(i)] = perm[size_t((shard_cursor_.next + i) % data.rows)];
     ensure_workspace(int((bs + ranks - 1) / ranks));
     upload_order(local.data(), rows);
+    shard_cursor_.next = (shard_cursor_.next + rows) % data.rows;
   } else if (parallel()) {
     if (data.streamed)
       throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");

@@ -193,7 +193,7 @@ class Engine {
   // Sharded data-parallel epochs (shard_global_rows >= 0, a communicator set): data is this rank's
   // own shard (perm a permutation of it), the epoch has shard_global_rows rows over all ranks, and
   // this rank's slice of each global batch takes the next rows of its shard in the order perm,
-  // starting over when the shard runs out.
+  // going round the shard and starting where the last epoch on the same shard stopped.
   EpochResult train_epoch(const Dataset<T>& data, const std::vector<int32_t>& perm, int batch_size,
                           int64_t shard_global_rows = -1);
   // The same epoch in pieces, for callers that act between batches (every-N-batches callbacks):
@@ -349,6 +349,10 @@ class Engine {
   mutable FairMutex mutex_;  // guards everything below
   std::function<void()> interrupt_poll_;
   std::shared_ptr<Communicator> communicator_;
+  struct {  // sharded epochs: where the next one starts in its shard's order
+    uint64_t dataset = 0;
+    int64_t next = 0;
+  } shard_cursor_;
   std::chrono::milliseconds poll_interval_{50};
   std::chrono::steady_clock::time_point last_poll_{};
   int64_t num_params_ = 0;

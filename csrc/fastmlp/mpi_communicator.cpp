@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -102,11 +103,17 @@ class MpiCommunicator final : public Communicator {
       const auto waited = clock::now() - start;
       if (waited > limit)
         fail("rank " + std::to_string(handles_.rank) + " of " + std::to_string(handles_.size) +
-             ": a gradient all-reduce was still incomplete after " + std::to_string(int(handles_.timeout_seconds)) +
-             " s; another rank died, failed or stopped training (see its output)");
+             ": an all-reduce (of gradients or of fit's bookkeeping) was still incomplete after " +
+             seconds_text(handles_.timeout_seconds) + " s; another rank died, failed or stopped training (see its output)");
       if (waited < std::chrono::milliseconds(20)) sched_yield();
       else std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
+  }
+
+  static std::string seconds_text(double s) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", s);
+    return text;
   }
 
   [[noreturn]] void fail(const std::string& why) {

@@ -23,7 +23,9 @@ script's own MPI messages. GPU ranks (NCCL) are not supported yet.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,6 +196,38 @@ def check_same(what: str, values) -> None:
     if differs[0]:
         raise ValueError(f"data-parallel fit: {what} differ between ranks ({int(differs[0])} of {comm.size} ranks "
                          "differ from rank 0); every rank must call fit with the same data shape and arguments")
+
+
+@contextlib.contextmanager
+def agreement(communicator, what: str):
+    """Every rank leaves the block, or every rank raises: a rank whose block raised tells the others
+    (one small all-reduce), which then raise ValueError instead of waiting at their next collective."""
+    if communicator is None:
+        yield
+        return
+    failed = np.array([0.0])
+    try:
+        yield
+    except Exception:
+        failed[0] = 1.0
+        communicator.allreduce_sum(failed)
+        raise
+    communicator.allreduce_sum(failed)
+    if failed[0]:
+        raise ValueError(f"data-parallel fit: {int(failed[0])} other rank(s) of {communicator.size} failed {what} "
+                         "(their own error says why)")
+
+
+def model_fingerprint(model) -> list:
+    """Numbers that must agree between the ranks' models: parameters, Dropout layers, and a checksum of
+    the layer kinds, optimizer (with its learning rate), loss, metrics, dtype and device."""
+    args = model._compile_args
+    further = [getattr(m, "name", type(m).__name__) for m in args.get("further_metrics") or []]
+    text = repr(([type(layer).__name__ for layer in model.layers], model.optimizer.describe(), repr(args["loss"]),
+                 args["metric_key"], further, str(np.dtype(args["dtype"])), model._engine.device))
+    crc = zlib.crc32(text.encode())
+    dropouts = sum(type(layer).__name__ == "Dropout" for layer in model.layers)
+    return [model.count_params(), dropouts, crc & 0xFFFF, crc >> 16]
 
 
 def shuffle_seed(seed):

@@ -63,118 +63,125 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
 
     full_batch = isinstance(model.optimizer, FullBatchOptimizer)
     communicator = distributed._active()  # data-parallel training (fastmlp.distributed.init())
-    if not isinstance(sharded, (bool, np.bool_)):
-        raise ValueError(f"sharded must be True or False, got {sharded!r}")
-    sharded = bool(sharded) and communicator is not None  # one rank's shard is all the rows
-    if batch_size is not None:
-        batch_size = positive_int(batch_size, "batch_size")
-    epochs = non_negative_int(epochs, "epochs")
-    initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
-    if verbose not in (0, 1, 2, "auto", True, False):
-        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    verbose = 1 if verbose in ("auto", True) else int(verbose)
-    if communicator is not None:
-        if full_batch:
-            raise ValueError(f"data-parallel fit trains with first-order optimizers; {type(model.optimizer).__name__} "
-                             "takes all rows at once")
-        if chunked.is_chunk_source(x) or chunked.is_chunk_source(validation_data):
-            raise ValueError("data-parallel fit takes arrays (every rank holding all rows), not a data source")
-        if communicator.rank != 0:
-            verbose = 0  # rank 0 reports for all
-    if isinstance(validation_split, bool) \
-            or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    # A data source (generator, Sequence, DataLoader) yields its chunks, targets included (fastmlp.chunked).
-    source = val_source = None
-    if chunked.is_chunk_source(x):
-        if y is not None or sample_weight is not None or class_weight is not None or validation_split:
-            raise ValueError("a data source yields (x, y[, sample_weight]) chunks itself: leave y, sample_weight, "
-                             "class_weight and validation_split out")
-        if full_batch:
-            raise ValueError(f"{type(model.optimizer).__name__} takes all rows at once: pass arrays, not a data source")
-        source = chunked.ChunkSource(x, chunked.check_steps(steps_per_epoch, "steps_per_epoch"), "training")
-    elif steps_per_epoch is not None:
-        raise ValueError("steps_per_epoch goes with a data source (a generator, Sequence or DataLoader), not arrays")
-    if chunked.is_chunk_source(validation_data):
-        val_source = chunked.ChunkSource(validation_data, chunked.check_steps(validation_steps, "validation_steps"),
-                                         "validation")
-        validation_data = None
-    elif validation_steps is not None:
-        raise ValueError("validation_steps goes with a validation data source, not arrays")
-    if y is None and source is None and not isinstance(x, ResidentDataset):
-        raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y), or a "
-                         "data source yielding (x, y) chunks")
-    if isinstance(x, ResidentDataset) and not x.has_targets:
-        raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
-    if validation_data is not None and not isinstance(validation_data, ResidentDataset):
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("validation_data must be a tuple (x_val, y_val), (x_val, y_val, val_sample_weight) or a "
-                             "ResidentDataset")
-    x, y, weights = _row_weights(model, x, y, sample_weight, class_weight)
-    if validation_split > 0.0:
-        if cuda_array(x) or isinstance(x, ResidentDataset):
-            raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
-                             "resident data")
-        x, y = model._xy(x, y)
-        if validation_data is None:
-            # Keras convention: the last fraction of the samples, taken before any shuffling.
-            n_val = int(round(x.shape[0] * validation_split))
-            if n_val == 0 or n_val == x.shape[0]:
-                raise ValueError(f"validation_split={validation_split} leaves no training or validation "
-                                 f"samples out of {x.shape[0]}")
-            validation_data = (x[-n_val:], y[-n_val:]) + (() if weights is None else (weights[-n_val:],))
-            x, y = x[:-n_val], y[:-n_val]
-            weights = None if weights is None else weights[:-n_val]
-    if source is None:
-        train_data, n_train = model._data(x, y, sample_weight=weights)
-    else:  # built from the first chunk; batch_size None: each chunk is one step, as Keras takes a batch
-        train_data, n_train = None, 0
-    if batch_size is None and source is None:
-        batch_size = n_train if full_batch else 32
-    host_batches = None  # a full-batch method on mini-batches: each batch of fit is one of its steps
-    if full_batch and batch_size < n_train:
-        if isinstance(x, ResidentDataset) or cuda_array(x):
-            raise ValueError(f"{type(model.optimizer).__name__} on batches smaller than the training set "
-                             f"({batch_size} < {n_train}) needs host arrays; leave batch_size=None for all rows")
-        host_batches = model._xy(x, y) + (weights,)
-    val_data = None
-    if isinstance(validation_data, ResidentDataset):
-        if not validation_data.has_targets:
-            raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
-        val_data, _ = model._data(validation_data, None, "validation data")
-    elif validation_data is not None:
-        val_weights = validation_data[2] if len(validation_data) == 3 else None
-        vx, vy = validation_data[0], validation_data[1]
-        if communicator is not None and not sharded:  # each rank evaluates its share; the sums are reduced
-            vx, vy = model._xy(vx, vy, "validation x", "validation y")
-            val_rows = vx.shape[0]
-            share = distributed.part(val_rows)
-            vx, vy = vx[share], vy[share]
-            val_weights = None if val_weights is None else np.asarray(val_weights)[share]
-        val_data, _ = model._data(vx, vy, "validation x", "validation y", sample_weight=val_weights)
-    val_across_ranks = communicator is not None and val_data is not None \
-        and not isinstance(validation_data, ResidentDataset)
+    split_validation = False  # data-parallel: the validation rows are split over the ranks
+    # Under fastmlp.distributed every rank passes this point or all raise: an error here on one rank
+    # (bad data, an empty share) is not left for the others to wait out at their next collective.
+    with distributed.agreement(communicator, "preparing fit"):
+        if not isinstance(sharded, (bool, np.bool_)):
+            raise ValueError(f"sharded must be True or False, got {sharded!r}")
+        sharded = bool(sharded) and communicator is not None  # one rank's shard is all the rows
+        if batch_size is not None:
+            batch_size = positive_int(batch_size, "batch_size")
+        epochs = non_negative_int(epochs, "epochs")
+        initial_epoch = non_negative_int(initial_epoch, "initial_epoch")
+        if verbose not in (0, 1, 2, "auto", True, False):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        verbose = 1 if verbose in ("auto", True) else int(verbose)
+        if communicator is not None:
+            if full_batch:
+                raise ValueError(f"data-parallel fit trains with first-order optimizers; {type(model.optimizer).__name__} "
+                                 "takes all rows at once")
+            if chunked.is_chunk_source(x) or chunked.is_chunk_source(validation_data):
+                raise ValueError("data-parallel fit takes arrays (every rank holding all rows), not a data source")
+            if communicator.rank != 0:
+                verbose = 0  # rank 0 reports for all
+        if isinstance(validation_split, bool) \
+                or not isinstance(validation_split, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= validation_split < 1.0:  # NumPy scalars such as np.float32(0.2) too
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        # A data source (generator, Sequence, DataLoader) yields its chunks, targets included (fastmlp.chunked).
+        source = val_source = None
+        if chunked.is_chunk_source(x):
+            if y is not None or sample_weight is not None or class_weight is not None or validation_split:
+                raise ValueError("a data source yields (x, y[, sample_weight]) chunks itself: leave y, sample_weight, "
+                                 "class_weight and validation_split out")
+            if full_batch:
+                raise ValueError(f"{type(model.optimizer).__name__} takes all rows at once: pass arrays, not a data source")
+            source = chunked.ChunkSource(x, chunked.check_steps(steps_per_epoch, "steps_per_epoch"), "training")
+        elif steps_per_epoch is not None:
+            raise ValueError("steps_per_epoch goes with a data source (a generator, Sequence or DataLoader), not arrays")
+        if chunked.is_chunk_source(validation_data):
+            val_source = chunked.ChunkSource(validation_data, chunked.check_steps(validation_steps, "validation_steps"),
+                                             "validation")
+            validation_data = None
+        elif validation_steps is not None:
+            raise ValueError("validation_steps goes with a validation data source, not arrays")
+        if y is None and source is None and not isinstance(x, ResidentDataset):
+            raise ValueError("fit got no targets (y is None): call fit(x, y), or pass x = model.upload(x, y), or a "
+                             "data source yielding (x, y) chunks")
+        if isinstance(x, ResidentDataset) and not x.has_targets:
+            raise ValueError("the ResidentDataset passed to fit has no targets; upload it with model.upload(x, y)")
+        if validation_data is not None and not isinstance(validation_data, ResidentDataset):
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val), (x_val, y_val, val_sample_weight) or a "
+                                 "ResidentDataset")
+        x, y, weights = _row_weights(model, x, y, sample_weight, class_weight)
+        if validation_split > 0.0:
+            if cuda_array(x) or isinstance(x, ResidentDataset):
+                raise ValueError("validation_split needs host arrays; pass validation_data with GPU arrays or "
+                                 "resident data")
+            x, y = model._xy(x, y)
+            if validation_data is None:
+                # Keras convention: the last fraction of the samples, taken before any shuffling.
+                n_val = int(round(x.shape[0] * validation_split))
+                if n_val == 0 or n_val == x.shape[0]:
+                    raise ValueError(f"validation_split={validation_split} leaves no training or validation "
+                                     f"samples out of {x.shape[0]}")
+                validation_data = (x[-n_val:], y[-n_val:]) + (() if weights is None else (weights[-n_val:],))
+                x, y = x[:-n_val], y[:-n_val]
+                weights = None if weights is None else weights[:-n_val]
+        if source is None:
+            train_data, n_train = model._data(x, y, sample_weight=weights)
+        else:  # built from the first chunk; batch_size None: each chunk is one step, as Keras takes a batch
+            train_data, n_train = None, 0
+        if batch_size is None and source is None:
+            batch_size = n_train if full_batch else 32
+        host_batches = None  # a full-batch method on mini-batches: each batch of fit is one of its steps
+        if full_batch and batch_size < n_train:
+            if isinstance(x, ResidentDataset) or cuda_array(x):
+                raise ValueError(f"{type(model.optimizer).__name__} on batches smaller than the training set "
+                                 f"({batch_size} < {n_train}) needs host arrays; leave batch_size=None for all rows")
+            host_batches = model._xy(x, y) + (weights,)
+        val_data = None
+        if isinstance(validation_data, ResidentDataset):
+            if not validation_data.has_targets:
+                raise ValueError("the validation ResidentDataset has no targets; upload it with model.upload(x, y)")
+            val_data, _ = model._data(validation_data, None, "validation data")
+        elif validation_data is not None:
+            val_weights = validation_data[2] if len(validation_data) == 3 else None
+            vx, vy = validation_data[0], validation_data[1]
+            if communicator is not None and not sharded:  # each rank evaluates its share; the sums are reduced
+                vx, vy = model._xy(vx, vy, "validation x", "validation y")
+                val_rows = vx.shape[0]
+                split_validation = val_rows >= communicator.size  # else every rank evaluates all of them
+                if split_validation:
+                    share = distributed.part(val_rows)
+                    vx, vy = vx[share], vy[share]
+                    val_weights = None if val_weights is None else np.asarray(val_weights)[share]
+            val_data, _ = model._data(vx, vy, "validation x", "validation y", sample_weight=val_weights)
+        if communicator is not None and model._engine.device != "cpu":
+            raise ValueError(f"data-parallel training on {model._engine.device} needs NCCL, which fastmlp does not "
+                             "support yet: compile with device='cpu' on every rank")
     engine = model._engine
     shard_total = -1  # a sharded epoch's rows over all ranks
+    # Validation sums reduced over the ranks' parts (sharded: each rank's own rows; else each rank's
+    # share of the rows); otherwise every rank evaluates all rows and takes rank 0's logs.
+    val_across_ranks = communicator is not None and val_data is not None and (sharded or split_validation)
     if communicator is not None:
-        if isinstance(validation_data, ResidentDataset) and not sharded:  # every rank evaluates all of it alike
-            val_rows = validation_data.rows
-            val_across_ranks = False
-        if sharded:  # each rank's rows are its own: what must agree is their totals
-            if val_data is not None and isinstance(validation_data, ResidentDataset):
-                val_across_ranks = True
-            counts = np.array([n_train, val_data.rows if val_data is not None else 0, val_data is not None],
-                              dtype=np.float64)
+        # Collectives in one fixed order on every rank: first what must agree (fixed length), then
+        # the shards' totals, then rank 0's model.
+        distributed.check_same("fit's arguments (sharded, batch_size, epochs, initial_epoch, shuffle, validation) or "
+                               "the models (layers, parameters, optimizer, loss, metrics)",
+                               [sharded, batch_size, epochs, initial_epoch, bool(shuffle), val_data is not None,
+                                val_across_ranks] + distributed.model_fingerprint(model))
+        if sharded:  # each rank's rows are its own: their totals make the epoch
+            counts = np.array([n_train, val_data.rows if val_data is not None else 0], dtype=np.float64)
             communicator.allreduce_sum(counts)
-            if counts[2] not in (0, communicator.size):
-                raise ValueError("data-parallel fit: some ranks have validation data and some do not")
-            shard_total, n_rows, val_rows = int(counts[0]), int(counts[0]), int(counts[1])
+            shard_total = int(counts[0])
         else:
-            n_rows = n_train
-        distributed.check_same("the training rows, batch_size, epochs, initial_epoch, shuffle and validation rows",
-                               [n_rows, batch_size, epochs, initial_epoch, bool(shuffle),
-                                val_rows if val_data is not None else -1, sharded])
+            distributed.check_same("the training rows or validation rows",
+                                   [n_train, val_rows if val_data is not None and not isinstance(
+                                       validation_data, ResidentDataset) else -1])
         distributed.sync_model(model)
         callbacks = [cb for cb in callbacks or [] if communicator.rank == 0 or not getattr(cb, "writes_files", False)]
     history = History()
@@ -227,7 +234,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                 model._lbfgs_result = result  # LBFGS's iterations and evaluations, for the estimators
                 result = dict(result, **before)
             else:
-                result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs, shard_total)
+                result = train_epoch(model, engine, train_data, seed, batch_size, params["steps"], cbs, shard_total,
+                                     communicator)
             seconds = time.perf_counter() - started
             model._epochs_seen += 1
             if result["nonfinite"] and not cbs.handles_nonfinite:  # e.g. TerminateOnNaN takes over
@@ -237,7 +245,10 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                     "no weight was given a non-finite value (try a lower learning rate)")
             logs = metric_logs(model, result)
             if val_data is not None:
-                logs.update(metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH, val_across_ranks), "val_"))
+                val_logs = metric_logs(model, engine.evaluate(val_data, _EVAL_BATCH, val_across_ranks), "val_")
+                if communicator is not None and not val_across_ranks:  # rank 0's, so every rank decides alike
+                    val_logs = dict(zip(val_logs, (float(v) for v in distributed.broadcast(list(val_logs.values())))))
+                logs.update(val_logs)
             elif val_source is not None:
                 logs.update(metric_logs(model, chunked.evaluate(model, val_source, _EVAL_BATCH), "val_"))
             progress.end(epoch, logs, seconds)
@@ -291,14 +302,14 @@ def _further_metrics_before_step(model, engine, data) -> dict:
     return {"metric_slots": np.asarray(r["metric_slots"], dtype=np.float64), "rows": int(r["rows"])}
 
 
-def train_epoch(model, engine, data, seed, batch_size, steps, cbs, shard_total=-1):
+def train_epoch(model, engine, data, seed, batch_size, steps, cbs, shard_total=-1, communicator=None):
     """One epoch natively. Without batch callbacks it is one native call; with them the native
     loop runs up to the next batch where a callback is due, calls it and goes on (the result is
     bit-identical either way). A callback with batch_interval N sees the epoch's batches in
     groups of N (the last may be shorter): on_train_batch_begin(first batch of the group) before
     and on_train_batch_end(last batch of the group, running logs) after."""
     batch_cbs = cbs.batch_callbacks
-    if not batch_cbs or steps == 0:
+    if communicator is None and (not batch_cbs or steps == 0):
         return engine.train_epoch(data, seed, batch_size, shard_total)
     engine.begin_epoch(data, seed, batch_size, shard_total)
     done, result = 0, None
@@ -310,7 +321,14 @@ def train_epoch(model, engine, data, seed, batch_size, steps, cbs, shard_total=-
             if done % cb.batch_interval == 0:
                 cb.on_train_batch_begin(done, {})
         stopped_by_hook = model._stop_requests != requests
-        stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps)
+        stop = min(min((done // cb.batch_interval + 1) * cb.batch_interval for cb in batch_cbs), steps) \
+            if batch_cbs else steps
+        if communicator is not None:
+            # Data-parallel: every rank trains rank 0's groups of batches (its progress bar and
+            # file-writing callbacks are its own), each group ending in the same collectives.
+            from . import distributed
+
+            stop = int(distributed.broadcast([stop])[0])
         result = engine.train_batches(data, stop - done)
         done = stop
         logs = metric_logs(model, result)
@@ -318,6 +336,12 @@ def train_epoch(model, engine, data, seed, batch_size, steps, cbs, shard_total=-
         for cb in batch_cbs:
             if done % cb.batch_interval == 0 or done == steps:
                 cb.on_train_batch_end(done - 1, dict(logs))
-        if model.stop_training and (stopped_by_hook or model._stop_requests != requests):
+        stop_now = model.stop_training and (stopped_by_hook or model._stop_requests != requests)
+        if communicator is not None:  # a hook's stop on any rank ends the epoch on every rank
+            flag = np.array([1.0 if stop_now else 0.0])
+            communicator.allreduce_sum(flag)
+            if flag[0]:
+                model.stop_training = stop_now = True
+        if stop_now:
             break
     return result
