@@ -60,6 +60,23 @@ def relative_difference(a, b):
     return max(float(np.max(np.abs(u - v))) / max(float(np.max(np.abs(v))), 1e-30) for u, v in zip(a, b))
 
 
+def identical_weights(out, name):
+    """Rank 0's weights of `name`, after checking that rank 1's are the same bit for bit."""
+    w0, w1 = weights(out / f"{name}-rank0.npz"), weights(out / f"{name}-rank1.npz")
+    for u, v in zip(w0, w1):
+        np.testing.assert_array_equal(u, v)
+    return w0
+
+
+def identical_logs(out, name):
+    """Rank 0's history of `name`, after checking that rank 1 logged the same."""
+    with open(out / f"{name}-rank0.json") as f:
+        logs0 = json.load(f)
+    with open(out / f"{name}-rank1.json") as f:
+        assert json.load(f) == logs0
+    return logs0
+
+
 # ---- in this process
 
 
@@ -155,19 +172,14 @@ def test_two_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
     p, _ = run_ranks("equivalence", tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     for name, case in CASES.items():
-        r0, r1 = weights(tmp_path / f"{name}-rank0.npz"), weights(tmp_path / f"{name}-rank1.npz")
-        for u, v in zip(r0, r1):  # the same update on every rank, bit for bit
-            np.testing.assert_array_equal(u, v)
+        r0 = identical_weights(tmp_path, name)  # the same update on every rank, bit for bit
         x, y = data(case)
         single = build(case, seed=case.get("seed", 1), same_dropout_seed=True)
         h = single.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
                        validation_split=case.get("validation_split", 0.0))
         tolerance = 1e-5 if case["dtype"] == "float32" else 1e-12
         assert relative_difference(r0, single.get_weights()) < tolerance, name
-        with open(tmp_path / f"{name}-rank0.json") as f:
-            logs0 = json.load(f)
-        with open(tmp_path / f"{name}-rank1.json") as f:
-            assert json.load(f) == logs0  # the reduced epoch results, the same on every rank
+        logs0 = identical_logs(tmp_path, name)  # the reduced epoch results, the same on every rank
         logs0.pop("final_lr")
         for key, values in h.history.items():  # global means: what one process reports
             np.testing.assert_allclose(logs0[key], values, rtol=10 * tolerance, err_msg=f"{name} {key}")
@@ -182,20 +194,11 @@ def test_sharded_fit_trains_each_rank_on_its_own_rows(tmp_path):
     x, y = data(case)
     single = build(case, seed=1)
     h = single.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0, shuffle=False)
-    r0, r1 = weights(tmp_path / "sharded_exact-rank0.npz"), weights(tmp_path / "sharded_exact-rank1.npz")
-    for u, v in zip(r0, r1):
-        np.testing.assert_array_equal(u, v)
-    assert relative_difference(r0, single.get_weights()) < 1e-12
-    with open(tmp_path / "sharded_exact-rank0.json") as f:
-        np.testing.assert_allclose(json.load(f)["loss"], h.history["loss"], rtol=1e-11)
+    assert relative_difference(identical_weights(tmp_path, "sharded_exact"), single.get_weights()) < 1e-12
+    np.testing.assert_allclose(identical_logs(tmp_path, "sharded_exact")["loss"], h.history["loss"], rtol=1e-11)
     # Shuffled uneven shards: statistically, not bitwise, a single-process fit; the ranks agree exactly.
-    r0, r1 = weights(tmp_path / "sharded_shuffled-rank0.npz"), weights(tmp_path / "sharded_shuffled-rank1.npz")
-    for u, v in zip(r0, r1):
-        np.testing.assert_array_equal(u, v)
-    with open(tmp_path / "sharded_shuffled-rank0.json") as f:
-        logs0 = json.load(f)
-    with open(tmp_path / "sharded_shuffled-rank1.json") as f:
-        assert json.load(f) == logs0
+    identical_weights(tmp_path, "sharded_shuffled")
+    logs0 = identical_logs(tmp_path, "sharded_shuffled")
     assert logs0["loss"][-1] < 0.8 * logs0["loss"][0] and logs0["val_loss"][-1] < logs0["val_loss"][0]
     assert 0.5 < logs0["val_accuracy"][-1] <= 1.0
 
@@ -219,24 +222,17 @@ def test_unshuffled_shards_go_round_across_epochs(tmp_path):
     for first0, first1 in ((0, 0), (500, 100)):  # where each shard's second epoch starts
         rows = epoch_rows(first0, first1)
         single.fit(x[rows], y[rows], batch_size=100, epochs=1, verbose=0, shuffle=False)
-    got = weights(tmp_path / "sharded_cursor-rank0.npz")
-    assert relative_difference(got, single.get_weights()) < 1e-12
+    assert relative_difference(identical_weights(tmp_path, "sharded_cursor"), single.get_weights()) < 1e-12
 
 
 @needs_mpi
 def test_ranks_agree_on_groups_of_batches_small_validation_and_early_failures(tmp_path):
     p, _ = run_ranks("agreement", tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    with open(tmp_path / "agreement_batches-rank0.json") as f:
-        h0 = json.load(f)
-    with open(tmp_path / "agreement_batches-rank1.json") as f:
-        assert json.load(f) == h0
+    h0 = identical_logs(tmp_path, "agreement_batches")
     # Rank 1's hook stopped both ranks in the first epoch (after batch 6 of 10).
     assert len(h0["loss"]) == 1 and "val_loss" in h0
-    for u, v in zip(weights(tmp_path / "agreement_batches-rank0.npz"),
-                    weights(tmp_path / "agreement_batches-rank1.npz")):
-        np.testing.assert_array_equal(u, v)
-        assert np.all(np.isfinite(u))
+    assert all(np.all(np.isfinite(w)) for w in identical_weights(tmp_path, "agreement_batches"))
     written = sorted(f.name for f in tmp_path.glob("batch-*.weights.npz"))
     assert written == ["batch-0-2.weights.npz", "batch-0-4.weights.npz", "batch-0-6.weights.npz"]
     assert p.stdout.count("Epoch 1/3") == 1  # rank 0's line only
@@ -255,24 +251,17 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_finite_weights(tmp_pat
     assert p.returncode == 0, p.stdout + p.stderr
     for r in (0, 1):
         assert (tmp_path / f"nonfinite-rank{r}.txt").read_text() == "NonFiniteLossError"
-    r0, r1 = weights(tmp_path / "nonfinite-rank0.npz"), weights(tmp_path / "nonfinite-rank1.npz")
-    for u, v in zip(r0, r1):
-        np.testing.assert_array_equal(u, v)
-        assert np.all(np.isfinite(u))
+    assert all(np.all(np.isfinite(w)) for w in identical_weights(tmp_path, "nonfinite"))
 
 
 @needs_mpi
 def test_callbacks_decide_alike_and_only_rank_0_writes_files_and_prints(tmp_path):
     p, _ = run_ranks("callbacks", tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    with open(tmp_path / "callbacks-rank0.json") as f:
-        h0 = json.load(f)
-    with open(tmp_path / "callbacks-rank1.json") as f:
-        assert json.load(f) == h0
+    h0 = identical_logs(tmp_path, "callbacks")
     assert len(h0["loss"]) < 40  # EarlyStopping ended both ranks at the same epoch
     assert h0["final_lr"] < 0.05  # ReduceLROnPlateau acted, alike on both
-    for u, v in zip(weights(tmp_path / "callbacks-rank0.npz"), weights(tmp_path / "callbacks-rank1.npz")):
-        np.testing.assert_array_equal(u, v)
+    identical_weights(tmp_path, "callbacks")
     assert (tmp_path / "log-rank0.csv").exists() and (tmp_path / "ckpt-rank0.weights.npz").exists()
     assert not (tmp_path / "log-rank1.csv").exists() and not (tmp_path / "ckpt-rank1.weights.npz").exists()
     assert "Epoch" not in p.stdout  # rank 1 asked for verbose=1; rank 0 (verbose=0) reports for all
