@@ -291,3 +291,17 @@ def test_a_rank_that_dies_does_not_hang_the_job(tmp_path):
     assert p.returncode != 0 and seconds < 60
     rank0 = tmp_path / "die-rank0.txt"  # the launcher may end rank 0 before its timeout does
     assert not rank0.exists() or rank0.read_text().startswith("DistributedError")
+
+
+def test_the_model_fingerprint_tells_apart_what_ranks_must_share():
+    def model(seed=0, lr=1e-3, metrics=("accuracy",), units=8):
+        m = fm.Sequential([fm.Dense(units, activation="relu", input_dim=4), fm.Dense(3, activation="softmax")],
+                          seed=seed)
+        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=list(metrics), device="cpu")
+        return distributed.model_fingerprint(m)
+
+    base = model()
+    assert model(seed=7) == base  # the weights are rank 0's anyway
+    for other in (model(lr=1e-2), model(metrics=("accuracy", "auc")), model(units=9),
+                  model(metrics=(fm.metrics.TopKCategoricalAccuracy(k=2),)),):
+        assert other != base

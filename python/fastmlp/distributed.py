@@ -222,7 +222,7 @@ def model_fingerprint(model) -> list:
     """Numbers that must agree between the ranks' models: parameters, Dropout layers, and a checksum of
     the layer kinds, optimizer (with its learning rate), loss, metrics, dtype and device."""
     args = model._compile_args
-    further = [getattr(m, "name", type(m).__name__) for m in args.get("further_metrics") or []]
+    further = [repr(m[0] if isinstance(m, tuple) else m) for m in args.get("further_metrics") or []]
     text = repr(([type(layer).__name__ for layer in model.layers], model.optimizer.describe(), repr(args["loss"]),
                  args["metric_key"], further, str(np.dtype(args["dtype"])), model._engine.device))
     crc = zlib.crc32(text.encode())
