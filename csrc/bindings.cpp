@@ -153,6 +153,14 @@ std::vector<int32_t> epoch_order(int64_t rows, std::optional<uint64_t> shuffle_s
   return shuffle_seed ? shuffled_indices(rows, *shuffle_seed) : identity_order(rows);
 }
 
+// train_epoch's and begin_epoch's arguments, checked: the epoch's order, batch size and (sharded
+// data-parallel epochs) rows over all ranks, -1 otherwise.
+struct EpochArgs {
+  std::vector<int32_t> order;
+  int batch_size = 0;
+  int64_t total = -1;
+};
+
 // Targets must hold rows x target_columns values (class ids: one per row).
 template <typename T>
 void check_targets_buffer(const Array<T>& y, int64_t rows, int cols) {
@@ -188,6 +196,14 @@ void bind_engine(py::module_& m, const char* name) {
       .def_property_readonly("streamed", [](const D& d) { return d.streamed; });
 
   auto batch = [](const py::handle& bs) { return int(checked_int(bs, "batch_size", 1, kIntMax)); };
+  auto epoch_args = [batch](const D& d, const py::object& seed, const py::object& bs, const py::object& total) {
+    EpochArgs a;
+    const auto shuffle = shuffle_seed_of(seed);
+    a.batch_size = batch(bs);
+    a.total = checked_int(total, "shard_global_rows", -1, INT64_MAX);
+    a.order = epoch_order(d.rows, shuffle);
+    return a;
+  };
 
   py::class_<E>(m, name)
       .def(py::init([](const py::object& input_dim, const py::list& layers, const py::object& loss,
@@ -302,22 +318,18 @@ void bind_engine(py::module_& m, const char* name) {
       // shard_global_rows: a sharded data-parallel epoch (Engine::train_epoch), -1 otherwise.
       .def(
           "train_epoch",
-          [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
-                  const py::object& shard_global_rows) {
-            const auto seed = shuffle_seed_of(shuffle_seed);
-            const int bs = batch(batch_size);
-            const int64_t total = checked_int(shard_global_rows, "shard_global_rows", -1, INT64_MAX);
-            return epoch_dict(without_gil([&] { return e.train_epoch(d, epoch_order(d.rows, seed), bs, total); }));
+          [epoch_args](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
+                       const py::object& shard_global_rows) {
+            const EpochArgs a = epoch_args(d, shuffle_seed, batch_size, shard_global_rows);
+            return epoch_dict(without_gil([&] { return e.train_epoch(d, a.order, a.batch_size, a.total); }));
           },
           py::arg("data"), py::arg("shuffle_seed"), py::arg("batch_size"), py::arg("shard_global_rows") = -1)
       .def(
           "begin_epoch",
-          [batch](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
-                  const py::object& shard_global_rows) {
-            const auto seed = shuffle_seed_of(shuffle_seed);
-            const int bs = batch(batch_size);
-            const int64_t total = checked_int(shard_global_rows, "shard_global_rows", -1, INT64_MAX);
-            without_gil([&] { e.begin_epoch(d, epoch_order(d.rows, seed), bs, total); });
+          [epoch_args](E& e, const D& d, const py::object& shuffle_seed, const py::object& batch_size,
+                       const py::object& shard_global_rows) {
+            const EpochArgs a = epoch_args(d, shuffle_seed, batch_size, shard_global_rows);
+            without_gil([&] { e.begin_epoch(d, a.order, a.batch_size, a.total); });
           },
           py::arg("data"), py::arg("shuffle_seed"), py::arg("batch_size"), py::arg("shard_global_rows") = -1)
       .def("train_batches",

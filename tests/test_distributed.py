@@ -185,10 +185,18 @@ def test_two_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
             np.testing.assert_allclose(logs0[key], values, rtol=10 * tolerance, err_msg=f"{name} {key}")
 
 
-@needs_mpi
-def test_sharded_fit_trains_each_rank_on_its_own_rows(tmp_path):
-    p, _ = run_ranks("sharded", tmp_path)
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    """One 2-rank job of the sharded cases, for the tests that read them."""
+    out = tmp_path_factory.mktemp("sharded")
+    p, _ = run_ranks("sharded", out)
     assert p.returncode == 0, p.stdout + p.stderr
+    return out
+
+
+@needs_mpi
+def test_sharded_fit_trains_each_rank_on_its_own_rows(sharded_run):
+    tmp_path = sharded_run
     # Exact: shards holding what the unshuffled replicated fit gives each rank give its result.
     case = CASES["adam_float64"]
     x, y = data(case)
@@ -204,9 +212,8 @@ def test_sharded_fit_trains_each_rank_on_its_own_rows(tmp_path):
 
 
 @needs_mpi
-def test_unshuffled_shards_go_round_across_epochs(tmp_path):
-    p, _ = run_ranks("sharded", tmp_path)
-    assert p.returncode == 0, p.stdout + p.stderr
+def test_unshuffled_shards_go_round_across_epochs(sharded_run):
+    tmp_path = sharded_run
     case = CASES["adam_float64"]
     x, y = data(case)
     shard0, shard1 = np.arange(600), np.arange(600, 1000)
