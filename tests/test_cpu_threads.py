@@ -4,6 +4,7 @@ on timing."""
 import json
 
 import numpy as np
+import pytest
 
 import fastmlp as fm
 from child_process import run_child
@@ -48,3 +49,55 @@ def test_thread_count_is_ours_to_set_and_results_are_repeatable():
                 np.testing.assert_array_equal(a, b)  # same thread count: bit-identical
     finally:
         fm.set_num_threads(before)
+
+
+def test_large_products_split_over_threads_match_the_reference():
+    # blas.cpp splits GEMMs above 2 MFLOP into blocks of C over the pool: column blocks when C is
+    # wide (forward and dX of the 1003-wide layer, dW1), row blocks when it is tall (the 45-wide
+    # layer's forward over 3000 rows, dW2 through a transposed A). Odd widths put the block edges
+    # off the 16-column and 8-row grain; 3 threads make uneven parts.
+    import reference as ref
+
+    rng = np.random.default_rng(5)
+    spec = [(1003, "tanh", 0.0, 0.0, 0.0), (45, "softmax", 0.0, 0.0, 0.0)]
+    w = [rng.normal(scale=0.2, size=(67, 1003)), rng.normal(scale=0.2, size=1003),
+         rng.normal(scale=0.2, size=(1003, 45)), rng.normal(scale=0.2, size=45)]
+    x, y = rng.normal(size=(3000, 67)), rng.integers(0, 45, 3000)
+    want_loss, want = ref.gradients(spec, w, x, y.astype(np.float64), "sparse_categorical_crossentropy")
+    before = fm.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fm.set_num_threads(n)
+            m = fm.Sequential([fm.Dense(1003, "tanh", input_dim=67), fm.Dense(45, "softmax")])
+            m.compile("sgd", "sparse_categorical_crossentropy", device="cpu", dtype="float64")
+            m.set_weights(w)
+            np.testing.assert_allclose(m.predict(x), ref.predict(spec, w, x), rtol=1e-12, atol=1e-14)
+            for got, expect in zip(m.compute_gradients(x, y), want):
+                np.testing.assert_allclose(got, expect, rtol=1e-10, atol=1e-13)
+            assert m.evaluate(x, y)["loss"] == pytest.approx(want_loss, rel=1e-12)
+    finally:
+        fm.set_num_threads(before)
+
+
+def test_one_thread_means_one_busy_thread():
+    # set_num_threads governs every pool: the BLAS never threads on its own, so a 1-thread fit of
+    # GEMM-heavy layers uses about one core's time (with OpenBLAS threading it would use two).
+    out = run_child("""
+        import json, resource, time
+        import numpy as np
+        import fastmlp as fm
+        fm.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(4096, 512)).astype(np.float32)
+        m = fm.Sequential([fm.Dense(1024, "relu", input_dim=512), fm.Dense(1024, "relu"), fm.Dense(2, "softmax")],
+                          seed=0)
+        m.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+        m.fit(x[:256], (x[:256, 0] > 0).astype(int), epochs=1, batch_size=256, verbose=0)  # warm up
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        m.fit(x, (x[:, 0] > 0).astype(int), epochs=2, batch_size=1024, verbose=0)
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        print(json.dumps({"cpu": cpu, "wall": t1 - t0}))
+    """)
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["cpu"] <= 1.25 * r["wall"] + 0.05, r

@@ -1,19 +1,99 @@
-// Thread control and identification of the BLAS the CPU backend was linked with.
+// GEMM threading (fastmlp's pool, not the BLAS's) and identification of the BLAS the CPU backend was linked with.
 #include "cpu/blas.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/thread_pool.h"
 
 #if !defined(FASTMLP_SCIPY_OPENBLAS)
 // Weak: present when the system BLAS is OpenBLAS, null for reference BLAS or others.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 extern "C" char* openblas_get_config(void) __attribute__((weak));
+extern "C" void mkl_set_num_threads(int) __attribute__((weak));
+extern "C" void bli_thread_set_num_threads(long) __attribute__((weak));
 #endif
 
 namespace fastmlp::cpu {
+namespace {
+
+void blas_call(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb,
+               float beta, float* C, int ldc) {
+  FASTMLP_CBLAS(sgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha,
+                       A, lda, B, ldb, beta, C, ldc);
+}
+void blas_call(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
+               int ldb, double beta, double* C, int ldc) {
+  FASTMLP_CBLAS(dgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha,
+                       A, lda, B, ldb, beta, C, ldc);
+}
+
+// Below this many flops a GEMM runs on the calling thread alone. At 2 MFLOP one core takes
+// about 20 us, and handing half to a worker costs a few; measured on the 2-core machine (us per
+// row, 784-100-10 SGD at batch 16): never split 5.6, split above 1 MFLOP 8.4, and OpenBLAS's own
+// threading (which splits anything above 0.26 MFLOP) 6.8. 784-512-512-10 Adam at batch 8 is 10%
+// faster at 2 MFLOP than at 4.
+constexpr double kSplitFlops = 2e6;
+
+// BLAS runs single-threaded: fastmlp splits large products itself, so one pool of threads (the
+// one set_num_threads sizes) does all the work. Two pools on the same cores, OpenBLAS's spinning
+// between calls, made a training step 1.9x slower under a competing process (1.39 against
+// 0.74 s per epoch, 784-512-512-10 Adam at batch 128, bench_cpu.py --case contention), and
+// OpenBLAS split 16-row products that are faster on one core.
+void blas_single_threaded() {
+#if defined(FASTMLP_SCIPY_OPENBLAS)
+  scipy_openblas_set_num_threads(1);
+#else
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
+  if (mkl_set_num_threads) mkl_set_num_threads(1);
+  if (bli_thread_set_num_threads) bli_thread_set_num_threads(1);
+#endif
+}
+[[maybe_unused]] const bool kBlasSingleThreaded = (blas_single_threaded(), true);
+
+template <typename T>
+void gemm_split(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+                T* C, int ldc) {
+  const double flops = 2.0 * m * n * k;
+  int parts = int(std::min<double>(pool_threads(), flops / kSplitFlops));
+  if (parts <= 1) return blas_call(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (n >= m) {  // blocks of columns, each a multiple of 16 (whole cache lines and vectors)
+    const int units = (n + 15) / 16;
+    parts = std::min(parts, units);
+    run_parts(parts, [&](int p) {
+      const int lo = std::min(n, units * p / parts * 16), hi = std::min(n, units * (p + 1) / parts * 16);
+      if (hi > lo)
+        blas_call(ta, tb, m, hi - lo, k, alpha, A, lda, tb ? B + int64_t(lo) * ldb : B + lo, ldb, beta, C + lo, ldc);
+    });
+  } else {  // blocks of rows
+    const int units = (m + 7) / 8;
+    parts = std::min(parts, units);
+    run_parts(parts, [&](int p) {
+      const int lo = std::min(m, units * p / parts * 8), hi = std::min(m, units * (p + 1) / parts * 8);
+      if (hi > lo)
+        blas_call(ta, tb, hi - lo, n, k, alpha, ta ? A + lo : A + int64_t(lo) * lda, lda, B, ldb, beta,
+                  C + int64_t(lo) * ldc, ldc);
+    });
+  }
+}
+
+}  // namespace
+
+void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc) {
+  gemm_split(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc) {
+  gemm_split(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 void blas_set_num_threads(int n) {
+  if (!std::getenv("FASTMLP_OLD_BLAS")) n = 1;
 #if defined(FASTMLP_SCIPY_OPENBLAS)
   scipy_openblas_set_num_threads(n);
 #else
-  if (openblas_set_num_threads) openblas_set_num_threads(n);
+  if (openblas_set_num_threads) openblas_set_num_threads(1);
 #endif
 }
 

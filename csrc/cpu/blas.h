@@ -20,19 +20,13 @@ void cblas_dgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int, d
 
 namespace fastmlp::cpu {
 
-// C (m x n) = alpha * op(A) op(B) + beta * C, all row-major.
-inline void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B,
-                 int ldb, float beta, float* C, int ldc) {
-  FASTMLP_CBLAS(sgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha,
-                       A, lda, B, ldb, beta, C, ldc);
-}
-inline void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B,
-                 int ldb, double beta, double* C, int ldc) {
-  FASTMLP_CBLAS(dgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha,
-                       A, lda, B, ldb, beta, C, ldc);
-}
+// C (m x n) = alpha * op(A) op(B) + beta * C, all row-major. Large products are split over the
+// pool's threads by blocks of C (blas.cpp says why); BLAS itself always runs on one thread.
+void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc);
+void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc);
 
-void blas_set_num_threads(int n);
 std::string blas_name();
 
 }  // namespace fastmlp::cpu

@@ -1,4 +1,5 @@
-// The CPU backend's worker threads for its element-wise loops (BLAS has its own).
+// The CPU backend's worker threads: its element-wise loops and its GEMMs (blas.cpp splits large
+// products over them and keeps the BLAS single-threaded).
 //
 // Not OpenMP: a process that loaded another OpenMP runtime first (PyTorch bundles libgomp, and
 // `import torch` before `import fastmlp` is common) ran our loops on that runtime's threads,
