@@ -88,15 +88,6 @@ void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, 
   gemm_split(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void blas_set_num_threads(int n) {
-  if (!std::getenv("FASTMLP_OLD_BLAS")) n = 1;
-#if defined(FASTMLP_SCIPY_OPENBLAS)
-  scipy_openblas_set_num_threads(n);
-#else
-  if (openblas_set_num_threads) openblas_set_num_threads(1);
-#endif
-}
-
 std::string blas_name() {
 #if defined(FASTMLP_SCIPY_OPENBLAS)
   return std::string("scipy-openblas32 ") + scipy_openblas_get_config();
