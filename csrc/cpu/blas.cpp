@@ -1,4 +1,5 @@
-// GEMM threading (fastmlp's pool, not the BLAS's) and identification of the BLAS the CPU backend was linked with.
+// GEMM threading (fastmlp's pool, or the BLAS's when it is a system BLAS) and identification of
+// the BLAS the CPU backend was linked with.
 #include "cpu/blas.h"
 
 #include <algorithm>
@@ -10,8 +11,6 @@
 // Weak: present when the system BLAS is OpenBLAS, null for reference BLAS or others.
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 extern "C" char* openblas_get_config(void) __attribute__((weak));
-extern "C" void mkl_set_num_threads(int) __attribute__((weak));
-extern "C" void bli_thread_set_num_threads(long) __attribute__((weak));
 #endif
 
 namespace fastmlp::cpu {
@@ -35,27 +34,26 @@ void blas_call(bool ta, bool tb, int m, int n, int k, double alpha, const double
 // faster at 2 MFLOP than at 4.
 constexpr double kSplitFlops = 2e6;
 
-// BLAS runs single-threaded: fastmlp splits large products itself, so one pool of threads (the
-// one set_num_threads sizes) does all the work. Two pools on the same cores, OpenBLAS's spinning
-// between calls, made a training step 1.9x slower under a competing process (1.39 against
-// 0.74 s per epoch, 784-512-512-10 Adam at batch 128, bench_cpu.py --case contention), and
-// OpenBLAS split 16-row products that are faster on one core.
-void blas_single_threaded() {
+// With the scipy-openblas32 wheel (fastmlp's private copy: its symbols carry a scipy_ prefix, so
+// no other library in the process calls it) the BLAS runs single-threaded and fastmlp splits
+// large products itself: one pool of threads, the one set_num_threads sizes, does all the work.
+// Two pools on the same cores, OpenBLAS's spinning between calls, made a training step 1.9x
+// slower under a competing process (1.39 against 0.74 s per epoch, 784-512-512-10 Adam at batch
+// 128, bench_cpu.py --case contention), and OpenBLAS split 16-row products that are faster on
+// one core. A system BLAS may be shared with NumPy, so its threading is left to it (and to
+// set_num_threads, as before) rather than forced to one thread for the whole process.
 #if defined(FASTMLP_SCIPY_OPENBLAS)
-  scipy_openblas_set_num_threads(1);
+constexpr bool kSplitGemms = true;
+[[maybe_unused]] const bool kBlasSingleThreaded = (scipy_openblas_set_num_threads(1), true);
 #else
-  if (openblas_set_num_threads) openblas_set_num_threads(1);
-  if (mkl_set_num_threads) mkl_set_num_threads(1);
-  if (bli_thread_set_num_threads) bli_thread_set_num_threads(1);
+constexpr bool kSplitGemms = false;
 #endif
-}
-[[maybe_unused]] const bool kBlasSingleThreaded = (blas_single_threaded(), true);
 
 template <typename T>
 void gemm_split(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
                 T* C, int ldc) {
   const double flops = 2.0 * m * n * k;
-  int parts = int(std::min<double>(pool_threads(), flops / kSplitFlops));
+  int parts = kSplitGemms ? int(std::min<double>(pool_threads(), flops / kSplitFlops)) : 1;
   if (parts <= 1) return blas_call(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   if (n >= m) {  // blocks of columns, each a multiple of 16 (whole cache lines and vectors)
     const int units = (n + 15) / 16;
@@ -86,6 +84,14 @@ void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, in
 void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
           double beta, double* C, int ldc) {
   gemm_split(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void blas_set_num_threads(int n) {
+#if defined(FASTMLP_SCIPY_OPENBLAS)
+  (void)n;  // stays single-threaded: the pool has the threads
+#else
+  if (openblas_set_num_threads) openblas_set_num_threads(n);
+#endif
 }
 
 std::string blas_name() {

@@ -21,12 +21,15 @@ void cblas_dgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int, d
 namespace fastmlp::cpu {
 
 // C (m x n) = alpha * op(A) op(B) + beta * C, all row-major. Large products are split over the
-// pool's threads by blocks of C (blas.cpp says why); BLAS itself always runs on one thread.
+// pool's threads by blocks of C, the BLAS itself running on one thread (with the scipy-openblas32
+// wheel; a system BLAS keeps its own threading: blas.cpp says why).
 void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* A, int lda, const float* B, int ldb,
           float beta, float* C, int ldc);
 void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
           double beta, double* C, int ldc);
 
+// Threads of a system BLAS (set_num_threads); nothing with scipy-openblas32, which stays on one.
+void blas_set_num_threads(int n);
 std::string blas_name();
 
 }  // namespace fastmlp::cpu

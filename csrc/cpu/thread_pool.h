@@ -1,5 +1,5 @@
 // The CPU backend's worker threads: its element-wise loops and its GEMMs (blas.cpp splits large
-// products over them and keeps the BLAS single-threaded).
+// products over them and keeps the scipy-openblas32 BLAS single-threaded).
 //
 // Not OpenMP: a process that loaded another OpenMP runtime first (PyTorch bundles libgomp, and
 // `import torch` before `import fastmlp` is common) ran our loops on that runtime's threads,

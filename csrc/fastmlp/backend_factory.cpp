@@ -112,6 +112,7 @@ template std::unique_ptr<Backend<double>> make_backend<double>(const std::string
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("number of threads must be >= 1, got " + std::to_string(n));
   cpu::set_pool_threads(n);
+  cpu::blas_set_num_threads(n);
 }
 int get_num_threads() { return cpu::pool_threads(); }
 std::string blas_info() { return cpu::blas_name(); }
