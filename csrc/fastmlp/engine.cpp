@@ -288,8 +288,18 @@ void Engine<T>::set_communicator(std::shared_ptr<Communicator> communicator) {
 }
 
 template <typename T>
-void Engine<T>::sum_over_ranks(std::vector<double>& values) {
+void Engine<T>::sum_over_ranks(std::vector<double>& scalars, std::vector<double>& metric_slots) {
+  std::vector<double> values = scalars;
+  values.insert(values.end(), metric_slots.begin(), metric_slots.end());
   communicator_->allreduce_sum(values.data(), int64_t(values.size()));
+  std::copy(values.begin(), values.begin() + scalars.size(), scalars.begin());
+  std::copy(values.begin() + scalars.size(), values.end(), metric_slots.begin());
+}
+
+template <typename T>
+typename Engine<T>::Slice Engine<T>::rank_slice(int64_t global_rows) const {
+  const int64_t rank = communicator_->rank(), ranks = communicator_->size();
+  return {global_rows * rank / ranks, global_rows * (rank + 1) / ranks};
 }
 
 template <typename T>
@@ -407,12 +417,11 @@ void Engine<T>::begin_epoch(const Dataset<T>& data, const std::vector<int32_t>& 
 
 template <typename T>
 int64_t Engine<T>::shard_rows(int64_t global_rows, int batch_size) const {
-  const int64_t rank = communicator_->rank(), ranks = communicator_->size();
   const int64_t bs = std::min<int64_t>(batch_size, std::max<int64_t>(global_rows, 1));
   int64_t rows = 0;
   for (int64_t first = 0; first < global_rows; first += bs) {
-    const int64_t g = std::min(bs, global_rows - first);
-    rows += g * (rank + 1) / ranks - g * rank / ranks;
+    const Slice s = rank_slice(std::min(bs, global_rows - first));
+    rows += s.hi - s.lo;
   }
   return rows;
 }
@@ -433,9 +442,9 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
   epoch_.generation = ++epochs_begun_;
   epoch_.total_rows = total;
   const int bs = int(std::min<int64_t>(batch_size, std::max<int64_t>(total, 1)));
+  if (parallel() && data.streamed)
+    throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
   if (sharded) {
-    if (data.streamed)
-      throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
     // This rank's slices of the global batches take its shard's rows in the order perm, from where
     // the last epoch on this shard stopped, going round: a shard smaller than its share repeats
     // rows, the rows of a larger one come first in the next epoch.
@@ -447,15 +456,13 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
     upload_order(local.data(), rows);
     shard_cursor_.next = (shard_cursor_.next + rows) % data.rows;
   } else if (parallel()) {
-    if (data.streamed)
-      throw std::invalid_argument("data-parallel training needs the training data resident, not streamed");
     // This rank's order: its contiguous slice of each global batch, batch after batch.
-    const int64_t rank = communicator_->rank(), ranks = communicator_->size();
+    const int64_t ranks = communicator_->size();
     std::vector<int32_t> local;
     local.reserve(size_t(data.rows / ranks + bs));
     for (int64_t first = 0; first < data.rows; first += bs) {
-      const int64_t g = std::min<int64_t>(bs, data.rows - first);
-      local.insert(local.end(), perm.begin() + first + g * rank / ranks, perm.begin() + first + g * (rank + 1) / ranks);
+      const Slice s = rank_slice(std::min<int64_t>(bs, data.rows - first));
+      local.insert(local.end(), perm.begin() + first + s.lo, perm.begin() + first + s.hi);
     }
     ensure_workspace(int((bs + ranks - 1) / ranks));
     upload_order(local.data(), int64_t(local.size()));
@@ -519,13 +526,13 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
       epoch_.loaded_to += n;
     }
     const int rows = int(std::min<int64_t>(bs, epoch_.total_rows - epoch_.rows_done));
-    if (parallel()) {  // this rank's slice [lo, hi) of the global batch
-      const int64_t rank = communicator_->rank();
-      const int lo = int(rows * rank / ranks), hi = int(rows * (rank + 1) / ranks);
+    if (parallel()) {  // this rank's slice of the global batch
+      const Slice s = rank_slice(rows);
+      const int mine = int(s.hi - s.lo);
       TrainCounters c = read_counters(train_counters_);
-      c.row_offset = lo;
+      c.row_offset = s.lo;
       write_counters(train_counters_, c);
-      backend_->run_step(hi - lo, [&] { train_step(hi - lo, source, rows); });
+      backend_->run_step(mine, [&] { train_step(mine, source, rows); });
     } else {
       backend_->run_step(rows, [&] { train_step(rows, source); });
     }
@@ -544,11 +551,9 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   result.metric_slots = read_metric_slots(train_counters_);
   if (parallel()) {  // the sums of every rank's slices (the flag is already common to all)
     std::vector<double> sums = {loss_sum, metric_sum};
-    sums.insert(sums.end(), result.metric_slots.begin(), result.metric_slots.end());
-    sum_over_ranks(sums);
+    sum_over_ranks(sums, result.metric_slots);
     loss_sum = sums[0];
     metric_sum = sums[1];
-    std::copy(sums.begin() + 2, sums.end(), result.metric_slots.begin());
   }
   result.loss = loss_sum / double(epoch_.rows_done);
   result.metric = metric_sum / double(epoch_.rows_done);
@@ -621,13 +626,11 @@ EpochResult Engine<T>::evaluate(const Dataset<T>& data, int batch_size, bool acr
   result.metric_slots = read_metric_slots(eval_counters_);
   if (across_ranks) {  // every rank's part of the rows
     std::vector<double> sums = {loss_sum, metric_sum, rows, result.nonfinite ? 1.0 : 0.0};
-    sums.insert(sums.end(), result.metric_slots.begin(), result.metric_slots.end());
-    sum_over_ranks(sums);
+    sum_over_ranks(sums, result.metric_slots);
     loss_sum = sums[0];
     metric_sum = sums[1];
     rows = sums[2];
     result.nonfinite = sums[3] != 0.0;
-    std::copy(sums.begin() + 4, sums.end(), result.metric_slots.begin());
     if (rows == 0) return EpochResult{};
   }
   result.loss = loss_sum / rows + regularization_penalty();

@@ -300,8 +300,15 @@ class Engine {
   // Data-parallel: scales this rank's gradient (of its mean loss) to its share of the global
   // batch's mean and sums it over the ranks with the step's non-finite flag.
   void reduce_gradients(int rows, int global_rows);
-  // Data-parallel: sums an epoch's or evaluation's sums over the ranks (values in place).
-  void sum_over_ranks(std::vector<double>& values);
+  // Data-parallel: sums an epoch's or evaluation's sums and metric slots over the ranks, in
+  // place, in one collective.
+  void sum_over_ranks(std::vector<double>& scalars, std::vector<double>& metric_slots);
+  // Data-parallel: this rank's contiguous rows [lo, hi) of a global batch of global_rows (every
+  // place that splits a batch over the ranks uses this one rule).
+  struct Slice {
+    int64_t lo, hi;
+  };
+  Slice rank_slice(int64_t global_rows) const;
   // Forward, loss and backward over all rows of data as one batch (gradients land in grads_).
   // Forward (training mode) and loss over all rows of data as one batch, into `counters` reset
   // to the current step (which keys dropout masks), and the backward pass unless with_backward
