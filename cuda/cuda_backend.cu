@@ -238,7 +238,10 @@ void CudaBackend::metrics(int rows, int n_out, const float* Z, const float* Y, i
 void CudaBackend::optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                                  const ParamSegment* segments, int n_segments, bool any_regularizer,
                                  const OptimizerConfig* config, int norm_passes, double* segment_norms,
-                                 TrainCounters* counters, int rows) {
+                                 TrainCounters* counters, int rows, const KernelGradient<float>* /*kernel_grads*/,
+                                 int n_kernel_grads) {
+  // forms_kernel_gradients() is false here: every gradient is in grads.
+  if (n_kernel_grads != 0) throw std::logic_error("the CUDA backend does not form kernel gradients in the step");
   bind();
   launch_optimizer(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, config,
                    norm_passes, segment_norms, counters, rows, stream_);

@@ -60,7 +60,8 @@ class CudaBackend final : public Backend<float> {
   void optimizer_step(int64_t n_params, float* params, const float* grads, float* state, int slots,
                       const ParamSegment* segments, int n_segments, bool any_regularizer,
                       const OptimizerConfig* config, int norm_passes, double* segment_norms,
-                      TrainCounters* counters, int rows) override;
+                      TrainCounters* counters, int rows, const KernelGradient<float>* kernel_grads,
+                      int n_kernel_grads) override;
   void matmul(bool ta, bool tb, int m, int n, int k, const float* A, const float* B, float* C) override;
   void axpy(int64_t n, float alpha, const float* X, float* Y) override;
   void activation_second_order(int64_t n, const float* A, const float* G, const float* RG, const float* RZ,

@@ -367,6 +367,52 @@ def test_fit_batch_size_one_matches_reference():
     assert_all_close(m.get_weights(), want_w, 1e-10, "batch_size=1")
 
 
+# At a batch of one row the CPU backend forms each kernel's gradient x^T dz inside the optimizer
+# pass instead of in a GEMM (KernelGradient); the norm-based cases (clipnorm, LAMB) still write
+# it out. Every optimizer and regularizer goes through that pass here, in fit, and a last
+# partial batch of one row too.
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=[opt_id(o) for o in OPTIMIZERS])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_fit_one_row_batches_every_optimizer(opt, batch_size):
+    kind, kwargs = opt
+    rng = np.random.default_rng(10)
+    m = build(SPEC_OPT, 4, "sparse_categorical_crossentropy", optimizer=OPT_CLASS[kind](**kwargs))
+    w0 = random_weights(SPEC_OPT, 4, rng)
+    m.set_weights(w0)
+    x, y = rng.normal(size=(7, 4)), rng.integers(0, 3, 7)  # batch 3: the last batch has one row
+    hist = m.fit(x, y, epochs=2, batch_size=batch_size, shuffle=False, verbose=0)
+    order = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, 7, batch_size)]
+    want_w, losses = ref.train_steps(SPEC_OPT, w0, order * 2, "sparse_categorical_crossentropy",
+                                     ref_optimizer(kind, kwargs))
+    assert_all_close(m.get_weights(), want_w, 1e-10, "weights")
+    sizes = [len(b[1]) for b in order]
+    want_last = sum(n * l for n, l in zip(sizes, losses[len(order):])) / 7
+    np.testing.assert_allclose(hist.history["loss"][-1], want_last, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+def test_fit_one_row_batches_wide_kernels(dtype, tol):
+    # Kernels of 70 x 90 and 90 x 1500 weights: the update's blocks of 4096 end inside kernel rows,
+    # and the second kernel is split between the threads (above the pool's 2^17 elements).
+    before = fm.get_num_threads()
+    try:
+        fm.set_num_threads(2)
+        spec = [(90, "sigmoid", 0.0, 1e-4, 1e-3), (1500, "relu", 0.0, 0.0, 1e-3), (3, "softmax", 0.0, 0.0, 0.0)]
+        rng = np.random.default_rng(11)
+        kwargs = dict(lr=0.01, momentum=0.9, nesterov=True)
+        m = build(spec, 70, "sparse_categorical_crossentropy", optimizer=fm.optimizers.SGD(**kwargs), dtype=dtype)
+        w0 = [w.astype(dtype).astype(np.float64) for w in random_weights(spec, 70, rng, scale=0.1)]
+        m.set_weights(w0)
+        x, y = rng.normal(size=(5, 70)).astype(dtype).astype(np.float64), rng.integers(0, 3, 5)
+        m.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
+        want_w, _ = ref.train_steps(spec, w0, [(x[i:i + 1], y[i:i + 1]) for i in range(5)],
+                                    "sparse_categorical_crossentropy", ref.Optimizer("sgd", **kwargs))
+        assert_all_close(m.get_weights(), want_w, tol, dtype)
+        assert max(np.abs(a - b).max() for a, b in zip(m.get_weights(), w0)) > 1e-3
+    finally:
+        fm.set_num_threads(before)
+
+
 def test_fit_last_partial_batch_matches_reference():
     m, spec, w0, x, y = _fit_model("rmsprop", 0.01, momentum=0.5)
     hist = m.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0)

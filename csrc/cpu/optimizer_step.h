@@ -11,9 +11,11 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "cpu/thread_pool.h"
 #include "cpu/vector_clones.h"
+#include "fastmlp/backend.h"
 #include "fastmlp/math.h"
 #include "fastmlp/types.h"
 
@@ -53,9 +55,10 @@ class OptimizerStep {
 
   // The whole step (Backend::optimizer_step's contract) over host memory.
   // segment_norms: the norm scratch when the config needs it (Backend::optimizer_step), else null.
+  // kernel_grads: segments whose gradient is formed here from X and dZ (Backend::optimizer_step).
   static void run(int64_t n_params, T* params, const T* grads, T* state, int slots, const ParamSegment* segments,
                   int n_segments, bool any_regularizer, const OptimizerConfig& cfg, double* segment_norms,
-                  TrainCounters* counters, int rows) {
+                  TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads, int n_kernel_grads) {
     if (counters->nonfinite) {  // keep the last good weights; the epoch still walks its batches
       counters->batch_start += rows;
       return;
@@ -66,6 +69,9 @@ class OptimizerStep {
     T* st0 = slots > 0 ? state : nullptr;
     T* st1 = slots > 1 ? state + n_params : nullptr;
     T* st2 = slots > 2 ? state + 2 * n_params : nullptr;
+    // The norm passes read every gradient before the update, so those must all be in grads.
+    if (segment_norms && n_kernel_grads)
+      throw std::logic_error("kernel gradients formed in the step cannot be combined with norm passes");
     if (segment_norms) reduce_norms(cfg, s, params, grads, st0, st1, segments, n_segments, segment_norms);
     double penalty = 0.0;
     int overflowed = 0;
@@ -91,7 +97,7 @@ class OptimizerStep {
                     throw std::logic_error("optimizer state has " + std::to_string(slots) +
                                            " slots, the update uses " + std::to_string(F::slots));
                   const auto r = update_segments<F>(cfg, s, params, grads, st0, st1, st2, segments, n_segments,
-                                                    segment_norms);
+                                                    segment_norms, kernel_grads, n_kernel_grads);
                   penalty += r.first;
                   overflowed |= r.second;
                 }
@@ -109,6 +115,13 @@ class OptimizerStep {
   }
 
  private:
+  // The penalty is summed in T within blocks of this many elements and in double across blocks
+  // (a double sum per element halved the vector width: at batch 1 the L2 step cost 1.9x the
+  // plain one). Each block ends in a sequential sum of the vector's lanes, so blocks are long:
+  // 4096 took batch-1 SGD with L2 from 24.0 to 22.8 us per row (plain: 19.0); several partial
+  // sums, or a separate penalty pass, measured slower.
+  static constexpr int64_t kPenaltyBlock = 4096;
+
   // The gradient of the loss plus the segment's regularizer, before clipping.
   static T regularized(T g, T p, T l1, T l2) { return g + math::regularization_grad(p, l1, l2); }
 
@@ -166,7 +179,8 @@ class OptimizerStep {
   static std::pair<double, int> update_segments(const OptimizerConfig& cfg, const math::StepScalars& s, T* params,
                                                 const T* grads, T* st0, T* st1, T* st2,
                                                 const ParamSegment* segments, int n_segments,
-                                                const double* segment_norms) {
+                                                const double* segment_norms, const KernelGradient<T>* kernel_grads,
+                                                int n_kernel_grads) {
     using Result = std::pair<double, int>;  // penalty, overflowed
     Result total{0.0, 0};
     for (int sgi = 0; sgi < n_segments; ++sgi) {
@@ -180,6 +194,11 @@ class OptimizerStep {
       }
       const math::SegmentScale scale = math::segment_scale(cfg, segment_norms, n_segments, sgi);
       const T grad_scale = T(scale.grad), trust = T(scale.trust);
+      const KernelGradient<T>* formed = nullptr;
+      for (int i = 0; i < n_kernel_grads; ++i)
+        if (kernel_grads[i].offset == seg.offset) formed = &kernel_grads[i];
+      if (formed && int64_t(formed->in) * formed->out != seg.size)
+        throw std::logic_error("a formed kernel gradient does not match its segment's size");
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
       const Result r = cpu::parallel_reduce(
           seg.size, parallel_pass(seg.size), Result{0.0, 0},
@@ -187,16 +206,21 @@ class OptimizerStep {
             int bad = 0;
             const int64_t lo = seg.offset + from, hi = seg.offset + to;
             const T l1 = T(seg.l1), l2 = T(seg.l2);
+            auto update = [&](auto reg) {
+              constexpr Regularizer kReg = decltype(reg)::value;
+              if (formed)
+                return update_formed_range<F, kReg>(cfg, s, *formed, params, st0, st1, st2, lo, hi, l1, l2,
+                                                    grad_scale, trust, bad);
+              return update_range<F, kReg>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2, grad_scale,
+                                           trust, bad);
+            };
             double pen = 0.0;
             if (seg.l1 != 0.0)
-              pen = update_range<F, Regularizer::L1L2>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2,
-                                                       grad_scale, trust, bad);
+              pen = update(std::integral_constant<Regularizer, Regularizer::L1L2>{});
             else if (seg.l2 != 0.0)
-              pen = update_range<F, Regularizer::L2>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2,
-                                                     grad_scale, trust, bad);
+              pen = update(std::integral_constant<Regularizer, Regularizer::L2>{});
             else
-              pen = update_range<F, Regularizer::None>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2,
-                                                       grad_scale, trust, bad);
+              pen = update(std::integral_constant<Regularizer, Regularizer::None>{});
             return Result{pen, bad};
           },
           [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
@@ -204,6 +228,47 @@ class OptimizerStep {
       total.second |= r.second;
     }
     return total;
+  }
+
+  // update_range over a kernel whose gradient is formed here (KernelGradient): block by block,
+  // the block's gradients x[i] * dz[j] are written to a buffer that stays in L1, and the block is
+  // updated from it. Blocks match update_range's, so the penalty adds up in the same order.
+  // Each kernel row is written in whole groups of kGroup columns (one AVX-512 vector of floats):
+  // the few past the row's end are overwritten by the next row or land in the buffer's slack,
+  // and are read from a copy of dz with kGroup columns of padding. A remainder loop per row
+  // doubled the cost of forming (rows of 100 columns).
+  static constexpr int64_t kGroup = 16;
+  template <typename F, Regularizer kReg>
+  FASTMLP_VECTOR_CLONES static double update_formed_range(const OptimizerConfig& cfg, const math::StepScalars& s,
+                                                          const KernelGradient<T>& kg, T* p, T* st0, T* st1, T* st2,
+                                                          int64_t lo, int64_t hi, T l1, T l2, T grad_scale, T trust,
+                                                          int& overflowed) {
+    alignas(64) T g[kPenaltyBlock + kGroup];
+    const int64_t out = kg.out;
+    std::vector<T> dz_padded(size_t(out + kGroup), T(0));
+    std::copy(kg.dz, kg.dz + out, dz_padded.begin());
+    double penalty = 0.0;
+    for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
+      const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;
+      // One kernel row (input unit i) at a time, from column j0 of row i on.
+      const int64_t first = b0 - kg.offset;
+      int64_t i = first / out, j0 = first - i * out;
+      for (int64_t k = b0; k < b1; ++i, j0 = 0) {
+        const int64_t n = out - j0 < b1 - k ? out - j0 : b1 - k;
+        T* __restrict dst = g + (k - b0);
+        const T* __restrict dz = dz_padded.data() + j0;
+        const T xi = kg.x[i];
+        for (int64_t jg = 0; jg < n; jg += kGroup) {
+#pragma omp simd
+          for (int64_t j = jg; j < jg + kGroup; ++j) dst[j] = xi * dz[j];
+        }
+        k += n;
+      }
+      auto at = [b0](T* base) { return base ? base + b0 : nullptr; };
+      penalty += update_range<F, kReg>(cfg, s, p + b0, g, at(st0), at(st1), at(st2), 0, b1 - b0, l1, l2,
+                                       grad_scale, trust, overflowed);
+    }
+    return penalty;
   }
 
   // Updates params[lo, hi) and returns the regularization penalty of the pre-update values.
@@ -226,12 +291,7 @@ class OptimizerStep {
     double penalty = 0.0;
     int bad = 0;
     // One pass: the penalty of the weights the forward pass used (before the update) is summed
-    // in the same loop that updates them, in T within blocks of kPenaltyBlock elements and in
-    // double across blocks (a double sum per element halved the vector width: at batch 1 the
-    // L2 step cost 1.9x the plain one). Each block ends in a sequential sum of the vector's
-    // lanes, so blocks are long: 4096 took batch-1 SGD with L2 from 24.0 to 22.8 us per row
-    // (plain: 19.0); several partial sums, or a separate penalty pass, measured slower.
-    constexpr int64_t kPenaltyBlock = 4096;
+    // in the same loop that updates them (kPenaltyBlock).
     for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
       const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;
       T block_penalty = T(0);

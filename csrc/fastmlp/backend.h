@@ -23,6 +23,18 @@ class OutOfMemory : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A Dense kernel's gradient at a batch of one row, which the optimizer step forms itself instead
+// of reading it from the gradient buffer: grads[offset + i * out + j] = x[i] * dz[j] (dW = x^T dz,
+// in x out, row-major). The outer product is cheaper to recompute inside the update than to write
+// to memory and read back (Backend::forms_kernel_gradients).
+template <typename T>
+struct KernelGradient {
+  int64_t offset = 0;  // the kernel's segment in the flat buffers
+  int in = 0, out = 0;
+  const T* x = nullptr;   // the layer's input row
+  const T* dz = nullptr;  // the gradient w.r.t. its pre-activation
+};
+
 template <typename T>
 class Backend {
  public:
@@ -66,7 +78,8 @@ class Backend {
   virtual bool dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act, T* Y,
                              void* record) = 0;
 
-  // Given dZ (rows x out) of this layer: dW = X^T dZ, db = column sums of dZ unless db is null
+  // Given dZ (rows x out) of this layer: dW = X^T dZ (skipped when dW is null: the optimizer step
+  // forms it, see KernelGradient), db = column sums of dZ unless db is null
   // (the call that made dZ summed it already) and, when dX is not null, dX = (dZ W^T) * x_act'(X),
   // i.e. the previous layer's dZ (X is that layer's output; x_record its record from dense_forward,
   // or null). Returns true when it also wrote the column sums of that dX into dX_bias_grad (the
@@ -133,10 +146,16 @@ class Backend {
   // plus regularizer before the update. norm_passes (optimizer_norm_passes of the config, known
   // on the host) says which sums over whole segments the step reduces first, into segment_norms:
   // backend memory for kSegmentNormSlots * n_segments + 1 doubles (math::segment_scale's layout).
+  // kernel_grads (host array of n_kernel_grads, or null) lists kernel segments whose gradient is
+  // not in grads but formed here from the layer's x and dz; only when rows is 1, norm_passes is 0
+  // and forms_kernel_gradients().
   virtual void optimizer_step(int64_t n_params, T* params, const T* grads, T* state, int slots,
                               const ParamSegment* segments, int n_segments, bool any_regularizer,
                               const OptimizerConfig* config, int norm_passes, double* segment_norms,
-                              TrainCounters* counters, int rows) = 0;
+                              TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads,
+                              int n_kernel_grads) = 0;
+  // Whether optimizer_step can form the kernel gradients of a one-row batch itself.
+  virtual bool forms_kernel_gradients() const { return false; }
 
   // ---- curvature: the R-operator passes of Engine::hessian_vector_product
   // C = op(A) op(B), row-major and densely packed (C is m x n, the inner size k).

@@ -318,6 +318,7 @@ template <typename T>
 void Engine<T>::train_step(int rows, const Dataset<T>& data, int global_rows) {
   Backend<T>* be = backend_.get();
   auto* counters = train_counters_.template as<TrainCounters>();
+  formed_kernel_grads_.clear();
   if (rows > 0) {
     be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
                      x_batch_.get(), y_batch_.get());
@@ -325,14 +326,19 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data, int global_rows) {
     be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param,
              spec_.metric, out_act_, dz_.back().get(), counters);
     add_metrics(rows, y_batch_.get(), data, train_counters_);
-    backward(rows, x_batch_.get(), counters);
+    // A one-row batch leaves its kernels' gradients to the update (KernelGradient), unless the
+    // whole gradient must exist first: for norm passes, or to be summed over ranks.
+    const bool form =
+        rows == 1 && be->forms_kernel_gradients() && global_rows == 0 && optimizer_norm_passes(config_) == 0;
+    backward(rows, x_batch_.get(), counters, form ? &formed_kernel_grads_ : nullptr);
   } else {  // a data-parallel rank whose slice of a small last batch is empty adds nothing
     be->fill(grads_.get(), T(0), num_params_);
   }
   if (global_rows > 0) reduce_gradients(rows, global_rows);
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_, segments_dev_.template as<ParamSegment>(),
                      int(segments_.size()), any_regularizer_, config_dev_.template as<OptimizerConfig>(),
-                     optimizer_norm_passes(config_), segment_norms_.template as<double>(), counters, rows);
+                     optimizer_norm_passes(config_), segment_norms_.template as<double>(), counters, rows,
+                     formed_kernel_grads_.data(), int(formed_kernel_grads_.size()));
 }
 
 template <typename T>
@@ -805,7 +811,7 @@ EpochResult Engine<T>::train_on_batch(const Dataset<T>& data) {
   be->optimizer_step(num_params_, params_.get(), grads_.get(), state_.get(), slots_,
                      segments_dev_.template as<ParamSegment>(), int(segments_.size()), any_regularizer_,
                      config_dev_.template as<OptimizerConfig>(), optimizer_norm_passes(config_),
-                     segment_norms_.template as<double>(), counters, rows);
+                     segment_norms_.template as<double>(), counters, rows, nullptr, 0);
   TrainCounters c = read_counters(train_counters_);
   EpochResult r;
   r.steps = 1;

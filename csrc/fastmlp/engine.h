@@ -287,8 +287,10 @@ class Engine {
   // averages) with a backward pass to follow, so the backend may keep activation records;
   // counters give the step that keys dropout masks.
   void forward(int rows, const T* X, bool train, const TrainCounters* counters);
-  // After the loss wrote the logits' gradient into dz_.back().
-  void backward(int rows, const T* X, const TrainCounters* counters);
+  // After the loss wrote the logits' gradient into dz_.back(). With `formed` (not null), Dense
+  // kernels' gradients are not written: each is listed there for the optimizer step to form.
+  void backward(int rows, const T* X, const TrainCounters* counters,
+                std::vector<KernelGradient<T>>* formed = nullptr);
   // The output (logits) of the last forward pass.
   const T* logits() const { return outputs_.back(); }
   int n_out() const { return ops_.back().out; }
@@ -385,6 +387,8 @@ class Engine {
   std::vector<BackendBuffer<T>> records_;
   std::vector<bool> record_kept_;
   int fused_backward_layers_ = 0;
+  // The kernel gradients the last small-batch step left to the optimizer (kept to reuse its memory).
+  std::vector<KernelGradient<T>> formed_kernel_grads_;
   uint64_t captured_dataset_ = 0;
   struct EpochProgress {  // the epoch begun by begin_epoch
     bool open = false;

@@ -155,7 +155,8 @@ void Engine<T>::forward(int rows, const T* X, bool train, const TrainCounters* c
 }
 
 template <typename T>
-void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters) {
+void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters,
+                         std::vector<KernelGradient<T>>* formed) {
   Backend<T>* be = backend_.get();
   T* P = params_.get();
   T* G = grads_.get();
@@ -181,7 +182,10 @@ void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters) {
     switch (op.kind) {
       case LayerKind::Dense: {
         const void* in_record = prev_dense && record_kept_[i - 1] ? records_[i - 1].get() : nullptr;
-        wrote_prev_db = be->dense_backward(rows, op.in, op.out, in, in_record, P + p.w, dz_[i].get(), G + p.w,
+        // X and dz_[i] stay untouched until the optimizer step, which reads them.
+        if (formed) formed->push_back(KernelGradient<T>{p.w, op.in, op.out, in, dz_[i].get()});
+        wrote_prev_db = be->dense_backward(rows, op.in, op.out, in, in_record, P + p.w, dz_[i].get(),
+                                           formed ? nullptr : G + p.w,
                                            bias_grad_done ? nullptr : G + p.b, dX, in_act,
                                            prev_dense ? G + prev->params.b : nullptr);
         break;
@@ -209,7 +213,7 @@ void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters) {
   template void Engine<T>::lower(const std::vector<LayerParams>&);                       \
   template void Engine<T>::ensure_workspace(int);                                        \
   template void Engine<T>::forward(int, const T*, bool, const TrainCounters*);           \
-  template void Engine<T>::backward(int, const T*, const TrainCounters*);
+  template void Engine<T>::backward(int, const T*, const TrainCounters*, std::vector<KernelGradient<T>>*);
 FASTMLP_INSTANTIATE_NETWORK(float)
 FASTMLP_INSTANTIATE_NETWORK(double)
 
