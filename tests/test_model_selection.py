@@ -220,3 +220,38 @@ def test_a_search_on_a_dask_cluster_gives_the_sequential_results():
     assert len(workers) == 2
     assert [r["params"] for r in par] == [r["params"] for r in seq]
     assert [r["score"] for r in par] == [r["score"] for r in seq]
+
+
+
+def test_a_search_on_ray_gives_the_sequential_results():
+    # Issue 14: the same through Ray's joblib backend on a local Ray instance of two CPUs. Ray is
+    # not a test dependency (a large wheel): this runs where it is installed and skips elsewhere.
+    ray = pytest.importorskip("ray")
+    import os
+
+    import joblib
+    from ray.util.joblib import register_ray
+
+    def build_local(units=4, lr=1e-3):
+        m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(3, "softmax")], seed=1)
+        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+        return m
+
+    driver = os.getpid()
+
+    def build_in_a_worker(units=4, lr=1e-3):
+        if os.getpid() == driver:
+            raise RuntimeError("the trial ran in the driver, not in a Ray worker")
+        return build_local(units, lr)
+
+    grid = {"units": [4, 8], "lr": [1e-3, 1e-2]}
+    seq = grid_search(build_local, XT, YT, (XV, YV), grid, epochs=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        register_ray()
+        with joblib.parallel_backend("ray"):
+            par = grid_search(build_in_a_worker, XT, YT, (XV, YV), grid, epochs=2, n_jobs=2, error="raise")
+    finally:
+        ray.shutdown()
+    assert [r["params"] for r in par] == [r["params"] for r in seq]
+    assert [r["score"] for r in par] == [r["score"] for r in seq]
