@@ -55,7 +55,7 @@ class OptimizerStep {
 
   // The whole step (Backend::optimizer_step's contract) over host memory.
   // segment_norms: the norm scratch when the config needs it (Backend::optimizer_step), else null.
-  // kernel_grads: segments whose gradient is formed here from X and dZ (Backend::optimizer_step).
+  // kernel_grads: segments whose gradient is formed here from x and dz (Backend::optimizer_step).
   static void run(int64_t n_params, T* params, const T* grads, T* state, int slots, const ParamSegment* segments,
                   int n_segments, bool any_regularizer, const OptimizerConfig& cfg, double* segment_norms,
                   TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads, int n_kernel_grads) {
