@@ -198,6 +198,16 @@ def test_estimators_in_a_parallel_grid_search_cv():
     assert set(gs.cv_results_["param_alpha"]) == {1e-4, 1e-2} and 0 <= gs.best_score_ <= 1
 
 
+def _cluster_build_fn():
+    """A build function defined inside a function, so joblib's cluster backends ship it to their
+    workers by value (the test module is not importable there)."""
+    def build_local(units=4, lr=1e-3):
+        m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(3, "softmax")], seed=1)
+        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
+        return m
+    return build_local
+
+
 def test_a_search_on_a_dask_cluster_gives_the_sequential_results():
     # Issue 14: trials spread over a dask.distributed cluster through joblib's "dask" backend (two
     # worker processes here) score exactly as the sequential run.
@@ -205,11 +215,7 @@ def test_a_search_on_a_dask_cluster_gives_the_sequential_results():
     import joblib
     from distributed import Client, LocalCluster
 
-    def build_local(units=4, lr=1e-3):  # defined here: shipped to the workers by value
-        m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(3, "softmax")], seed=1)
-        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
-        return m
-
+    build_local = _cluster_build_fn()
     grid = {"units": [4, 8], "lr": [1e-3, 1e-2]}
     seq = grid_search(build_local, XT, YT, (XV, YV), grid, epochs=2)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
@@ -222,7 +228,6 @@ def test_a_search_on_a_dask_cluster_gives_the_sequential_results():
     assert [r["score"] for r in par] == [r["score"] for r in seq]
 
 
-
 def test_a_search_on_ray_gives_the_sequential_results():
     # Issue 14: the same through Ray's joblib backend on a local Ray instance of two CPUs. Ray is
     # not a test dependency (a large wheel): this runs where it is installed and skips elsewhere.
@@ -232,11 +237,7 @@ def test_a_search_on_ray_gives_the_sequential_results():
     import joblib
     from ray.util.joblib import register_ray
 
-    def build_local(units=4, lr=1e-3):
-        m = fm.Sequential([fm.Dense(units, "relu", input_dim=4), fm.Dense(3, "softmax")], seed=1)
-        m.compile(fm.optimizers.Adam(lr=lr), "sparse_categorical_crossentropy", metrics=["accuracy"], device="cpu")
-        return m
-
+    build_local = _cluster_build_fn()
     driver = os.getpid()
 
     def build_in_a_worker(units=4, lr=1e-3):

@@ -245,7 +245,9 @@ class OptimizerStep {
                                                           int& overflowed) {
     alignas(64) T g[kPenaltyBlock + kGroup];
     const int64_t out = kg.out;
-    std::vector<T> dz_padded(size_t(out + kGroup), T(0));
+    // Per thread and kept, so a step allocates nothing; the kGroup values after dz are zeros.
+    thread_local std::vector<T> dz_padded;
+    dz_padded.assign(size_t(out + kGroup), T(0));
     std::copy(kg.dz, kg.dz + out, dz_padded.begin());
     double penalty = 0.0;
     for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {

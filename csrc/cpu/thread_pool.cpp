@@ -114,7 +114,7 @@ class Pool {
       // the first microseconds the wait yields the core, so a busy process wanting it gets it.
       const auto start = std::chrono::steady_clock::now();
       for (;;) {
-        if (generation_.load(std::memory_order_acquire) != seen || stopping_flag_.load(std::memory_order_relaxed)) break;
+        if (generation_.load(std::memory_order_acquire) != seen || stopping_.load(std::memory_order_relaxed)) break;
         const auto waited = std::chrono::steady_clock::now() - start;
         if (waited > std::chrono::microseconds(kAwakeMicroseconds)) break;
         if (waited > std::chrono::microseconds(kSpinMicroseconds)) {
@@ -142,7 +142,6 @@ class Pool {
     if (int(workers_.size()) == wanted) return;
     stop_workers();
     stopping_ = false;
-    stopping_flag_.store(false, std::memory_order_relaxed);
     for (int i = 0; i < wanted; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
 
@@ -150,7 +149,6 @@ class Pool {
     {
       std::lock_guard<std::mutex> g(m_);
       stopping_ = true;
-      stopping_flag_.store(true, std::memory_order_relaxed);
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
@@ -167,8 +165,7 @@ class Pool {
   int unfinished_ = 0;            // parts 1.. of the current job not finished yet
   std::atomic<uint64_t> generation_{0};  // written under m_, read by spinning workers without it
   int sleeping_ = 0;                      // workers waiting on wake_ (guarded by m_)
-  bool stopping_ = false;
-  std::atomic<bool> stopping_flag_{false};  // stopping_, for the spin
+  std::atomic<bool> stopping_{false};  // written under m_, read by spinning workers without it
   std::exception_ptr error_;
 };
 

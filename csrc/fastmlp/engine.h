@@ -387,7 +387,7 @@ class Engine {
   std::vector<BackendBuffer<T>> records_;
   std::vector<bool> record_kept_;
   int fused_backward_layers_ = 0;
-  // The kernel gradients the last small-batch step left to the optimizer (kept to reuse its memory).
+  // The kernel gradients the last one-row step left to the optimizer (kept to reuse its memory).
   std::vector<KernelGradient<T>> formed_kernel_grads_;
   uint64_t captured_dataset_ = 0;
   struct EpochProgress {  // the epoch begun by begin_epoch

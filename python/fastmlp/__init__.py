@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU backend: one pool runs its GEMMs (the BLAS itself stays
-    single-threaded) and its element-wise loops."""
+    """Threads used by the CPU backend: one pool runs its element-wise loops and, with the
+    bundled OpenBLAS (which stays single-threaded), its GEMMs; a system BLAS gets n threads."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     _core.set_num_threads(n)
