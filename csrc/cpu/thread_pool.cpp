@@ -17,6 +17,9 @@ namespace {
 
 constexpr int kSpinMicroseconds = 20;    // then yield the core between checks
 constexpr int kAwakeMicroseconds = 1000;  // then sleep on the condition variable
+// The caller waits this long for the workers' parts awake before sleeping on done_: parts of
+// one job end within microseconds of each other, and a futex sleep and wake-up costs as much.
+constexpr int kJoinSpinMicroseconds = 50;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -67,8 +70,12 @@ class Pool {
     if (sleepers) wake_.notify_all();
     run_part(j, 0);
     work(j);  // the caller takes the parts no worker has started yet
+    const auto start = std::chrono::steady_clock::now();
+    while (unfinished_.load(std::memory_order_acquire) != 0 &&
+           std::chrono::steady_clock::now() - start < std::chrono::microseconds(kJoinSpinMicroseconds))
+      for (int i = 0; i < 16; ++i) cpu_relax();
     std::unique_lock<std::mutex> g(m_);
-    done_.wait(g, [&] { return unfinished_ == 0; });
+    done_.wait(g, [&] { return unfinished_.load(std::memory_order_relaxed) == 0; });
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -162,7 +169,7 @@ class Pool {
   std::vector<std::thread> workers_;
   Job job_;                       // the current job (guarded by m_)
   std::atomic<uint64_t> claim_{0};  // generation << 32 | next unclaimed part
-  int unfinished_ = 0;            // parts 1.. of the current job not finished yet
+  std::atomic<int> unfinished_{0};  // parts 1.. of the current job not finished yet (written under m_)
   std::atomic<uint64_t> generation_{0};  // written under m_, read by spinning workers without it
   int sleeping_ = 0;                      // workers waiting on wake_ (guarded by m_)
   std::atomic<bool> stopping_{false};  // written under m_, read by spinning workers without it

@@ -24,6 +24,11 @@ namespace fastmlp::cpu {
 constexpr int64_t kParallelThreshold = 1 << 17;
 inline bool parallel_pass(int64_t elements) { return elements > kParallelThreshold; }
 
+// Whether a gather of this many elements from scattered rows should be split: it waits on memory
+// rather than computing, so a second thread pays off sooner.
+constexpr int64_t kParallelCopyThreshold = 1 << 15;
+inline bool parallel_copy(int64_t elements) { return elements > kParallelCopyThreshold; }
+
 // Threads for parallel_for, the caller included: set_num_threads (default: the cores this
 // process may run on).
 void set_pool_threads(int n);
