@@ -391,12 +391,14 @@ def test_fit_one_row_batches_every_optimizer(opt, batch_size):
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-def test_fit_one_row_batches_wide_kernels(dtype, tol):
-    # Kernels of 70 x 90 and 90 x 1500 weights: the update's blocks of 4096 end inside kernel rows,
-    # and the second kernel is split between the threads (above the pool's 2^17 elements).
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fit_one_row_batches_wide_kernels(dtype, tol, threads):
+    # Kernels of 70 x 90 and 90 x 1500 weights: the update's blocks of 4096 end inside kernel rows.
+    # With several threads the second kernel is split between them by bands of its rows, in the
+    # update and in the forward product (blas.cpp's split by depth), 3 threads giving uneven bands.
     before = fm.get_num_threads()
     try:
-        fm.set_num_threads(2)
+        fm.set_num_threads(threads)
         spec = [(90, "sigmoid", 0.0, 1e-4, 1e-3), (1500, "relu", 0.0, 0.0, 1e-3), (3, "softmax", 0.0, 0.0, 0.0)]
         rng = np.random.default_rng(11)
         kwargs = dict(lr=0.01, momentum=0.9, nesterov=True)
