@@ -302,16 +302,17 @@ class OptimizerStep {
     // in the same loop that updates them (kPenaltyBlock).
     for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
       const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;
-      T block_penalty = T(0);
-#pragma omp simd reduction(| : bad) reduction(+ : block_penalty)
+      T block_abs = T(0), block_squares = T(0);
+#pragma omp simd reduction(| : bad) reduction(+ : block_abs, block_squares)
       for (int64_t k = b0; k < b1; ++k) {
         T gk = g[k];
         T pk = p[k];
         if constexpr (kReg == Regularizer::L2) {
-          block_penalty += math::l2_regularization_penalty(pk, l2);
+          block_squares += pk * pk;
           gk += math::l2_regularization_grad(pk, l2);
         } else if constexpr (kReg == Regularizer::L1L2) {
-          block_penalty += math::regularization_penalty(pk, l1, l2);
+          block_abs += std::fabs(pk);
+          block_squares += pk * pk;
           gk += math::regularization_grad(pk, l1, l2);
         }
         if constexpr (F::clip) gk = math::clipped_gradient(c, gk, grad_scale);
@@ -322,7 +323,8 @@ class OptimizerStep {
         if constexpr (kSlots > 1) st1[k] = s1;
         if constexpr (kSlots > 2) st2[k] = s2;
       }
-      penalty += double(block_penalty);
+      if constexpr (kReg != Regularizer::None)
+        penalty += double(math::regularization_penalty_of_sums(block_abs, block_squares, l1, l2));
     }
     overflowed |= bad;
     return penalty;
