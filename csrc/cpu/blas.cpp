@@ -54,9 +54,11 @@ constexpr bool kSplitGemms = false;
 // one-row predict) is split by depth: each thread multiplies its band of the kernel's rows (of
 // A's columns), and the bands' products are added in band order. At a one-row batch the update
 // splits the kernel into the same bands (optimizer_step.h's kFormedSplitWeights), so each thread
-// keeps its band in its own cache from step to step. 784-100-10 SGD at batch 1 went from 16.4-17.7
-// to 13.2-15.4 us per row (2 threads, alternated runs). Only at one row: at 2-4 rows the update
-// runs on one thread from a GEMM-formed gradient, and bands would move between the cores.
+// keeps its band in its own cache from step to step. 784-100-10 SGD at batch 1, 2 threads,
+// alternated runs: 16.2-16.9 us per row before, 13.2-15.4 with the split, 11.1-11.7 once the
+// pool's workers also looked for jobs every few pauses (thread_pool.cpp). Only at one row: at
+// 2-4 rows the update runs on one thread from a GEMM-formed gradient, and bands would move
+// between the cores.
 constexpr int kSplitDepthRows = 1;
 constexpr int64_t kSplitDepthWeights = int64_t(1) << 15;
 template <typename T>
@@ -85,8 +87,8 @@ template <typename T>
 void gemm_split(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
                 T* C, int ldc) {
   const double flops = 2.0 * m * n * k;
-  if (kSplitGemms && !ta && !tb && m <= kSplitDepthRows && int64_t(k) * n >= kSplitDepthWeights && pool_threads() > 1 &&
-      k >= 2 * pool_threads())
+  if (kSplitGemms && !ta && !tb && m <= kSplitDepthRows && int64_t(k) * n >= kSplitDepthWeights &&
+      pool_threads() > 1 && k >= 2 * pool_threads())  // at least two kernel rows per band
     return gemm_split_depth(m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   int parts = kSplitGemms ? int(std::min<double>(pool_threads(), flops / kSplitFlops)) : 1;
   if (parts <= 1) return blas_call(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
