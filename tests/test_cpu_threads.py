@@ -79,11 +79,11 @@ def test_large_products_split_over_threads_match_the_reference():
         fm.set_num_threads(before)
 
 
-def test_one_row_products_split_by_depth_match_the_reference():
-    # A single row through a kernel of 2^15 weights or more is split by bands of the kernel's rows
+def test_few_row_products_split_by_depth_match_the_reference():
+    # Up to 16 rows through a kernel of 2^15 weights or more are split by bands of the kernel's rows
     # (blas.cpp's split by depth), the bands' products added in order; 3 threads make uneven bands.
     # A kernel of 5 rows is split in two bands for 2 threads, and not by depth for 3 (fewer than
-    # two rows each).
+    # two rows each). 17 rows are split the usual way.
     import reference as ref
 
     rng = np.random.default_rng(9)
@@ -91,7 +91,7 @@ def test_one_row_products_split_by_depth_match_the_reference():
         spec = [(hidden, "tanh", 0.0, 0.0, 0.0), (4, "softmax", 0.0, 0.0, 0.0)]
         w = [rng.normal(scale=0.2, size=(n_in, hidden)), rng.normal(scale=0.2, size=hidden),
              rng.normal(scale=0.2, size=(hidden, 4)), rng.normal(scale=0.2, size=4)]
-        x = rng.normal(size=(3, n_in))
+        x = rng.normal(size=(17, n_in))
         before = fm.get_num_threads()
         try:
             for n in (1, 2, 3):
@@ -99,8 +99,8 @@ def test_one_row_products_split_by_depth_match_the_reference():
                 m = fm.Sequential([fm.Dense(hidden, "tanh", input_dim=n_in), fm.Dense(4, "softmax")])
                 m.compile("sgd", "sparse_categorical_crossentropy", device="cpu", dtype="float64")
                 m.set_weights(w)
-                for i in range(3):
-                    np.testing.assert_allclose(m.predict(x[i:i + 1]), ref.predict(spec, w, x[i:i + 1]),
+                for rows in (1, 2, 16, 17):
+                    np.testing.assert_allclose(m.predict(x[:rows]), ref.predict(spec, w, x[:rows]),
                                                rtol=1e-12, atol=1e-14)
         finally:
             fm.set_num_threads(before)

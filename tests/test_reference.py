@@ -392,10 +392,12 @@ def test_fit_one_row_batches_every_optimizer(opt, batch_size):
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_fit_one_row_batches_wide_kernels(dtype, tol, threads):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_fit_small_batches_wide_kernels(dtype, tol, threads, batch_size):
     # Kernels of 70 x 90 and 90 x 1500 weights: the update's blocks of 4096 end inside kernel rows.
     # With several threads the second kernel is split between them by bands of its rows, in the
     # update and in the forward product (blas.cpp's split by depth), 3 threads giving uneven bands.
+    # Batch 1 forms the kernels' gradients in the update; batch 3 (and a last batch of 2) does not.
     before = fm.get_num_threads()
     try:
         fm.set_num_threads(threads)
@@ -406,9 +408,10 @@ def test_fit_one_row_batches_wide_kernels(dtype, tol, threads):
         w0 = [w.astype(dtype).astype(np.float64) for w in random_weights(spec, 70, rng, scale=0.1)]
         m.set_weights(w0)
         x, y = rng.normal(size=(5, 70)).astype(dtype).astype(np.float64), rng.integers(0, 3, 5)
-        m.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
-        want_w, _ = ref.train_steps(spec, w0, [(x[i:i + 1], y[i:i + 1]) for i in range(5)],
-                                    "sparse_categorical_crossentropy", ref.Optimizer("sgd", **kwargs))
+        m.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False, verbose=0)
+        batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, 5, batch_size)]
+        want_w, _ = ref.train_steps(spec, w0, batches, "sparse_categorical_crossentropy",
+                                    ref.Optimizer("sgd", **kwargs))
         assert_all_close(m.get_weights(), want_w, tol, dtype)
         assert max(np.abs(a - b).max() for a, b in zip(m.get_weights(), w0)) > 1e-3
     finally:

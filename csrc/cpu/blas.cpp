@@ -50,16 +50,17 @@ constexpr bool kSplitGemms = true;
 constexpr bool kSplitGemms = false;
 #endif
 
-// One row times a kernel of kSplitDepthWeights or more (a one-row batch's forward pass, or a
-// one-row predict) is split by depth: each thread multiplies its band of the kernel's rows (of
-// A's columns), and the bands' products are added in band order. At a one-row batch the update
-// splits the kernel into the same bands (optimizer_step.h's kFormedSplitWeights), so each thread
-// keeps its band in its own cache from step to step. 784-100-10 SGD at batch 1, 2 threads,
-// alternated runs: 16.2-16.9 us per row before, 13.2-15.4 with the split, 11.1-11.7 once the
-// pool's workers also looked for jobs every few pauses (thread_pool.cpp). Only at one row: at
-// 2-4 rows the update runs on one thread from a GEMM-formed gradient, and bands would move
-// between the cores.
-constexpr int kSplitDepthRows = 1;
+// A few rows times a kernel of kSplitDepthWeights or more (a small batch's forward pass, or a
+// small predict) is split by depth: each thread multiplies its band of the kernel's rows (of A's
+// columns), and the bands' products are added in band order. The update splits the kernel into
+// the same bands (optimizer_step.h's kSplitWeights), and so does the weight gradient of a kernel
+// taller than wide (blocks of rows below), so each thread keeps its band in its own cache from
+// step to step. 784-100-10 SGD, 2 threads, alternated runs: batch 1 16.2-16.9 us per row before,
+// 13.2-15.4 with the split, 11.1-11.7 once the pool's workers also looked for jobs every few
+// pauses (thread_pool.cpp); batch 16 5.6 -> 5.3 and batch 100 3.1-3.5 -> 2.9-3.1 once the split
+// covered 16 rows and the update every kernel of 2^15 weights. Above 16 rows, C is split in
+// blocks as below (no partial products to add).
+constexpr int kSplitDepthRows = 16;
 constexpr int64_t kSplitDepthWeights = int64_t(1) << 15;
 template <typename T>
 void gemm_split_depth(int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C, int ldc) {

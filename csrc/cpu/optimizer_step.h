@@ -121,7 +121,7 @@ class OptimizerStep {
   // 4096 took batch-1 SGD with L2 from 24.0 to 22.8 us per row (plain: 19.0); several partial
   // sums, or a separate penalty pass, measured slower.
   static constexpr int64_t kPenaltyBlock = 4096;
-  static constexpr int64_t kFormedSplitWeights = int64_t(1) << 15;  // blas.cpp's kSplitDepthWeights
+  static constexpr int64_t kSplitWeights = int64_t(1) << 15;  // blas.cpp's kSplitDepthWeights
 
   // The gradient of the loss plus the segment's regularizer, before clipping.
   static T regularized(T g, T p, T l1, T l2) { return g + math::regularization_grad(p, l1, l2); }
@@ -201,13 +201,13 @@ class OptimizerStep {
       if (formed && int64_t(formed->in) * formed->out != seg.size)
         throw std::logic_error("a formed kernel gradient does not match its segment's size");
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
-      // A formed kernel (a one-row batch) is split from kFormedSplitWeights on: each thread then
-      // updates the band of kernel rows whose forward product it computed (blas.cpp's split by
-      // depth), which is still in its cache. Split at 2^15 while the forward pass ran on one
-      // thread, the update was slower than unsplit (the halves moved between the cores).
-      const bool split = parallel_pass(seg.size) || (formed && seg.size >= kFormedSplitWeights);
+      // A segment of kSplitWeights or more is split: the chunks are bands of kernel rows, the
+      // bands in which blas.cpp splits a small batch's forward product (by depth) and a tall
+      // kernel's gradient (by rows), so each thread updates weights still in its own cache. Split
+      // at 2^15 while the forward pass ran on one thread, the update was slower than unsplit at
+      // batch 1, 16 and 100 (the chunks moved between the cores).
       const Result r = cpu::parallel_reduce(
-          seg.size, split, Result{0.0, 0},
+          seg.size, seg.size >= kSplitWeights, Result{0.0, 0},
           [&](int64_t from, int64_t to) {
             int bad = 0;
             const int64_t lo = seg.offset + from, hi = seg.offset + to;
