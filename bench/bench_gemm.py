@@ -29,7 +29,6 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -151,13 +150,11 @@ def main():
     if args.worker:
         print(json.dumps(worker(args.worker, args.mkl)))
         return
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus_usable": len(os.sched_getaffinity(0)),
+    from bench_cpu import cpu_model  # this folder's CPU benchmark: the same machine description
+
+    report = {"machine": {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)),
                           "platform": platform.platform(), "numpy": np.__version__},
               "libraries": [], "concurrent_openblas": None}
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            report["machine"]["cpu"] = line.split(":", 1)[1].strip()
-            break
     for library in args.library.split(","):
         print(f"[bench_gemm] {library}", file=sys.stderr, flush=True)
         report["libraries"].append(run_workers(library, args.mkl, 1)[0])

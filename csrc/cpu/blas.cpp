@@ -50,23 +50,20 @@ constexpr bool kSplitGemms = true;
 constexpr bool kSplitGemms = false;
 #endif
 
-// A few rows times a kernel of kSplitDepthWeights or more (a small batch's forward pass, or a
-// small predict) is split by depth: each thread multiplies its band of the kernel's rows (of A's
-// columns), and the bands' products are added in band order. The update splits the kernel into
-// the same bands (optimizer_step.h's kSplitWeights), and so does the weight gradient of a kernel
-// taller than wide (blocks of rows below), so each thread keeps its band in its own cache from
-// step to step. 784-100-10 SGD, 2 threads, alternated runs: batch 1 16.2-16.9 us per row before,
-// 13.2-15.4 with the split, 11.1-11.7 once the pool's workers also looked for jobs every few
-// pauses (thread_pool.cpp); batch 16 5.6 -> 5.3 and batch 100 3.1-3.5 -> 2.9-3.1 once the split
-// covered 16 rows and the update every kernel of 2^15 weights. Above 16 rows, C is split in
-// blocks as below (no partial products to add).
+// A few rows times a kernel split in bands (thread_pool.h's split_in_bands: a small batch's
+// forward pass, or a small predict) is split by depth: each thread multiplies its band of the
+// kernel's rows (of A's columns), and the bands' products are added in band order. 784-100-10
+// SGD, 2 threads, alternated runs: batch 1 16.2-16.9 us per row before, 13.2-15.4 with the
+// split, 11.1-11.7 once the pool's workers also looked for jobs every few pauses
+// (thread_pool.cpp); batch 16 5.6 -> 5.3 and batch 100 3.1-3.5 -> 2.9-3.1 once the split covered
+// 16 rows and the update every kernel split in bands. Above 16 rows, C is split in blocks as
+// below (no partial products to add).
 constexpr int kSplitDepthRows = 16;
-constexpr int64_t kSplitDepthWeights = int64_t(1) << 15;
 template <typename T>
 void gemm_split_depth(int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C, int ldc) {
   const int parts = pool_threads();
-  thread_local std::vector<T> partial;
-  partial.assign(size_t(parts - 1) * m * n, T(0));
+  thread_local std::vector<T> partial;  // every element is written by its band's product
+  partial.resize(size_t(parts - 1) * m * n);
   T* const scratch = partial.data();  // the caller's: thread_local names another vector in a worker
   run_parts(parts, [&](int p) {
     const int lo = int(int64_t(k) * p / parts), hi = int(int64_t(k) * (p + 1) / parts);
@@ -88,7 +85,7 @@ template <typename T>
 void gemm_split(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
                 T* C, int ldc) {
   const double flops = 2.0 * m * n * k;
-  if (kSplitGemms && !ta && !tb && m <= kSplitDepthRows && int64_t(k) * n >= kSplitDepthWeights &&
+  if (kSplitGemms && !ta && !tb && m <= kSplitDepthRows && split_in_bands(int64_t(k) * n) &&
       pool_threads() > 1 && k >= 2 * pool_threads())  // at least two kernel rows per band
     return gemm_split_depth(m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   int parts = kSplitGemms ? int(std::min<double>(pool_threads(), flops / kSplitFlops)) : 1;

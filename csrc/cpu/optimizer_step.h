@@ -5,6 +5,7 @@
 //
 // Included by cpu_backend.cpp only (internal linkage).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -121,7 +122,6 @@ class OptimizerStep {
   // 4096 took batch-1 SGD with L2 from 24.0 to 22.8 us per row (plain: 19.0); several partial
   // sums, or a separate penalty pass, measured slower.
   static constexpr int64_t kPenaltyBlock = 4096;
-  static constexpr int64_t kSplitWeights = int64_t(1) << 15;  // blas.cpp's kSplitDepthWeights
 
   // The gradient of the loss plus the segment's regularizer, before clipping.
   static T regularized(T g, T p, T l1, T l2) { return g + math::regularization_grad(p, l1, l2); }
@@ -201,13 +201,13 @@ class OptimizerStep {
       if (formed && int64_t(formed->in) * formed->out != seg.size)
         throw std::logic_error("a formed kernel gradient does not match its segment's size");
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
-      // A segment of kSplitWeights or more is split: the chunks are bands of kernel rows, the
-      // bands in which blas.cpp splits a small batch's forward product (by depth) and a tall
-      // kernel's gradient (by rows), so each thread updates weights still in its own cache. Split
-      // at 2^15 while the forward pass ran on one thread, the update was slower than unsplit at
-      // batch 1, 16 and 100 (the chunks moved between the cores).
+      // A kernel's chunks are bands of its rows (split_in_bands), the bands in which blas.cpp
+      // splits a small batch's forward product and a tall kernel's gradient, so each thread
+      // updates weights still in its own cache. Split at 2^15 while the forward pass ran on one
+      // thread, the update was slower than unsplit at batch 1, 16 and 100 (the chunks moved
+      // between the cores).
       const Result r = cpu::parallel_reduce(
-          seg.size, seg.size >= kSplitWeights, Result{0.0, 0},
+          seg.size, split_in_bands(seg.size), Result{0.0, 0},
           [&](int64_t from, int64_t to) {
             int bad = 0;
             const int64_t lo = seg.offset + from, hi = seg.offset + to;
@@ -253,8 +253,9 @@ class OptimizerStep {
     const int64_t out = kg.out;
     // Per thread and kept, so a step allocates nothing; the kGroup values after dz are zeros.
     thread_local std::vector<T> dz_padded;
-    dz_padded.assign(size_t(out + kGroup), T(0));
+    dz_padded.resize(size_t(out + kGroup));
     std::copy(kg.dz, kg.dz + out, dz_padded.begin());
+    std::fill(dz_padded.begin() + out, dz_padded.end(), T(0));
     double penalty = 0.0;
     for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
       const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;

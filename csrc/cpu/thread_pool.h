@@ -29,6 +29,13 @@ inline bool parallel_pass(int64_t elements) { return elements > kParallelThresho
 constexpr int64_t kParallelCopyThreshold = 1 << 15;
 inline bool parallel_copy(int64_t elements) { return elements > kParallelCopyThreshold; }
 
+// Whether a kernel of this many weights is split between the threads in bands of its rows. The
+// same bands serve a small batch's forward product (blas.cpp's split by depth), the weight
+// gradient of a kernel taller than wide (blas.cpp's blocks of rows) and the update
+// (optimizer_step.h), so each thread keeps its band in its own cache from step to step.
+constexpr int64_t kKernelBandWeights = int64_t(1) << 15;
+inline bool split_in_bands(int64_t weights) { return weights >= kKernelBandWeights; }
+
 // Threads for parallel_for, the caller included: set_num_threads (default: the cores this
 // process may run on).
 void set_pool_threads(int n);
