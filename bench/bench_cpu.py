@@ -16,6 +16,10 @@ Cases (--case, comma list, default all):
   jax            the 784-512-512-10 net as one jit-compiled lax.scan per epoch (skipped without jax)
   memory         peak RSS (VmHWM) of fitting 784-512-512-10 on 3 x --rows rows (60,000 by default,
                  MNIST-sized) against data + model + Adam state + one batch's workspace
+  denormals      784-512-512-10 ReLU, Adam, b16, 5+ epochs: fastmlp with subnormals flushed (its
+                 default) and kept (set_flush_denormals(False)); PyTorch by default and with
+                 torch.set_flush_denormal(True). Adam's moments of weights with zero gradients
+                 decay into the subnormal range after several hundred steps.
 
 Every measurement runs in a fresh subprocess (this script with --worker SPEC) so that import
 order, thread pools and peak RSS of one do not leak into the next. Random data (uniform
@@ -46,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = ("import_order", "contention", "small_batches", "width_sweep", "jax", "memory")
+CASES = ("import_order", "contention", "small_batches", "width_sweep", "jax", "memory", "denormals")
 FEATURES, CLASSES = 784, 10
 MLP512 = {"hidden": [512, 512], "act": "relu", "opt": ["adam", 1e-3], "batch": 128}
 KERAS_DEMO = {"hidden": [100], "act": "sigmoid", "opt": ["sgd", 0.1]}
@@ -147,6 +151,8 @@ def worker_fastmlp(spec):
     else:
         import fastmlp as fm
     fm.set_num_threads(spec["threads"])
+    if spec.get("flush_denormals") is not None:
+        fm.set_flush_denormals(spec["flush_denormals"])
     x, y = make_data(spec["rows"], spec["seed"])
     model, timer = fm_model(fm, spec), epoch_timer(fm)
     model.fit(x, y, batch_size=spec["batch"], epochs=spec["epochs"], verbose=0, callbacks=[timer])
@@ -158,6 +164,8 @@ def worker_torch(spec):
     import torch.nn.functional as F
 
     torch.set_num_threads(spec["threads"])
+    if spec.get("flush_denormals"):
+        torch.set_flush_denormal(True)
     torch.manual_seed(spec["seed"])
     acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid}
     mods = []
@@ -516,8 +524,24 @@ def git_describe():
         return None
 
 
+def case_denormals(run, args):
+    n, epochs = max(16, args.rows // 2), max(5, args.epochs)
+    cfg = {**MLP512, "batch": 16, "epochs": epochs}
+    out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs}
+    for name, task, flush in (("fastmlp_flushed", "fastmlp", None), ("fastmlp_ieee", "fastmlp", False),
+                              ("pytorch", "torch", None), ("pytorch_flushed", "torch", True)):
+        kw = {"imports": "no_torch"} if task == "fastmlp" else {}
+        spec = run.spec(task, rows=n, **cfg, **kw)
+        out[name] = run(spec if flush is None else {**spec, "flush_denormals": flush})
+    out["slowdown_without_flush"] = {"fastmlp": ratio(out["fastmlp_ieee"], out["fastmlp_flushed"]),
+                                     "pytorch": ratio(out["pytorch"], out["pytorch_flushed"])}
+    out["ratio_torch_over_fastmlp"] = {"defaults": ratio(out["pytorch"], out["fastmlp_flushed"]),
+                                       "both_flushed": ratio(out["pytorch_flushed"], out["fastmlp_flushed"])}
+    return out
+
+
 CASE_FUNCS = {"import_order": case_import_order, "contention": case_contention, "small_batches": case_small_batches,
-              "width_sweep": case_width_sweep, "jax": case_jax, "memory": case_memory}
+              "width_sweep": case_width_sweep, "jax": case_jax, "memory": case_memory, "denormals": case_denormals}
 
 
 def parse_args(argv):

@@ -6,10 +6,12 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/denormals.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/engine.h"
 #include "fastmlp/initializers.h"
@@ -25,13 +27,20 @@ namespace {
 template <typename T>
 using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// Whether Python's calls flush subnormal floats to zero (fm.set_flush_denormals; cpu/denormals.h
+// says why). A setting of the Python API only: a C++ program's calls compute in the mode of its
+// own thread, and the pool's workers follow it.
+std::atomic<bool> flush_denormals{cpu::kDenormalFlushSupported};
+
 // Every engine call runs with the GIL released. An engine may be busy in another thread (it
 // holds its lock for a whole epoch and hands it over only between steps); a thread waiting for
 // it while holding the GIL would stall every Python thread, and deadlock with a trainer whose
-// Ctrl-C poll takes the GIL.
+// Ctrl-C poll takes the GIL. It also runs with subnormals flushed when flush_denormals is set;
+// the thread's own mode is back before Python runs again.
 template <typename F>
 auto without_gil(F&& f) -> decltype(f()) {
   py::gil_scoped_release release;
+  cpu::ScopedFlushDenormals flush(flush_denormals.load(std::memory_order_relaxed));
   return f();
 }
 
@@ -510,6 +519,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("set_num_threads", &set_num_threads);
   m.def("get_num_threads", &get_num_threads);
+  m.def("set_flush_denormals", [](bool enabled) { flush_denormals = enabled && cpu::kDenormalFlushSupported; });
+  m.def("get_flush_denormals", [] { return flush_denormals.load(); });
+  m.def("flush_denormals_supported", [] { return cpu::kDenormalFlushSupported; });
   m.def("blas_info", &blas_info);
   m.def("cuda_info", [] {
     const CudaInfo c = cuda_info();

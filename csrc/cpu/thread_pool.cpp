@@ -1,6 +1,8 @@
 // The worker threads behind parallel_for (thread_pool.h says why they are not OpenMP's).
 #include "cpu/thread_pool.h"
 
+#include "cpu/denormals.h"
+
 #include <sched.h>
 
 #include <atomic>
@@ -60,7 +62,7 @@ class Pool {
     bool sleepers;
     {
       std::lock_guard<std::mutex> g(m_);
-      j = {&f, parts, generation_.load(std::memory_order_relaxed) + 1};
+      j = {&f, parts, generation_.load(std::memory_order_relaxed) + 1, denormal_mode()};
       job_ = j;
       unfinished_ = parts - 1;
       error_ = nullptr;
@@ -87,6 +89,7 @@ class Pool {
     const std::function<void(int)>* f = nullptr;
     int parts = 0;
     uint64_t generation = 0;
+    uint32_t denormal_mode = 0;  // the caller's (denormals.h): its parts compute alike on every thread
   };
 
   void run_part(const Job& j, int p) {
@@ -116,6 +119,7 @@ class Pool {
 
   void worker_loop() {
     uint64_t seen = 0;
+    uint32_t mode = denormal_mode();
     for (;;) {
       // Wait for the next job awake for a while before sleeping: a training step's GEMMs are
       // tens to hundreds of microseconds apart, and waking a sleeping thread on the 2-core VM
@@ -143,6 +147,7 @@ class Pool {
         seen = generation_.load(std::memory_order_relaxed);
         j = job_;
       }
+      if (j.denormal_mode != mode) set_denormal_mode(mode = j.denormal_mode);
       work(j);
     }
   }

@@ -34,6 +34,33 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+def set_flush_denormals(enabled: bool) -> None:
+    """Whether the CPU backend computes with subnormal floats flushed to zero (the default).
+
+    Subnormals (below 1.2e-38 in float32, 2.2e-308 in float64) take a slow path on x86 CPUs, and
+    training makes them: Adam's moments of a weight whose gradient is exactly zero (a dead ReLU
+    unit, an always-black pixel) decay through that range. With flushing they read and compute as
+    zero; nothing else changes. TensorFlow's CPU kernels do the same; PyTorch's do not unless
+    ``torch.set_flush_denormal(True)``. The setting applies to fastmlp's own calls only: the
+    calling thread's mode is restored when each call returns, so NumPy and other libraries keep
+    IEEE subnormals. With ``False``, fastmlp leaves the mode to the thread that calls it. Only x86
+    CPUs can flush; elsewhere ``True`` warns and the mode stays IEEE.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_flush_denormals expects True or False, got {enabled!r}")
+    if enabled and not _core.flush_denormals_supported():
+        import warnings
+
+        warnings.warn("this CPU cannot flush subnormal floats to zero; they stay IEEE subnormals", RuntimeWarning,
+                      stacklevel=2)
+    _core.set_flush_denormals(enabled)
+
+
+def get_flush_denormals() -> bool:
+    """Whether fastmlp's CPU calls flush subnormal floats to zero (see set_flush_denormals)."""
+    return _core.get_flush_denormals()
+
+
 def build_info() -> dict:
     """What this build of fastmlp contains: BLAS, CUDA version and GPU architectures, GPUs seen."""
     from . import _build_config as cfg
@@ -69,5 +96,6 @@ def __getattr__(name):
 
 
 __all__ = ["Sequential", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "NonFiniteLossError", "gradcheck", "hvp", "hessian", "set_num_threads", "get_num_threads",
+           "set_flush_denormals", "get_flush_denormals",
            "build_info", "cuda_is_available", "activations", "callbacks", "initializers", "losses",
            "optimizers", "regularizers", "schedules", "from_torch", "get_cmake_dir", "get_include"]

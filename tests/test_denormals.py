@@ -1,0 +1,113 @@
+"""Subnormal floats in the CPU backend (csrc/cpu/denormals.h): flushed to zero during fastmlp's
+calls by default, on every pool thread, and the caller's mode is back when each call returns."""
+import json
+import platform
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from child_process import run_child
+
+x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+pytestmark = pytest.mark.skipif(not x86, reason="only x86 CPUs can flush subnormals")
+
+# 1e-20 * 1e-20 is subnormal in float32 (FLT_MIN is 1.2e-38); 1e-160 * 1e-160 in float64.
+TINY = {np.float32: 1e-20, np.float64: 1e-160}
+
+
+@pytest.fixture(autouse=True)
+def restore_setting():
+    before = fm.get_flush_denormals()
+    yield
+    fm.set_flush_denormals(before)
+
+
+def linear_model(dtype, inputs, units):
+    """A linear Dense layer whose every weight is TINY: each output is a sum of subnormal products."""
+    m = fm.Sequential([fm.Dense(units, activation="linear", input_dim=inputs)], seed=0)
+    m.compile(optimizer="sgd", loss="mse", device="cpu", dtype="float64" if dtype is np.float64 else "float32")
+    m.set_weights([np.full((inputs, units), TINY[dtype], dtype), np.zeros(units, dtype)])
+    return m
+
+
+def subnormal_sum(dtype, inputs):
+    # NumPy in this thread keeps IEEE subnormals: the expected value without flushing.
+    t = dtype(TINY[dtype])
+    return np.sum(np.full(inputs, t * t, dtype), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_default_flushes_subnormal_results_and_false_keeps_them(dtype):
+    m = linear_model(dtype, 2, 3)
+    x = np.full((4, 2), TINY[dtype], dtype)
+    assert fm.get_flush_denormals() is True
+    assert np.all(m.predict(x) == 0)
+    fm.set_flush_denormals(False)
+    expected = subnormal_sum(dtype, 2)
+    assert 0 < expected < np.finfo(dtype).tiny
+    np.testing.assert_array_equal(m.predict(x), np.full((4, 3), expected, dtype))
+
+
+def test_the_calling_threads_mode_is_restored():
+    m = linear_model(np.float32, 2, 3)
+    m.predict(np.full((4, 2), 1e-20, np.float32))
+    t = np.float32(1e-20)
+    assert t * t > 0  # NumPy, after the call, in the same thread: still IEEE
+
+
+def test_pool_workers_take_the_callers_mode():
+    # A product large enough to be split over the pool's threads: every row must follow the
+    # setting, whichever mode the workers were started in or last ran.
+    threads = fm.get_num_threads()
+    fm.set_num_threads(3)
+    try:
+        m = linear_model(np.float32, 256, 256)
+        x = np.full((2048, 256), 1e-20, np.float32)
+        expected = subnormal_sum(np.float32, 256)
+        for flush in (True, False, True, False):
+            fm.set_flush_denormals(flush)
+            out = m.predict(x)
+            if flush:
+                assert np.count_nonzero(out) == 0
+            else:
+                np.testing.assert_allclose(out, expected, rtol=1e-6)
+                assert np.count_nonzero(out) == out.size
+    finally:
+        fm.set_num_threads(threads)
+
+
+def test_training_with_and_without_flushing_agrees():
+    # Flushing changes only values below FLT_MIN; an ordinary fit ends where it would with IEEE.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 600)
+
+    def train(flush):
+        fm.set_flush_denormals(flush)
+        m = fm.Sequential([fm.Dense(32, "relu", input_dim=20), fm.Dense(3, "softmax")], seed=1)
+        m.compile(optimizer=fm.optimizers.Adam(lr=1e-2), loss="sparse_categorical_crossentropy", device="cpu")
+        h = m.fit(x, y, epochs=3, batch_size=16, verbose=0)
+        return m.get_weights(), h.history["loss"]
+
+    (w_flush, loss_flush), (w_ieee, loss_ieee) = train(True), train(False)
+    np.testing.assert_allclose(loss_flush, loss_ieee, rtol=1e-6)
+    for a, b in zip(w_flush, w_ieee):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None])
+def test_setting_takes_only_a_bool(value):
+    before = fm.get_flush_denormals()
+    with pytest.raises(TypeError, match="True or False"):
+        fm.set_flush_denormals(value)
+    assert fm.get_flush_denormals() is before
+
+
+def test_default_in_a_fresh_process_is_to_flush():
+    out = run_child("""
+        import json
+        import fastmlp as fm
+        print(json.dumps(fm.get_flush_denormals()))
+    """)
+    assert json.loads(out.strip().splitlines()[-1]) is True
