@@ -16,10 +16,11 @@ Cases (--case, comma list, default all):
   jax            the 784-512-512-10 net as one jit-compiled lax.scan per epoch (skipped without jax)
   memory         peak RSS (VmHWM) of fitting 784-512-512-10 on 3 x --rows rows (60,000 by default,
                  MNIST-sized) against data + model + Adam state + one batch's workspace
-  denormals      784-512-512-10 ReLU, Adam, b16, 5+ epochs: fastmlp with subnormals flushed (its
-                 default) and kept (set_flush_denormals(False)); PyTorch by default and with
-                 torch.set_flush_denormal(True). Adam's moments of weights with zero gradients
-                 decay into the subnormal range after several hundred steps.
+  denormals      784-512-512-10 ReLU, Adam, b16, 5+ epochs (MNIST with --mnist): fastmlp with
+                 subnormals flushed (its default) and kept (set_flush_denormals(False)); PyTorch by
+                 default and with torch.set_flush_denormal(True). Adam's first moments of weights
+                 whose gradients turn zero (rare pixels, dead units) decay through the subnormal
+                 range after several hundred steps.
 
 Every measurement runs in a fresh subprocess (this script with --worker SPEC) so that import
 order, thread pools and peak RSS of one do not leak into the next. Random data (uniform
@@ -80,6 +81,25 @@ def make_data(rows: int, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.random((rows, FEATURES), dtype=np.float32)  # float32 directly: no float64 temporary
     return x, rng.integers(0, CLASSES, rows).astype(np.int64)
+
+
+def mnist_rows(folder: str, rows: int):
+    """The first `rows` MNIST training rows, scaled to [0, 1], read from the IDX files with NumPy
+    alone (no fastmlp import: the PyTorch workers use it too)."""
+    import gzip
+
+    def idx(name, header):
+        path = Path(folder) / name
+        raw = gzip.open(path).read() if path.exists() else (Path(folder) / name[:-3]).read_bytes()
+        return np.frombuffer(raw, np.uint8, offset=header)
+
+    x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, FEATURES)[:rows].astype(np.float32) / np.float32(255)
+    return x, idx("train-labels-idx1-ubyte.gz", 8)[:rows].astype(np.int64)
+
+
+def training_rows(spec):
+    """MNIST's first rows when the spec names a folder (the denormals case), else random rows."""
+    return mnist_rows(spec["mnist"], spec["rows"]) if spec.get("mnist") else make_data(spec["rows"], spec["seed"])
 
 
 def layer_sizes(hidden):
@@ -153,7 +173,7 @@ def worker_fastmlp(spec):
     fm.set_num_threads(spec["threads"])
     if spec.get("flush_denormals") is not None:
         fm.set_flush_denormals(spec["flush_denormals"])
-    x, y = make_data(spec["rows"], spec["seed"])
+    x, y = training_rows(spec)
     model, timer = fm_model(fm, spec), epoch_timer(fm)
     model.fit(x, y, batch_size=spec["batch"], epochs=spec["epochs"], verbose=0, callbacks=[timer])
     return {**timing(timer.times, spec["rows"]), "torch_loaded": "torch" in sys.modules}
@@ -177,7 +197,7 @@ def worker_torch(spec):
     opt = (torch.optim.Adam(model.parameters(), lr=lr, foreach=True) if name == "adam"
            else torch.optim.SGD(model.parameters(), lr=lr, foreach=True))
     l2 = spec.get("l2", 0.0)
-    x, y = (torch.from_numpy(a) for a in make_data(spec["rows"], spec["seed"]))
+    x, y = (torch.from_numpy(a) for a in training_rows(spec))
 
     def step(xb, yb):
         loss = F.cross_entropy(model(xb), yb)
@@ -526,8 +546,10 @@ def git_describe():
 
 def case_denormals(run, args):
     n, epochs = max(16, args.rows // 2), max(5, args.epochs)
-    cfg = {**MLP512, "batch": 16, "epochs": epochs}
-    out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs}
+    mnist = args.mnist if args.mnist and Path(args.mnist).exists() else None
+    cfg = {**MLP512, "batch": 16, "epochs": epochs, **({"mnist": mnist} if mnist else {})}
+    out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs,
+           "data": f"the first {n} MNIST training rows from {mnist}" if mnist else f"random {n} x {FEATURES} float32"}
     for name, task, flush in (("fastmlp_flushed", "fastmlp", None), ("fastmlp_ieee", "fastmlp", False),
                               ("pytorch", "torch", None), ("pytorch_flushed", "torch", True)):
         kw = {"imports": "no_torch"} if task == "fastmlp" else {}
@@ -554,7 +576,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--competitors", type=int, default=1, help="busy processes in the contention case")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mnist", default=None, help="MNIST folder for the memory case (random data otherwise)")
+    p.add_argument("--mnist", default=None, help="MNIST folder for the memory and denormals cases (random data "
+                   "otherwise)")
     p.add_argument("--timeout", type=int, default=900, help="seconds one worker may run")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -31,6 +31,8 @@ using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 // says why). A setting of the Python API only: a C++ program's calls compute in the mode of its
 // own thread, and the pool's workers follow it.
 std::atomic<bool> flush_denormals{cpu::kDenormalFlushSupported};
+// The calling thread's mode outside fastmlp's calls, for Python code run during one (signals).
+thread_local uint32_t python_denormal_mode = 0;
 
 // Every engine call runs with the GIL released. An engine may be busy in another thread (it
 // holds its lock for a whole epoch and hands it over only between steps); a thread waiting for
@@ -40,7 +42,9 @@ std::atomic<bool> flush_denormals{cpu::kDenormalFlushSupported};
 template <typename F>
 auto without_gil(F&& f) -> decltype(f()) {
   py::gil_scoped_release release;
-  cpu::ScopedFlushDenormals flush(flush_denormals.load(std::memory_order_relaxed));
+  python_denormal_mode = cpu::denormal_mode();
+  cpu::ScopedDenormalMode mode(flush_denormals.load(std::memory_order_relaxed) ? cpu::kFlushDenormals
+                                                                                : python_denormal_mode);
   return f();
 }
 
@@ -185,6 +189,7 @@ unsigned long g_main_thread = 0;
 void poll_python_signals() {
   if (PyThread_get_thread_ident() != g_main_thread) return;
   py::gil_scoped_acquire gil;
+  cpu::ScopedDenormalMode mode(python_denormal_mode);  // signal handlers compute as Python does
   if (PyErr_CheckSignals() != 0) throw py::error_already_set();
 }
 

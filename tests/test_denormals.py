@@ -111,3 +111,33 @@ def test_default_in_a_fresh_process_is_to_flush():
         print(json.dumps(fm.get_flush_denormals()))
     """)
     assert json.loads(out.strip().splitlines()[-1]) is True
+
+
+def test_signal_handlers_during_a_fit_compute_with_the_threads_own_mode():
+    # Python runs inside a native call only in signal handlers (the Ctrl-C poll): they must see
+    # the thread's IEEE mode, not fastmlp's flush.
+    import signal
+
+    seen = []
+
+    def handler(signum, frame):
+        t = np.float32(1e-20)
+        seen.append(float(t * t))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 100)).astype(np.float32)
+    y = rng.integers(0, 2, 20000)
+    m = fm.Sequential([fm.Dense(256, "relu", input_dim=100), fm.Dense(2, "softmax")], seed=0)
+    m.compile("adam", "sparse_categorical_crossentropy", device="cpu")
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+        deadline = 0
+        while len(seen) < 3 and deadline < 20:  # a slow machine gets more epochs
+            m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+            deadline += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(seen) >= 3
+    assert all(v > 0 for v in seen), seen

@@ -8,7 +8,7 @@
 // PyTorch leaves it to torch.set_flush_denormal.
 //
 // The mode is per thread (the flush-to-zero and denormals-are-zero bits of x86's MXCSR), so it is
-// set for the duration of each native call from Python (ScopedFlushDenormals in bindings.cpp), and
+// set for the duration of each native call from Python (without_gil in bindings.cpp), and
 // a pool worker takes the mode of the thread whose job it runs (thread_pool.cpp): a C++ program
 // that embeds the core computes in its own threads' mode, flushed or not. Values below
 // FLT_MIN (1.2e-38; DBL_MIN, 2.2e-308, for float64) then read and compute as zero; nothing else
@@ -48,18 +48,17 @@ inline void set_denormal_mode(uint32_t mode) {
 #endif
 }
 
-// While alive, flushes subnormals in the calling thread when `enabled` (else changes nothing: the
-// thread keeps whatever mode its owner chose, e.g. with torch.set_flush_denormal); then restores.
-class ScopedFlushDenormals {
+// Sets the calling thread's mode while alive, then restores the one it had.
+class ScopedDenormalMode {
  public:
-  explicit ScopedFlushDenormals(bool enabled) : previous_(denormal_mode()) {
-    if (enabled && previous_ != kFlushDenormals) set_denormal_mode(kFlushDenormals);
+  explicit ScopedDenormalMode(uint32_t mode) : previous_(denormal_mode()) {
+    if (mode != previous_) set_denormal_mode(mode);
   }
-  ~ScopedFlushDenormals() {
+  ~ScopedDenormalMode() {
     if (denormal_mode() != previous_) set_denormal_mode(previous_);
   }
-  ScopedFlushDenormals(const ScopedFlushDenormals&) = delete;
-  ScopedFlushDenormals& operator=(const ScopedFlushDenormals&) = delete;
+  ScopedDenormalMode(const ScopedDenormalMode&) = delete;
+  ScopedDenormalMode& operator=(const ScopedDenormalMode&) = delete;
 
  private:
   uint32_t previous_;
