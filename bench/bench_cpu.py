@@ -5,6 +5,7 @@
     python bench/bench_cpu.py --case import_order,contention --threads 2
     python bench/bench_cpu.py --case contention --competitors 2 --rows 5000
     python bench/bench_cpu.py --case memory --mnist ../shared/data/mnist
+    python bench/bench_cpu.py --case small_batches --repeats 3   # 3 interleaved rounds, their median
     PYTHONPATH=python /tmp/torchenv/bin/python bench/bench_cpu.py   # an interpreter with torch (and jax)
 
 Cases (--case, comma list, default all):
@@ -369,6 +370,29 @@ class Runner:
                   f"{json.dumps(self.memo[key])}", file=sys.stderr, flush=True)
         return self.memo[key]
 
+    def interleaved(self, specs):
+        """The results of `specs`, each measured --repeats times in rounds (every spec once per
+        round, in order), so that a slow phase of a shared host falls on all of them alike. With
+        more than one round, a spec's median_epoch_seconds is the median of its rounds' medians."""
+        rounds = self.args.repeats
+        if rounds <= 1:
+            return [self(s) for s in specs]
+        runs = [[self({**s, "round": r}) for s in specs] for r in range(rounds)]
+        out = []
+        for i, s in enumerate(specs):
+            mine = [rnd[i] for rnd in runs]
+            meds = [median_of(m) for m in mine]
+            if any(m is None for m in meds):  # skipped or failed: report the first such run
+                out.append(next(m for m, v in zip(mine, meds) if v is None))
+                continue
+            med = statistics.median(meds)
+            rows = mine[0]["rows"]
+            out.append({"median_epoch_seconds": med, "us_per_row": med / rows * 1e6, "rows": rows,
+                        "round_medians": [round(m, 5) for m in meds],
+                        "epoch_seconds_by_round": [m["epoch_seconds"] for m in mine]})
+            self.memo[json.dumps(s, sort_keys=True) + "0"] = out[-1]
+        return out
+
     def _run(self, spec, busy):
         if spec["task"] == "torch" and not have("torch"):
             return {"skipped": "torch not importable"}
@@ -398,10 +422,10 @@ def mlp512_specs(run, rows):
 def case_import_order(run, args):
     fm_quiet, torch_spec = mlp512_specs(run, args.rows)
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 128", "rows": args.rows}
-    for name, imports in (("fastmlp_torch_imported_first", "torch_first"),
-                          ("fastmlp_fastmlp_imported_first", "fastmlp_first"), ("fastmlp_no_torch", "no_torch")):
-        out[name] = run({**fm_quiet, "imports": imports})
-    out["pytorch"] = run(torch_spec)
+    names = {"fastmlp_torch_imported_first": "torch_first", "fastmlp_fastmlp_imported_first": "fastmlp_first",
+             "fastmlp_no_torch": "no_torch"}
+    results = run.interleaved([{**fm_quiet, "imports": imports} for imports in names.values()] + [torch_spec])
+    out.update(zip([*names, "pytorch"], results))
     out["ratio_torch_over_fastmlp"] = {k: ratio(out["pytorch"], out[k]) for k in list(out) if k.startswith("fastmlp_")}
     return out
 
@@ -429,12 +453,15 @@ def case_small_batches(run, args):
     for batch in (1, 16, 100):
         n = small_batch_rows(args, batch)
         row = {"batch": batch, "rows": n}
+        keys, specs = [], []
         for fw, task in (("fastmlp", "fastmlp"), ("pytorch", "torch")):
             for reg, l2 in (("plain", 0.0), ("l2", REG_L2)):
                 kw = {"imports": "no_torch"} if task == "fastmlp" else {}
                 # One more epoch than --epochs so that the median covers --epochs steady epochs.
                 spec = run.spec(task, rows=n, batch=batch, l2=l2, **KERAS_DEMO, **kw)
-                row[f"{fw}_{reg}"] = run({**spec, "epochs": args.epochs + 1})
+                keys.append(f"{fw}_{reg}")
+                specs.append({**spec, "epochs": args.epochs + 1})
+        row.update(zip(keys, run.interleaved(specs)))
         for fw in ("fastmlp", "pytorch"):
             row[f"{fw}_us_per_row"] = {reg: row[f"{fw}_{reg}"].get("us_per_row") for reg in ("plain", "l2")}
             row[f"{fw}_regularizer_cost"] = ratio(row[f"{fw}_l2"], row[f"{fw}_plain"])
@@ -461,8 +488,8 @@ def case_width_sweep(run, args):
     out = []
     for h, batch in points:
         cfg = {**MLP512, "hidden": [h, h], "batch": batch}
-        fm_r = run(run.spec("fastmlp", imports="no_torch", rows=n, **cfg))
-        th_r = run(run.spec("torch", rows=n, **cfg))
+        fm_r, th_r = run.interleaved([run.spec("fastmlp", imports="no_torch", rows=n, **cfg),
+                                      run.spec("torch", rows=n, **cfg)])
         out.append({"hidden": h, "batch": batch, "fastmlp_s": median_of(fm_r), "pytorch_s": median_of(th_r),
                     "ratio_torch_over_fastmlp": ratio(th_r, fm_r), "fastmlp_gflops": gflops(fm_r, [h, h]),
                     "pytorch_gflops": gflops(th_r, [h, h]),
@@ -550,11 +577,14 @@ def case_denormals(run, args):
     cfg = {**MLP512, "batch": 16, "epochs": epochs, **({"mnist": mnist} if mnist else {})}
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs,
            "data": f"the first {n} MNIST training rows from {mnist}" if mnist else f"random {n} x {FEATURES} float32"}
+    names, specs = [], []
     for name, task, flush in (("fastmlp_flushed", "fastmlp", None), ("fastmlp_ieee", "fastmlp", False),
                               ("pytorch", "torch", None), ("pytorch_flushed", "torch", True)):
         kw = {"imports": "no_torch"} if task == "fastmlp" else {}
         spec = run.spec(task, rows=n, **cfg, **kw)
-        out[name] = run(spec if flush is None else {**spec, "flush_denormals": flush})
+        names.append(name)
+        specs.append(spec if flush is None else {**spec, "flush_denormals": flush})
+    out.update(zip(names, run.interleaved(specs)))
     out["slowdown_without_flush"] = {"fastmlp": ratio(out["fastmlp_ieee"], out["fastmlp_flushed"]),
                                      "pytorch": ratio(out["pytorch"], out["pytorch_flushed"])}
     out["ratio_torch_over_fastmlp"] = {"defaults": ratio(out["pytorch"], out["fastmlp_flushed"]),
@@ -573,6 +603,8 @@ def parse_args(argv):
                    "the other cases scale from it)")
     p.add_argument("--quick", action="store_true", help="smoke run: --rows 2000 unless given")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the median is over epochs 2..N")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the runs compared with each other "
+                   "(fastmlp and PyTorch, with and without L2, ...), interleaved; the median of the rounds")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--competitors", type=int, default=1, help="busy processes in the contention case")
     p.add_argument("--seed", type=int, default=0)
@@ -600,8 +632,9 @@ def main(argv=None):
     report = {"benchmark": "bench/bench_cpu.py (issue 11: CPU speed)",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "threads": args.threads,
-              "rows": args.rows, "epochs": args.epochs,
-              "method": "median epoch seconds over epochs 2..N, each run in a fresh subprocess; random data",
+              "rows": args.rows, "epochs": args.epochs, "repeats": args.repeats,
+              "method": "median epoch seconds over epochs 2..N, each run in a fresh subprocess (with --repeats R, "
+                        "the median of R interleaved rounds); random data unless --mnist",
               "cases": {}}
     run = Runner(args)
     for case in args.cases:
