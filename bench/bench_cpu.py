@@ -94,8 +94,10 @@ def mnist_rows(folder: str, rows: int):
         raw = gzip.open(path).read() if path.exists() else (Path(folder) / name[:-3]).read_bytes()
         return np.frombuffer(raw, np.uint8, offset=header)
 
-    x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, FEATURES)[:rows].astype(np.float32) / np.float32(255)
-    return x, idx("train-labels-idx1-ubyte.gz", 8)[:rows].astype(np.int64)
+    x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, FEATURES)
+    if rows > x.shape[0]:  # the timings divide by the rows asked for
+        raise ValueError(f"{rows} rows asked for, MNIST's training set has {x.shape[0]}")
+    return x[:rows].astype(np.float32) / np.float32(255), idx("train-labels-idx1-ubyte.gz", 8)[:rows].astype(np.int64)
 
 
 def training_rows(spec):
@@ -370,27 +372,37 @@ class Runner:
                   f"{json.dumps(self.memo[key])}", file=sys.stderr, flush=True)
         return self.memo[key]
 
-    def interleaved(self, specs):
-        """The results of `specs`, each measured --repeats times in rounds (every spec once per
-        round, in order), so that a slow phase of a shared host falls on all of them alike. With
-        more than one round, a spec's median_epoch_seconds is the median of its rounds' medians."""
+    def interleaved(self, specs, busy=None):
+        """The results of `specs` (each next to busy[i] busy processes, default none), each measured
+        --repeats times in rounds (every spec once per round, in order), so that a slow phase of a
+        shared host falls on all of them alike. With more than one round, a spec's
+        median_epoch_seconds is the median of its successful rounds' medians; fields other than
+        the timings (torch_loaded) are kept when every round agrees, and failed rounds are listed."""
+        busy = list(busy) if busy is not None else [0] * len(specs)
         rounds = self.args.repeats
         if rounds <= 1:
-            return [self(s) for s in specs]
-        runs = [[self({**s, "round": r}) for s in specs] for r in range(rounds)]
+            return [self(s, b) for s, b in zip(specs, busy)]
+        runs = [[self({**s, "round": r}, b) for s, b in zip(specs, busy)] for r in range(rounds)]
+        timing_keys = {"epoch_seconds", "median_epoch_seconds", "us_per_row", "rows"}
         out = []
-        for i, s in enumerate(specs):
+        for i, (s, b) in enumerate(zip(specs, busy)):
             mine = [rnd[i] for rnd in runs]
-            meds = [median_of(m) for m in mine]
-            if any(m is None for m in meds):  # skipped or failed: report the first such run
-                out.append(next(m for m, v in zip(mine, meds) if v is None))
+            good = [m for m in mine if median_of(m) is not None]
+            if not good:  # skipped or failed in every round: report the first
+                out.append(mine[0])
                 continue
-            med = statistics.median(meds)
-            rows = mine[0]["rows"]
-            out.append({"median_epoch_seconds": med, "us_per_row": med / rows * 1e6, "rows": rows,
+            meds = [median_of(m) for m in good]
+            med, rows = statistics.median(meds), good[0]["rows"]
+            combined = {"median_epoch_seconds": med, "us_per_row": med / rows * 1e6, "rows": rows,
                         "round_medians": [round(m, 5) for m in meds],
-                        "epoch_seconds_by_round": [m["epoch_seconds"] for m in mine]})
-            self.memo[json.dumps(s, sort_keys=True) + "0"] = out[-1]
+                        "epoch_seconds_by_round": [m["epoch_seconds"] for m in good]}
+            for k in good[0].keys() - timing_keys:
+                values = [m.get(k) for m in good]
+                combined[k] = values[0] if all(v == values[0] for v in values) else values
+            if len(good) < len(mine):
+                combined["failed_rounds"] = [m for m in mine if median_of(m) is None]
+            out.append(combined)
+            self.memo[json.dumps(s, sort_keys=True) + str(b)] = combined
         return out
 
     def _run(self, spec, busy):
@@ -434,10 +446,13 @@ def case_contention(run, args):
     fm_spec, torch_spec = mlp512_specs(run, args.rows)
     n = args.competitors
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 128", "rows": args.rows,
-           "competitors": f"{n} subprocess(es) running `{BUSY_LOOP}`, started before and killed after each run",
-           "fastmlp": run(fm_spec, busy=n), "pytorch": run(torch_spec, busy=n)}
+           "competitors": f"{n} subprocess(es) running `{BUSY_LOOP}`, started before and killed after each run"}
+    # The quiet runs are import_order's when it ran with one round; with --repeats they are
+    # measured again, in the same rounds as the busy ones.
+    out["fastmlp"], out["pytorch"], fm_quiet, torch_quiet = run.interleaved([fm_spec, torch_spec] * 2,
+                                                                            busy=[n, n, 0, 0])
     out["ratio_torch_over_fastmlp"] = ratio(out["pytorch"], out["fastmlp"])
-    quiet = {"fastmlp": run(fm_spec), "pytorch": run(torch_spec)}  # remembered from import_order if it ran
+    quiet = {"fastmlp": fm_quiet, "pytorch": torch_quiet}
     out["quiet_median_epoch_seconds"] = {k: median_of(v) for k, v in quiet.items()}
     out["slowdown_under_contention"] = {k: ratio(out[k], quiet[k]) for k in quiet}
     return out
@@ -500,10 +515,9 @@ def case_width_sweep(run, args):
 def case_jax(run, args):
     if not have("jax"):
         return {"skipped": "jax not importable"}
-    result = run(run.spec("jax", rows=args.rows, **MLP512))
+    result, fm_r = run.interleaved([run.spec("jax", rows=args.rows, **MLP512), mlp512_specs(run, args.rows)[0]])
     if "skipped" in result:
         return result
-    fm_r = run(mlp512_specs(run, args.rows)[0])
     return {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 128, one jit-compiled lax.scan per epoch",
             "jax": result, "fastmlp_median_epoch_seconds": median_of(fm_r),
             "ratio_jax_over_fastmlp": ratio(result, fm_r)}
@@ -574,6 +588,8 @@ def git_describe():
 def case_denormals(run, args):
     n, epochs = max(16, args.rows // 2), max(5, args.epochs)
     mnist = args.mnist if args.mnist and Path(args.mnist).exists() else None
+    if mnist:
+        n = min(n, 60000)  # MNIST's training rows
     cfg = {**MLP512, "batch": 16, "epochs": epochs, **({"mnist": mnist} if mnist else {})}
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs,
            "data": f"the first {n} MNIST training rows from {mnist}" if mnist else f"random {n} x {FEATURES} float32"}

@@ -12,17 +12,18 @@
 // a pool worker takes the mode of the thread whose job it runs (thread_pool.cpp): a C++ program
 // that embeds the core computes in its own threads' mode, flushed or not. Values below
 // FLT_MIN (1.2e-38; DBL_MIN, 2.2e-308, for float64) then read and compute as zero; nothing else
-// changes. On other CPUs the mode is always IEEE (kDenormalFlushSupported is false).
+// changes. On other CPUs (and 32-bit x86 without SSE) the mode is always IEEE: fastmlp flushes
+// only through x86's MXCSR (kDenormalFlushSupported).
 #pragma once
 #include <cstdint>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
 #include <xmmintrin.h>
 #endif
 
 namespace fastmlp::cpu {
 
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
 constexpr bool kDenormalFlushSupported = true;
 constexpr uint32_t kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
 #else
@@ -33,7 +34,7 @@ constexpr uint32_t kFlushDenormals = kFlushToZero | kDenormalsAreZero;
 
 // The calling thread's flush bits: kFlushDenormals, or 0 for IEEE subnormals.
 inline uint32_t denormal_mode() {
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
   return _mm_getcsr() & kFlushDenormals;
 #else
   return 0;
@@ -41,7 +42,7 @@ inline uint32_t denormal_mode() {
 }
 
 inline void set_denormal_mode(uint32_t mode) {
-#if defined(__x86_64__) || defined(__i386__)
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
   _mm_setcsr((_mm_getcsr() & ~kFlushDenormals) | (mode & kFlushDenormals));
 #else
   (void)mode;

@@ -43,16 +43,16 @@ def set_flush_denormals(enabled: bool) -> None:
     zero; nothing else changes. TensorFlow's CPU kernels do the same; PyTorch's do not unless
     ``torch.set_flush_denormal(True)``. The setting applies to fastmlp's own calls only: the
     calling thread's mode is restored when each call returns, so NumPy and other libraries keep
-    IEEE subnormals. With ``False``, fastmlp leaves the mode to the thread that calls it. Only x86
-    CPUs can flush; elsewhere ``True`` warns and the mode stays IEEE.
+    IEEE subnormals. With ``False``, fastmlp leaves the mode to the thread that calls it. fastmlp
+    flushes only on x86 CPUs; elsewhere ``True`` warns and the mode stays IEEE.
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"set_flush_denormals expects True or False, got {enabled!r}")
     if enabled and not _core.flush_denormals_supported():
         import warnings
 
-        warnings.warn("this CPU cannot flush subnormal floats to zero; they stay IEEE subnormals", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn("fastmlp flushes subnormal floats to zero only on x86 CPUs; they stay IEEE subnormals here",
+                      RuntimeWarning, stacklevel=2)
     _core.set_flush_denormals(enabled)
 
 
