@@ -1,9 +1,9 @@
 // Subnormal ("denormal") floats in the CPU backend's arithmetic: flushed to zero by default.
 //
-// Why: x86 CPUs take a slow path for arithmetic on subnormal operands and results. Adam's moments
-// of a weight whose gradient is exactly zero (a dead ReLU unit, an MNIST pixel that is always
-// black) decay by beta1 and beta2 every step until they pass through the subnormal range, and the
-// update over them slows the whole step (docs/performance.md: 784-512-512-10 Adam at batch 16 ran
+// Why: x86 CPUs take a slow path for arithmetic on subnormal operands and results. Adam's first
+// moment of a weight whose gradient turns exactly zero (a unit that died, an MNIST pixel that is
+// rarely lit) decays by beta1 every step into the subnormal range, and the update over such
+// weights slows the whole step (docs/performance.md: 784-512-512-10 Adam at batch 16 ran
 // its later epochs about 20% slower than its first). TensorFlow runs its CPU kernels this way too;
 // PyTorch leaves it to torch.set_flush_denormal.
 //

@@ -38,8 +38,8 @@ def set_flush_denormals(enabled: bool) -> None:
     """Whether the CPU backend computes with subnormal floats flushed to zero (the default).
 
     Subnormals (below 1.2e-38 in float32, 2.2e-308 in float64) take a slow path on x86 CPUs, and
-    training makes them: Adam's moments of a weight whose gradient is exactly zero (a dead ReLU
-    unit, an always-black pixel) decay through that range. With flushing they read and compute as
+    training makes them: Adam's first moment of a weight whose gradient turns exactly zero (a unit
+    that died, a pixel that is rarely lit) decays into that range. With flushing they read and compute as
     zero; nothing else changes. TensorFlow's CPU kernels do the same; PyTorch's do not unless
     ``torch.set_flush_denormal(True)``. The setting applies to fastmlp's own calls only: the
     calling thread's mode is restored when each call returns, so NumPy and other libraries keep
