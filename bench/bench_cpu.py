@@ -84,9 +84,13 @@ def make_data(rows: int, seed: int):
     return x, rng.integers(0, CLASSES, rows).astype(np.int64)
 
 
+MNIST_TRAIN_ROWS = 60000
+
+
 def mnist_rows(folder: str, rows: int):
-    """The first `rows` MNIST training rows, scaled to [0, 1], read from the IDX files with NumPy
-    alone (no fastmlp import: the PyTorch workers use it too)."""
+    """The first `rows` MNIST training rows as float32 in [0, 1] and int64 labels, read from the
+    IDX files with NumPy alone (the PyTorch workers use it too, and must not import fastmlp),
+    scaled in place so that loading holds one float copy (the memory case measures the peak)."""
     import gzip
 
     def idx(name, header):
@@ -94,14 +98,16 @@ def mnist_rows(folder: str, rows: int):
         raw = gzip.open(path).read() if path.exists() else (Path(folder) / name[:-3]).read_bytes()
         return np.frombuffer(raw, np.uint8, offset=header)
 
-    x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, FEATURES)
-    if rows > x.shape[0]:  # the timings divide by the rows asked for
-        raise ValueError(f"{rows} rows asked for, MNIST's training set has {x.shape[0]}")
-    return x[:rows].astype(np.float32) / np.float32(255), idx("train-labels-idx1-ubyte.gz", 8)[:rows].astype(np.int64)
+    if rows > MNIST_TRAIN_ROWS:  # the timings divide by the rows asked for
+        raise ValueError(f"{rows} rows asked for, MNIST's training set has {MNIST_TRAIN_ROWS}")
+    x = idx("train-images-idx3-ubyte.gz", 16).reshape(-1, FEATURES)[:rows].astype(np.float32)
+    x *= np.float32(1 / 255)
+    return x, idx("train-labels-idx1-ubyte.gz", 8)[:rows].astype(np.int64)
 
 
 def training_rows(spec):
-    """MNIST's first rows when the spec names a folder (the denormals case), else random rows."""
+    """Training rows as float32 / int64: MNIST's first spec["rows"] when the spec names a folder,
+    else random rows."""
     return mnist_rows(spec["mnist"], spec["rows"]) if spec.get("mnist") else make_data(spec["rows"], spec["seed"])
 
 
@@ -296,19 +302,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def load_rows(spec):
-    """Training rows as float32 / int64; MNIST converted in place so loading makes no extra copy."""
-    if spec.get("mnist"):
-        import fastmlp as fm
-
-        (x, y), _ = fm.datasets.load_mnist(spec["mnist"], normalize=False, download=False)
-        xf = x.astype(np.float32)
-        del x
-        xf *= np.float32(1 / 255)
-        return xf, y.astype(np.int64)
-    return make_data(spec["rows"], spec["seed"])
-
-
 def peak_rss():
     """Peak RSS in KiB: VmHWM, which starts afresh at exec. ru_maxrss (also reported) does not: on
     Linux a child started by fork+exec inherits the parent's peak, here the parent's import of
@@ -323,7 +316,7 @@ def worker_memory(spec):
     import fastmlp as fm
 
     fm.set_num_threads(spec["threads"])
-    x, y = load_rows(spec)
+    x, y = training_rows(spec)
     data_bytes, rows = x.nbytes + y.nbytes, x.shape[0]
     model = fm_model(fm, spec)
     train = (x, y)
@@ -533,14 +526,16 @@ def memory_floor(result, hidden, batch):
 
 def case_memory(run, args):
     mnist = args.mnist if args.mnist and Path(args.mnist).exists() else None
+    rows = min(3 * args.rows, MNIST_TRAIN_ROWS) if mnist else 3 * args.rows
     base = run(run.spec("baseline"))
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 128, one epoch",
-           "data": f"MNIST from {mnist}" if mnist else f"random {3 * args.rows} x {FEATURES} float32",
+           "data": (f"the first {rows} MNIST training rows from {mnist}" if mnist
+                    else f"random {rows} x {FEATURES} float32"),
            "baseline_rss_kib": base.get("peak_rss_kib"), "target_ratio": 1.5,
            "ratio_definition": "(peak RSS - baseline RSS of `import numpy, fastmlp`) / (data + model + Adam state + "
                                "workspace); fit_ratio: the same with the peak of the fit call alone"}
     for mode in ("fit_arrays", "upload_then_free"):
-        r = run(run.spec("memory", mode=mode, rows=3 * args.rows, mnist=mnist, **MLP512))
+        r = run(run.spec("memory", mode=mode, rows=rows, mnist=mnist, **MLP512))
         if "error" not in r and base.get("peak_rss_kib"):
             parts, floor = memory_floor(r, MLP512["hidden"], MLP512["batch"])
             excess = {"ratio": r["peak_rss_kib"], "fit_ratio": r["peak_rss_during_fit_kib"]}
@@ -589,7 +584,7 @@ def case_denormals(run, args):
     n, epochs = max(16, args.rows // 2), max(5, args.epochs)
     mnist = args.mnist if args.mnist and Path(args.mnist).exists() else None
     if mnist:
-        n = min(n, 60000)  # MNIST's training rows
+        n = min(n, MNIST_TRAIN_ROWS)
     cfg = {**MLP512, "batch": 16, "epochs": epochs, **({"mnist": mnist} if mnist else {})}
     out = {"model": "784-512-512-10 ReLU, Adam(1e-3), batch 16", "rows": n, "epochs": epochs,
            "data": f"the first {n} MNIST training rows from {mnist}" if mnist else f"random {n} x {FEATURES} float32"}
