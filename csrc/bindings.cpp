@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <vector>
@@ -97,7 +98,7 @@ LayerSpec make_layer(const py::handle& h) {
     auto t = h.cast<py::tuple>();
     if (t.size() != 5) throw std::invalid_argument("a Dense layer tuple is (units, activation, param, l1, l2)");
     l.units = int(checked_int(t[0], "units", 1, kIntMax));
-    l.activation.kind = checked_enum(t[1], "activation id", kLastActivation);
+    l.activation.kind = checked_enum(t[1], "activation id", Activation(kActivationCount - 1));
     l.activation.param = t[2].cast<double>();
     l.l1 = t[3].cast<double>();
     l.l2 = t[4].cast<double>();
@@ -107,9 +108,9 @@ LayerSpec make_layer(const py::handle& h) {
   for (auto item : h.cast<py::dict>()) {
     const std::string key = py::str(item.first);
     const py::handle v = item.second;
-    if (key == "kind") l.kind = checked_enum(v, "layer kind", LayerKind::Activation);
+    if (key == "kind") l.kind = checked_enum(v, "layer kind", LayerKind(kLayerKindCount - 1));
     else if (key == "units") l.units = int(checked_int(v, "units", 1, kIntMax));
-    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", kLastActivation);
+    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", Activation(kActivationCount - 1));
     else if (key == "param") l.activation.param = v.cast<double>();
     else if (key == "l1") l.l1 = v.cast<double>();
     else if (key == "l2") l.l2 = v.cast<double>();
@@ -129,7 +130,7 @@ ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const p
   ModelSpec s;
   s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& h : layers) s.layers.push_back(make_layer(h));
-  s.loss = checked_enum(loss, "loss id", kLastLoss);
+  s.loss = checked_enum(loss, "loss id", Loss(kLossCount - 1));
   s.loss_param = loss_param;
   if (py::len(metrics) > size_t(kMaxMetrics))
     throw std::invalid_argument("at most " + std::to_string(kMaxMetrics) + " further metrics");
@@ -137,11 +138,11 @@ ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const p
     const auto t = h.cast<py::tuple>();
     if (t.size() != 3) throw std::invalid_argument("a metric is (kind id, param, slot)");
     MetricSpec& m = s.metrics.specs[s.metrics.count++];
-    m.kind = checked_enum(t[0], "metric kind", kLastMetricKind);
+    m.kind = checked_enum(t[0], "metric kind", MetricKind(kMetricKindCount - 1));
     m.param = int32_t(checked_int(t[1], "metric param", 0, kIntMax));
     m.slot = int32_t(checked_int(t[2], "metric slot", 0, kMetricSlots));
   }
-  s.metric = checked_enum(metric, "metric id", Metric::MeanAbsoluteError);
+  s.metric = checked_enum(metric, "metric id", Metric(kMetricCount - 1));
   return s;
 }
 
@@ -477,7 +478,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const Schedule& s) { return int(s.kind); },
-          [](Schedule& s, const py::object& k) { s.kind = checked_enum(k, "schedule kind", ScheduleKind::Cosine); })
+          [](Schedule& s, const py::object& k) { s.kind = checked_enum(k, "schedule kind", ScheduleKind(kScheduleKindCount - 1)); })
       .def_readwrite("decay_steps", &Schedule::decay_steps)
       .def_readwrite("rate", &Schedule::rate)
       .def_readwrite("min_lr", &Schedule::min_lr)
@@ -497,7 +498,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const OptimizerConfig& c) { return int(c.kind); },
-          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind(kOptimizerKinds - 1)); })
+          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind(kOptimizerKindCount - 1)); })
       .def_readwrite("lr", &OptimizerConfig::lr)
       .def_readwrite("momentum", &OptimizerConfig::momentum)
       .def_readwrite("dampening", &OptimizerConfig::dampening)
@@ -541,20 +542,27 @@ PYBIND11_MODULE(_core, m) {
   m.def("shuffled_indices", [](const py::object& n, const py::object& seed) {
     return shuffled_indices(checked_int(n, "n", 0, kIntMax), checked_seed(seed, "seed"));
   });
-  // The layer kinds by name, from types.h's enum (Python reads them instead of copying them).
-  py::dict layer_kinds;
-  layer_kinds["dense"] = int(LayerKind::Dense);
-  layer_kinds["dropout"] = int(LayerKind::Dropout);
-  layer_kinds["batch_normalization"] = int(LayerKind::BatchNormalization);
-  layer_kinds["layer_normalization"] = int(LayerKind::LayerNormalization);
-  layer_kinds["activation"] = int(LayerKind::Activation);
-  m.attr("LAYER_KINDS") = layer_kinds;
-  // The optimizer kinds by name, from types.h's list.
-  py::dict optimizer_kinds;
-#define FASTMLP_OPTIMIZER_NAME(name, python_name) optimizer_kinds[python_name] = int(OptimizerKind::name);
-  FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_NAME)
-#undef FASTMLP_OPTIMIZER_NAME
-  m.attr("OPTIMIZER_KINDS") = optimizer_kinds;
+  // The ids of every named enum by Python name, from types.h's lists (Python reads them instead of
+  // copying them).
+  auto kinds = [](const auto& names) {
+    py::dict d;
+    for (size_t id = 0; id < std::size(names); ++id) d[names[id]] = int(id);
+    return d;
+  };
+  m.attr("ACTIVATION_KINDS") = kinds(kActivationNames);
+  m.attr("LOSS_KINDS") = kinds(kLossNames);
+  m.attr("METRIC_KINDS") = kinds(kMetricNames);
+  m.attr("FURTHER_METRIC_KINDS") = kinds(kMetricKindNames);
+  m.attr("OPTIMIZER_KINDS") = kinds(kOptimizerKindNames);
+  m.attr("SCHEDULE_KINDS") = kinds(kScheduleKindNames);
+  m.attr("LAYER_KINDS") = kinds(kLayerKindNames);
+  // The further metrics' sizes (fastmlp/metrics.py plans the slots with them).
+  m.attr("AUC_BINS") = kAucBins;
+  m.attr("MAX_METRICS") = kMaxMetrics;
+  m.attr("MAX_METRIC_SLOTS") = kMetricSlots;
+  m.def("metric_slot_count", [](const py::object& kind) {
+    return metric_slot_count(checked_enum(kind, "metric kind", MetricKind(kMetricKindCount - 1)));
+  });
   m.def("optimizer_state_slots", static_cast<int (*)(const OptimizerConfig&)>(&optimizer_state_slots),
         "per-parameter state slots the engine keeps for this optimizer config");
   m.def("derive_seed", [](const py::object& seed, const py::object& stream) {

@@ -78,7 +78,7 @@ const char* kind_name(LayerKind k) {
 }
 
 void validate_activation(const ActivationSpec& a, const std::string& where) {
-  if (int(a.kind) < 0 || a.kind > kLastActivation) throw std::invalid_argument(where + ": unknown activation");
+  if (int(a.kind) < 0 || int(a.kind) >= kActivationCount) throw std::invalid_argument(where + ": unknown activation");
   if (a.kind == Activation::LeakyRelu && !(a.param >= 0.0 && std::isfinite(a.param)))
     throw std::invalid_argument(where + ": leaky_relu slope must be a finite number >= 0");
   if (a.kind == Activation::Elu && !(a.param > 0.0 && std::isfinite(a.param)))
@@ -94,7 +94,7 @@ void validate(const ModelSpec& spec) {
     const LayerSpec& l = spec.layers[i];
     const bool last = i + 1 == spec.layers.size();
     const std::string where = "layer " + std::to_string(i) + " (" + kind_name(l.kind) + ")";
-    if (int(l.kind) < 0 || l.kind > LayerKind::Activation)
+    if (int(l.kind) < 0 || int(l.kind) >= kLayerKindCount)
       throw std::invalid_argument("layer " + std::to_string(i) + ": unknown layer kind");
     switch (l.kind) {
       case LayerKind::Dense:
@@ -129,7 +129,7 @@ void validate(const ModelSpec& spec) {
   std::vector<bool> taken(kMetricSlots, false);
   for (int k = 0; k < ms.count; ++k) {
     const MetricSpec& m = ms.specs[k];
-    if (int(m.kind) < 0 || m.kind > kLastMetricKind) throw std::invalid_argument("unknown metric kind");
+    if (int(m.kind) < 0 || int(m.kind) >= kMetricKindCount) throw std::invalid_argument("unknown metric kind");
     const int n = metric_slot_count(m.kind);
     if (m.slot < 0 || m.slot + n > kMetricSlots)
       throw std::invalid_argument("metric slots beyond " + std::to_string(kMetricSlots));
@@ -171,7 +171,7 @@ void validate(const OptimizerConfig& c) {
   };
   auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0.0; };
   auto in_unit = [](double v) { return v >= 0.0 && v <= 1.0; };
-  need(int(c.kind) >= 0 && int(c.kind) < kOptimizerKinds, "unknown optimizer kind");
+  need(int(c.kind) >= 0 && int(c.kind) < kOptimizerKindCount, "unknown optimizer kind");
   need(finite_nonneg(c.lr), "lr must be a finite number >= 0");
   need(finite_nonneg(c.weight_decay), "weight_decay must be a finite number >= 0");
   need(finite_nonneg(c.momentum), "momentum must be a finite number >= 0");
@@ -189,7 +189,7 @@ void validate(const OptimizerConfig& c) {
   need((c.clipvalue > 0.0) + (c.clipnorm > 0.0) + (c.global_clipnorm > 0.0) <= 1,
        "only one of clipvalue, clipnorm and global_clipnorm may be set");
   const Schedule& s = c.schedule;
-  need(int(s.kind) >= 0 && s.kind <= ScheduleKind::Cosine, "unknown schedule kind");
+  need(int(s.kind) >= 0 && int(s.kind) < kScheduleKindCount, "unknown schedule kind");
   need(std::isfinite(s.decay_steps) && s.decay_steps > 0.0, "schedule decay_steps must be a finite number > 0");
   need(finite_nonneg(s.rate), "schedule rate must be a finite number >= 0");
   need(finite_nonneg(s.min_lr), "schedule min_lr must be a finite number >= 0");

@@ -5,42 +5,56 @@
 
 namespace fastmlp {
 
-enum class Activation : int32_t {
-  Linear = 0, Sigmoid, Tanh, Relu, LeakyRelu, Elu, Softmax, Exponential, Softplus, Selu, Gelu, Silu
-};
-constexpr Activation kLastActivation = Activation::Silu;  // ids are checked against it
+// Each enum that Python names is a list, once: LIST(X) expands X(enum name, Python name) for
+// every kind, in id order. FASTMLP_NAMED_ENUM(Enum, LIST) makes the enum (ids 0, 1, ... in list
+// order), k<Enum>Names (the Python names by id: the bindings export them as the *_KINDS dicts that
+// python/fastmlp/_enums.py reads instead of copying ids) and k<Enum>Count (ids are checked
+// against it). A kind is one line in its list; its formula goes where the list's comment says.
+#define FASTMLP_ENUM_ENTRY(name, python_name) name,
+#define FASTMLP_ENUM_PYTHON_NAME(name, python_name) python_name,
+#define FASTMLP_NAMED_ENUM(Enum, LIST)                                                     \
+  enum class Enum : int32_t { LIST(FASTMLP_ENUM_ENTRY) };                                  \
+  inline constexpr const char* k##Enum##Names[] = {LIST(FASTMLP_ENUM_PYTHON_NAME)};        \
+  inline constexpr int k##Enum##Count = int(sizeof(k##Enum##Names) / sizeof(k##Enum##Names[0]));
+
+// Per-element formulas: math::activate and its derivatives, math::activation_grad* (math.h).
+#define FASTMLP_ACTIVATIONS(X)                                                                        \
+  X(Linear, "linear") X(Sigmoid, "sigmoid") X(Tanh, "tanh") X(Relu, "relu") X(LeakyRelu, "leaky_relu") \
+  X(Elu, "elu") X(Softmax, "softmax") X(Exponential, "exponential") X(Softplus, "softplus")           \
+  X(Selu, "selu") X(Gelu, "gelu") X(Silu, "silu")
+FASTMLP_NAMED_ENUM(Activation, FASTMLP_ACTIVATIONS)
 
 // Every loss is computed from the output layer's pre-activation z, fused with the output
 // activation, so softmax/sigmoid + cross-entropy use the stable log-sum-exp forms.
-enum class Loss : int32_t {
-  SparseCategoricalCrossentropy = 0,  // targets: one integer class per row
-  CategoricalCrossentropy,            // targets: a probability row (one-hot or soft)
-  BinaryCrossentropy,                 // targets: 0/1 (or soft) per output
-  MeanSquaredError,                   // targets: real values per output
-  MulticlassHinge,                    // targets: one integer class per row
-  Poisson,                            // targets: counts or rates >= 0 per output
-  Huber,                              // targets: real values per output; parameter: delta > 0
-  MeanAbsoluteError,                  // targets: real values per output
-  LogCosh,                            // targets: real values per output
-};
-constexpr Loss kLastLoss = Loss::LogCosh;  // ids are checked against it
+// Targets: one integer class per row (sparse_categorical_crossentropy, multiclass_hinge), a
+// probability row (categorical_crossentropy: one-hot or soft), 0/1 or soft per output
+// (binary_crossentropy), counts or rates >= 0 per output (poisson), real values per output (the
+// rest; huber's parameter is delta > 0). Formulas: math::pointwise_loss and math::loss_row (math.h).
+#define FASTMLP_LOSSES(X)                                                                        \
+  X(SparseCategoricalCrossentropy, "sparse_categorical_crossentropy")                            \
+  X(CategoricalCrossentropy, "categorical_crossentropy") X(BinaryCrossentropy, "binary_crossentropy") \
+  X(MeanSquaredError, "mse") X(MulticlassHinge, "multiclass_hinge") X(Poisson, "poisson")          \
+  X(Huber, "huber") X(MeanAbsoluteError, "mae") X(LogCosh, "log_cosh")
+FASTMLP_NAMED_ENUM(Loss, FASTMLP_LOSSES)
 
 // Metric accumulated next to the loss: accuracy for classifiers, mean absolute error otherwise.
-enum class Metric : int32_t { None = 0, Accuracy, BinaryAccuracy, MeanAbsoluteError };
+// "none" is Python's None.
+#define FASTMLP_METRICS(X) \
+  X(None, "none") X(Accuracy, "accuracy") X(BinaryAccuracy, "binary_accuracy") X(MeanAbsoluteError, "mae")
+FASTMLP_NAMED_ENUM(Metric, FASTMLP_METRICS)
 
 // Further metrics (compile(metrics=[...]) with more than one): each adds per-row contributions to
 // its own slots of a sum array that follows the counters (math::metric_row); the final value is
 // computed from the sums when an epoch or evaluation ends (fastmlp/metrics.py).
-enum class MetricKind : int32_t {
-  Accuracy = 0,   // 1 slot: hits (argmax, or per-output 0.5 thresholds for binary outputs)
-  TopK,           // 1 slot: rows whose class is among the k largest outputs (param = k)
-  MeanAbsoluteError,  // 1 slot: mean over outputs of |a - y|
-  MeanSquaredError,   // 1 slot: mean over outputs of (a - y)^2
-  Precision,      // 2 slots: true positives, predicted positives (a > 0.5)
-  Recall,         // 2 slots: true positives, actual positives (y > 0.5)
-  Auc,            // 2 * kAucBins slots: histograms of the scores of positives and of negatives
-};
-constexpr MetricKind kLastMetricKind = MetricKind::Auc;
+// Slots: accuracy 1 (hits: argmax, or per-output 0.5 thresholds for binary outputs); top_k 1
+// (rows whose class is among the k largest outputs, param = k); mae 1 (mean over outputs of
+// |a - y|); mse 1 (of (a - y)^2); precision 2 (true positives, predicted positives a > 0.5);
+// recall 2 (true positives, actual positives y > 0.5); auc 2 * kAucBins (histograms of the scores
+// of positives and of negatives). Per row: math::metric_row (math.h).
+#define FASTMLP_METRIC_KINDS(X)                                                                   \
+  X(Accuracy, "accuracy") X(TopK, "top_k") X(MeanAbsoluteError, "mae") X(MeanSquaredError, "mse") \
+  X(Precision, "precision") X(Recall, "recall") X(Auc, "auc")
+FASTMLP_NAMED_ENUM(MetricKind, FASTMLP_METRIC_KINDS)
 constexpr int kAucBins = 200;       // Keras's AUC(num_thresholds=200): one bin per threshold
 constexpr int kMaxMetrics = 8;
 constexpr int kMetricSlots = 512;   // room for one AUC and seven two-slot metrics
@@ -58,25 +72,21 @@ constexpr int metric_slot_count(MetricKind kind) {
                                  : (kind == MetricKind::Precision || kind == MetricKind::Recall ? 2 : 1);
 }
 
-// Every optimizer, once: X(enum name, Python name). The enum, the bindings' OPTIMIZER_KINDS (which
-// Python reads instead of copying ids) and the CPU backend's dispatch are generated from this
-// list. An optimizer's hyper-parameters are fields of OptimizerConfig, its state slots a case of
+// Every optimizer, once. The enum, the bindings' OPTIMIZER_KINDS and the CPU backend's dispatch
+// are generated from this list. An optimizer's hyper-parameters are fields of OptimizerConfig, its state slots a case of
 // optimizer_state_slots, its per-element update a case of math::optimizer_update (both switches
 // have no default, so -Wswitch names a case that is missing), and its class in optimizers.py.
 #define FASTMLP_OPTIMIZERS(X)                                                                        \
   X(SGD, "sgd") X(Adagrad, "adagrad") X(RMSprop, "rmsprop") X(Adadelta, "adadelta") X(Adam, "adam") \
   X(AdamW, "adamw") X(NAdam, "nadam") X(RAdam, "radam") X(LAMB, "lamb")
 
-enum class OptimizerKind : int32_t {
-#define FASTMLP_OPTIMIZER_ENUM(name, python_name) name,
-  FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_ENUM)
-#undef FASTMLP_OPTIMIZER_ENUM
-};
-#define FASTMLP_OPTIMIZER_COUNT(name, python_name) +1
-constexpr int kOptimizerKinds = 0 FASTMLP_OPTIMIZERS(FASTMLP_OPTIMIZER_COUNT);
-#undef FASTMLP_OPTIMIZER_COUNT
+FASTMLP_NAMED_ENUM(OptimizerKind, FASTMLP_OPTIMIZERS)
 
-enum class ScheduleKind : int32_t { Constant = 0, StepDecay, ExponentialDecay, InverseTimeDecay, Cosine };
+// Formulas: math::scheduled_lr (math.h).
+#define FASTMLP_SCHEDULES(X)                                                                        \
+  X(Constant, "constant") X(StepDecay, "step") X(ExponentialDecay, "exponential")                   \
+  X(InverseTimeDecay, "inverse_time") X(Cosine, "cosine")
+FASTMLP_NAMED_ENUM(ScheduleKind, FASTMLP_SCHEDULES)
 
 struct ActivationSpec {
   Activation kind = Activation::Linear;
@@ -84,7 +94,10 @@ struct ActivationSpec {
 };
 
 // The kinds of layer op a model is a sequence of (docs/formulas.md, "Layers").
-enum class LayerKind : int32_t { Dense = 0, Dropout, BatchNormalization, LayerNormalization, Activation };
+#define FASTMLP_LAYER_KINDS(X)                                                                           \
+  X(Dense, "dense") X(Dropout, "dropout") X(BatchNormalization, "batch_normalization")                     \
+  X(LayerNormalization, "layer_normalization") X(Activation, "activation")
+FASTMLP_NAMED_ENUM(LayerKind, FASTMLP_LAYER_KINDS)
 
 // Inverted dropout: each element is kept with probability 1 - rate, drawn from (seed, the
 // optimizer step, the element's index in the (global) batch) by math::dropout_keep, so every

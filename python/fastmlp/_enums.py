@@ -1,21 +1,14 @@
-"""Integer ids shared with the native core (must match csrc/fastmlp/types.h)."""
-from ._core import LAYER_KINDS, OPTIMIZER_KINDS
+"""Integer ids of the native core's enums by name, exported by the core from its lists in
+csrc/fastmlp/types.h (nothing here is a copy that could drift)."""
+from ._core import (ACTIVATION_KINDS, FURTHER_METRIC_KINDS, LAYER_KINDS, LOSS_KINDS, METRIC_KINDS,
+                    OPTIMIZER_KINDS, SCHEDULE_KINDS)
 
-LAYER_IDS = dict(LAYER_KINDS)  # exported by the core itself
-
-ACTIVATION_IDS = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "elu": 5, "softmax": 6,
-                  "exponential": 7, "softplus": 8, "selu": 9, "gelu": 10, "silu": 11}
-LOSS_IDS = {
-    "sparse_categorical_crossentropy": 0,
-    "categorical_crossentropy": 1,
-    "binary_crossentropy": 2,
-    "mse": 3,
-    "multiclass_hinge": 4,
-    "poisson": 5,
-    "huber": 6,
-    "mae": 7,
-    "log_cosh": 8,
-}
-METRIC_IDS = {None: 0, "accuracy": 1, "binary_accuracy": 2, "mae": 3}
-OPTIMIZER_IDS = dict(OPTIMIZER_KINDS)  # exported by the core from its list of optimizers
-SCHEDULE_IDS = {"constant": 0, "step": 1, "exponential": 2, "inverse_time": 3, "cosine": 4}
+LAYER_IDS = dict(LAYER_KINDS)
+ACTIVATION_IDS = dict(ACTIVATION_KINDS)
+LOSS_IDS = dict(LOSS_KINDS)
+# The metric fused with the loss (compile(metrics=[...]) with one metric); the core's "none" is None.
+METRIC_IDS = {None if name == "none" else name: id_ for name, id_ in METRIC_KINDS.items()}
+# fastmlp.metrics' further metrics.
+FURTHER_METRIC_IDS = dict(FURTHER_METRIC_KINDS)
+OPTIMIZER_IDS = dict(OPTIMIZER_KINDS)
+SCHEDULE_IDS = dict(SCHEDULE_KINDS)

@@ -26,11 +26,13 @@ import copy
 
 import numpy as np
 
-# MetricKind ids and slot counts of csrc/fastmlp/types.h
-_KINDS = {"accuracy": 0, "top_k": 1, "mae": 2, "mse": 3, "precision": 4, "recall": 5, "auc": 6}
-AUC_BINS = 200
-MAX_METRICS = 8
-MAX_SLOTS = 512
+from . import _core
+from ._enums import FURTHER_METRIC_IDS as _KINDS
+
+# The core's sizes (csrc/fastmlp/types.h).
+AUC_BINS = _core.AUC_BINS
+MAX_METRICS = _core.MAX_METRICS
+MAX_SLOTS = _core.MAX_METRIC_SLOTS
 
 
 class Metric:
@@ -42,7 +44,7 @@ class Metric:
 
     @property
     def slots(self) -> int:
-        return 2 * AUC_BINS if self.kind == "auc" else (2 if self.kind in ("precision", "recall") else 1)
+        return _core.metric_slot_count(_KINDS[self.kind])
 
     def get_config(self) -> dict:
         return {"class": type(self).__name__, "name": self.name}
