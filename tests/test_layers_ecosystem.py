@@ -445,6 +445,22 @@ def test_build_mlp_dropout():
                       hidden_layer_sizes=(), dropout=bad, device="cpu")
 
 
+def test_mlp_stack_the_builders_share():
+    reg = fm.regularizers.L2(1e-3)
+    stack = fm.layers.mlp_stack(6, (8, 4), 3, activation="tanh", output_activation="softmax",
+                                kernel_regularizer=reg, dropout=0.25, batch_norm=True)
+    assert [type(l).__name__ for l in stack] == ["Dense", "BatchNormalization", "Activation", "Dropout"] * 2 + ["Dense"]
+    dense = [l for l in stack if isinstance(l, fm.Dense)]
+    assert [l.units for l in dense] == [8, 4, 3]
+    assert [l.activation.name for l in dense] == ["linear", "linear", "softmax"]  # Keras's order with batch_norm
+    assert [l.activation.name for l in stack if isinstance(l, fm.Activation)] == ["tanh", "tanh"]
+    assert [l.input_dim for l in dense] == [6, None, None] and all(l.kernel_regularizer is reg for l in dense)
+    assert [type(l).__name__ for l in fm.layers.mlp_stack(6, (), 2, activation="relu", output_activation="linear")] \
+        == ["Dense"]
+    with pytest.raises(ValueError, match="Dropout rate"):
+        fm.layers.mlp_stack(6, (), 2, activation="relu", output_activation="linear", dropout=1.0)
+
+
 def test_search_over_dropout():
     from fastmlp.model_selection import grid_search
 

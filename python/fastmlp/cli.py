@@ -174,26 +174,15 @@ def _hidden(text: str):
 def _build_model(fm, input_dim, y, args):
     hidden = _hidden(args.hidden)
     y = np.asarray(y)
-    layers = []
-    for i, units in enumerate(hidden):
-        first = input_dim if i == 0 else None
-        if args.batch_norm:  # Keras style: normalize the pre-activation, then activate
-            layers += [fm.Dense(units, activation=None, input_dim=first), fm.BatchNormalization(),
-                       fm.Activation(args.activation)]
-        else:
-            layers.append(fm.Dense(units, activation=args.activation, input_dim=first))
-        if args.dropout > 0:
-            layers.append(fm.Dropout(args.dropout))
     if _is_classification(y):
-        n_classes = int(y.max()) + 1
         if y.min() < 0:
             raise CLIError("class labels must be >= 0")
-        layers.append(fm.Dense(n_classes, activation="softmax", input_dim=None if hidden else input_dim))
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+        n_out, out_activation, loss, metrics = int(y.max()) + 1, "softmax", "sparse_categorical_crossentropy", ["accuracy"]
     else:
-        out = 1 if y.ndim == 1 else y.shape[1]
-        layers.append(fm.Dense(out, activation="linear", input_dim=None if hidden else input_dim))
-        loss, metrics = "mse", ["mae"]
+        n_out, out_activation, loss, metrics = 1 if y.ndim == 1 else y.shape[1], "linear", "mse", ["mae"]
+    layers = fm.layers.mlp_stack(input_dim, hidden, n_out, activation=args.activation,
+                                 output_activation=out_activation, dropout=args.dropout,
+                                 batch_norm=args.batch_norm)
     model = fm.Sequential(layers, seed=args.seed)
     opt_cls = type(fm.optimizers.get(args.optimizer))
     opt = opt_cls() if args.lr is None else opt_cls(lr=args.lr)

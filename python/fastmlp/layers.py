@@ -306,6 +306,31 @@ class Activation(Layer):
         return f"Activation({self.activation.name!r})"
 
 
+def mlp_stack(input_dim, hidden, n_outputs, *, activation, output_activation, kernel_regularizer=None,
+              dropout=0.0, batch_norm=False) -> list:
+    """The layers of a plain MLP, as the scikit-learn estimators, model_selection.build_mlp and the
+    command line build it: per width in `hidden` a Dense with `activation` (with batch_norm, Keras's
+    order: a linear Dense, BatchNormalization, then Activation), followed by Dropout(dropout) when
+    dropout > 0; then a Dense of n_outputs with output_activation. kernel_regularizer goes on every
+    Dense kernel."""
+    rate = Dropout(dropout).rate if dropout else 0.0  # checked even without hidden layers
+    stack = []
+
+    def dense(units, act):  # the first layer names the input width, as in Keras
+        return Dense(units, act, input_dim=None if stack else input_dim, kernel_regularizer=kernel_regularizer)
+
+    for units in hidden:
+        if batch_norm:
+            stack.append(dense(units, None))
+            stack += [BatchNormalization(), Activation(activation)]
+        else:
+            stack.append(dense(units, activation))
+        if rate:
+            stack.append(Dropout(rate))
+    stack.append(dense(n_outputs, output_activation))
+    return stack
+
+
 LAYER_CLASSES = {c.__name__: c for c in (Dense, Dropout, BatchNormalization, LayerNormalization, Activation)}
 
 
@@ -319,4 +344,5 @@ def from_config(config: dict) -> Layer:
     return LAYER_CLASSES[name].from_config(config)
 
 
-__all__ = ["Layer", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "from_config"]
+__all__ = ["Layer", "Dense", "Dropout", "BatchNormalization", "LayerNormalization", "Activation", "from_config",
+           "mlp_stack"]

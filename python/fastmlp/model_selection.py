@@ -113,15 +113,9 @@ def build_mlp(input_dim, n_outputs, *, output_activation, loss, metrics=None, hi
 
     if isinstance(hidden_layer_sizes, numbers.Integral):
         hidden_layer_sizes = (hidden_layer_sizes,)
-    reg = fm.regularizers.L2(l2) if l2 else None
-    rate = fm.Dropout(dropout).rate if dropout else 0.0  # checked even without hidden layers
-    layers, fan_in = [], input_dim
-    for units in hidden_layer_sizes:
-        layers.append(fm.Dense(units, activation, input_dim=fan_in, kernel_regularizer=reg))
-        if rate:
-            layers.append(fm.Dropout(rate))
-        fan_in = units
-    layers.append(fm.Dense(n_outputs, output_activation, input_dim=fan_in, kernel_regularizer=reg))
+    layers = fm.layers.mlp_stack(input_dim, hidden_layer_sizes, n_outputs, activation=activation,
+                                 output_activation=output_activation,
+                                 kernel_regularizer=fm.regularizers.L2(l2) if l2 else None, dropout=dropout)
     model = fm.Sequential(layers, seed=seed)
     opt = fm.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
     opt = copy.deepcopy(opt)

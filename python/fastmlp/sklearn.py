@@ -363,16 +363,12 @@ class _BaseMLP(BaseEstimator):
         import fastmlp as fm
 
         self._l2_now = l2
-        reg = fm.regularizers.L2(l2) if l2 > 0 else None
-        act = _ACTIVATIONS[self.activation]
-        layers, fan_in = [], n_features
-        for units in hidden:
-            layers.append(fm.Dense(units, act, input_dim=fan_in, kernel_regularizer=reg))
-            if self.dropout > 0:  # seeded from the model's seed (random_state) and its position
-                layers.append(fm.Dropout(float(self.dropout)))
-            fan_in = units
         out_act, loss, metrics = self._output(n_out)
-        layers.append(fm.Dense(n_out, out_act, input_dim=fan_in, kernel_regularizer=reg))
+        # Dropout layers are seeded from the model's seed (random_state) and their position.
+        layers = fm.layers.mlp_stack(n_features, hidden, n_out, activation=_ACTIVATIONS[self.activation],
+                                     output_activation=out_act,
+                                     kernel_regularizer=fm.regularizers.L2(l2) if l2 > 0 else None,
+                                     dropout=float(self.dropout))
         model = fm.Sequential(layers, seed=seed, name=type(self).__name__)
         # float64 trains in float64 on the CPU (the GPU engine is float32; results are cast back)
         engine_dtype = "float64" if np.dtype(dtype) == np.float64 and device == "cpu" else "float32"
