@@ -190,6 +190,11 @@ void CudaBackend::activation_forward(int rows, int cols, const float* X, Activat
   launch_activation_forward(int64_t(rows) * cols, X, act, Y, stream_);
 }
 
+void CudaBackend::output_activation(int rows, int cols, ActivationSpec act, float* Z) {
+  bind();
+  launch_output_activation(rows, cols, act, Z, stream_);
+}
+
 void CudaBackend::activation_backward(int rows, int cols, const float* X, const float* Y, const float* dY,
                                       ActivationSpec act, ActivationSpec x_act, float* dX) {
   bind();

@@ -40,6 +40,7 @@ class CudaBackend final : public Backend<float> {
                       const float* dZ, float* dW, float* db, float* dX, ActivationSpec x_act,
                       float* dX_bias_grad) override;
   void activation_forward(int rows, int cols, const float* X, ActivationSpec act, float* Y) override;
+  void output_activation(int rows, int cols, ActivationSpec act, float* Z) override;
   void activation_backward(int rows, int cols, const float* X, const float* Y, const float* dY, ActivationSpec act,
                            ActivationSpec x_act, float* dX) override;
   void dropout_forward(int rows, int cols, const float* X, DropoutSpec d, const TrainCounters* counters,

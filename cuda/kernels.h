@@ -21,6 +21,8 @@ void launch_column_sums(int rows, int cols, const float* M, float* out, cudaStre
 // Layer ops other than Dense (backend.h has their semantics). layer_kernels.cu:
 // Y = act(X), element-wise (n = rows * cols).
 void launch_activation_forward(int64_t n, const float* X, ActivationSpec act, float* Y, cudaStream_t s);
+// Z = the model's output of logits Z, in place, one row per thread (math::output_value).
+void launch_output_activation(int rows, int cols, ActivationSpec act, float* Z, cudaStream_t s);
 // dX = dY * act'(Y) * x_act'(X).
 void launch_activation_layer_backward(int64_t n, const float* X, const float* Y, const float* dY, ActivationSpec act,
                                       ActivationSpec x_act, float* dX, cudaStream_t s);

@@ -40,6 +40,15 @@ __global__ void dropout_forward_kernel(int64_t n, int cols, const float* X, Drop
     Y[i] = math::dropout_keep(d.seed, step, first + i, d.rate) ? X[i] * scale : 0.0f;
 }
 
+// One thread per row, as the loss kernel: predict's rows are few next to their GEMMs.
+__global__ void output_activation_kernel(int rows, int cols, ActivationSpec act, float* Z) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= rows) return;
+  float* z = Z + int64_t(i) * cols;
+  const float lse = act.kind == Activation::Softmax ? math::row_logsumexp(cols, z) : 0.0f;
+  for (int j = 0; j < cols; ++j) z[j] = math::output_value(act, lse, z[j]);
+}
+
 __global__ void dropout_backward_kernel(int64_t n, int cols, const float* X, const float* dY, DropoutSpec d,
                                         const TrainCounters* counters, ActivationSpec x_act, float* dX) {
   const int64_t step = counters->step, first = counters->row_offset * cols;
@@ -59,6 +68,13 @@ void launch_activation_forward(int64_t n, const float* X, ActivationSpec act, fl
   if (n <= 0) return;
   activation_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, X, act, Y);
   FASTMLP_LAUNCH_CHECK("activation_forward_kernel");
+}
+
+void launch_output_activation(int rows, int cols, ActivationSpec act, float* Z, cudaStream_t s) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int threads = 128;
+  output_activation_kernel<<<(rows + threads - 1) / threads, threads, 0, s>>>(rows, cols, act, Z);
+  FASTMLP_LAUNCH_CHECK("output_activation_kernel");
 }
 
 void launch_activation_layer_backward(int64_t n, const float* X, const float* Y, const float* dY, ActivationSpec act,

@@ -125,6 +125,20 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
+  void output_activation(int rows, int cols, ActivationSpec act, T* Z) override {
+    const T p = T(act.param);
+    const bool split = cpu::parallel_pass(int64_t(rows) * cols);
+    if (act.kind == Activation::Softmax) {  // with_activation treats it as linear (the layer's view)
+      cpu::parallel_for(rows, split, [&](int64_t lo, int64_t hi) {
+        cpu::output_rows<Activation::Softmax>(lo, hi, cols, p, Z);
+      });
+      return;
+    }
+    with_activation(act.kind, [&](auto kind) {
+      cpu::parallel_for(rows, split, [&](int64_t lo, int64_t hi) { cpu::output_rows<kind.value>(lo, hi, cols, p, Z); });
+    });
+  }
+
   void activation_backward(int rows, int cols, const T* X, const T* Y, const T* dY, ActivationSpec act,
                            ActivationSpec x_act, T* dX) override {
     const int64_t n = int64_t(rows) * cols;
@@ -300,15 +314,8 @@ class CpuBackend final : public Backend<T> {
     const Sums sums = cpu::parallel_reduce(
         rows, cpu::parallel_pass(int64_t(rows) * n_out), Sums{0.0, 0.0},
         [&](int64_t lo, int64_t hi) {
-          Sums part{0.0, 0.0};
-          for (int64_t i = lo; i < hi; ++i) {
-            const T w = math::row_weight(Y + i * y_cols, y_cols, weighted);
-            const auto r = math::loss_row(loss, T(loss_param), metric, out_act, n_out, Z + i * n_out, Y + i * y_cols,
-                                          scale * w, dZ ? dZ + i * n_out : nullptr);
-            part.first += double(w) * r.loss;
-            part.second += r.metric;
-          }
-          return part;
+          return cpu::loss_rows(lo, hi, n_out, Z, Y, y_cols, weighted, loss, T(loss_param), metric, out_act, scale,
+                                dZ);
         },
         [](Sums a, Sums b) { return Sums{a.first + b.first, a.second + b.second}; });
     const double loss_sum = sums.first, metric_sum = sums.second;

@@ -5,6 +5,7 @@
 // Included by cpu_backend.cpp only (internal linkage: the clones stay private to it).
 #pragma once
 #include <cstdint>
+#include <utility>
 
 #include "cpu/vector_clones.h"
 #include "fastmlp/math.h"
@@ -82,6 +83,39 @@ FASTMLP_VECTOR_CLONES void column_sums_band(int rows, int cols, const T* __restr
     for (int j = j0; j < j1; ++j) acc[j - j0] += row[j];
   }
   for (int j = j0; j < j1; ++j) out[j] = acc[j - j0];
+}
+
+// Loss rows [lo, hi) (math::loss_row; dZ may be null): the weighted loss sum and the metric sum.
+// One copy per vector width, so the rows' exp, max and sum loops vectorize.
+template <typename T>
+FASTMLP_VECTOR_CLONES std::pair<double, double> loss_rows(int64_t lo, int64_t hi, int n_out, const T* Z, const T* Y,
+                                                          int y_cols, bool weighted, Loss loss, T loss_param,
+                                                          Metric metric, ActivationSpec out_act, T scale, T* dZ) {
+  std::pair<double, double> sums{0.0, 0.0};
+  for (int64_t i = lo; i < hi; ++i) {
+    const T w = math::row_weight(Y + i * y_cols, y_cols, weighted);
+    const auto r = math::loss_row(loss, loss_param, metric, out_act, n_out, Z + i * n_out, Y + i * y_cols, scale * w,
+                                  dZ ? dZ + i * n_out : nullptr);
+    sums.first += double(w) * r.loss;
+    sums.second += r.metric;
+  }
+  return sums;
+}
+
+// Z[i, :] = the model's output of logits row i, in place, for rows [lo, hi) (math::output_value).
+template <Activation K, typename T>
+FASTMLP_VECTOR_CLONES void output_rows(int64_t lo, int64_t hi, int n_out, T param, T* Z) {
+  for (int64_t i = lo; i < hi; ++i) {
+    T* z = Z + i * n_out;
+    if constexpr (K == Activation::Softmax) {
+      const T lse = math::row_logsumexp(n_out, z);
+#pragma omp simd
+      for (int j = 0; j < n_out; ++j) z[j] = math::exp(z[j] - lse);
+    } else {
+#pragma omp simd
+      for (int j = 0; j < n_out; ++j) z[j] = math::activate(K, param, z[j]);
+    }
+  }
 }
 
 }  // namespace

@@ -94,6 +94,9 @@ class Backend {
 
   // Y = act(X). act is never softmax (a final softmax is the loss's).
   virtual void activation_forward(int rows, int cols, const T* X, ActivationSpec act, T* Y) = 0;
+  // Z = the model's output of its logits Z, in place, row by row: act per element, or softmax
+  // (math::output_value; predict's last step).
+  virtual void output_activation(int rows, int cols, ActivationSpec act, T* Z) = 0;
   // dX = dY * act'(Y) * x_act'(X). dX may be dY (an in-place pass).
   virtual void activation_backward(int rows, int cols, const T* X, const T* Y, const T* dY, ActivationSpec act,
                                    ActivationSpec x_act, T* dX) = 0;

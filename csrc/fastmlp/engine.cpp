@@ -661,13 +661,10 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
     forward(rows, x, false, counters);
     T* out = out_host + start * n;
     start += rows;
+    // The loss's own formula, on the backend, in place: the logits are the workspace of the last
+    // op that is not an inference dropout (a model has a Dense), never the input rows.
+    backend_->output_activation(rows, n, act, const_cast<T*>(logits()));
     backend_->to_host(out, logits(), sizeof(T) * rows * n);
-    // The output activation on the host (the loss's own formula): a small pass over the logits.
-    for (int r = 0; r < rows; ++r) {
-      T* z = out + int64_t(r) * n;
-      const T lse = act.kind == Activation::Softmax ? math::row_logsumexp(n, z) : T(0);
-      for (int j = 0; j < n; ++j) z[j] = math::output_value(act, lse, z[j]);
-    }
   });
 }
 
