@@ -5,6 +5,8 @@ exactly the input: as an output activation (predict's row pass) and as a hidden 
 vectorized element-wise pass). Checked three ways: accuracy in ulps against float64 NumPy, special
 values (overflow, underflow, infinities, NaN), and bit for bit against a float32 NumPy replica of
 the same operations, which shows that no vector width or fused multiply-add changed a rounding."""
+import math
+
 import numpy as np
 import pytest
 
@@ -48,11 +50,24 @@ def np_sigmoid(z):
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
 
+def np_gelu(z):
+    return 0.5 * z * (1.0 + np.vectorize(math.erf)(z / np.sqrt(2.0)))
+
+
 CASES = {  # activation: (float64 reference, input range with normal results, max ulps)
     "exponential": (np.exp, (-87.0, 88.72), 1.0),
     "tanh": (np.tanh, (-12.0, 12.0), 1.5),
     "sigmoid": (np_sigmoid, (-87.0, 40.0), 2.5),
+    # 1 + erf cancels for z < 0: in ulps only where z > -1 (libm's erff gave 2.3 there), about 1e-7
+    # absolute below (test_gelu_below_minus_one).
+    "gelu": (np_gelu, (-1.0, 12.0), 3.5),
 }
+
+
+def test_gelu_below_minus_one():
+    x = grid(-12.0, -1.0)
+    err = np.abs(through_hidden("gelu", x) - np_gelu(x.astype(np.float64)))
+    assert err.max() < 1.5e-7, float(err.max())
 
 
 @pytest.mark.parametrize("path", [through_output, through_hidden])
@@ -106,7 +121,31 @@ def replica_sigmoid(z):
     return np.where(z >= 0, f32(1.0), e) / (f32(1.0) + e)
 
 
-REPLICAS = {"exponential": replica_exp, "tanh": replica_tanh, "sigmoid": replica_sigmoid}
+def replica_erf(x):
+    z = x * x
+    p = f32(7.898066403e-05)
+    for coefficient in (-8.024311708e-04, 5.190048822e-03, -2.685480602e-02, 1.128361236e-01, -3.761262884e-01,
+                        1.128379167e+00):
+        p = p * z + f32(coefficient)
+    small = x * p
+    a = np.abs(x)
+    a = np.where(a < f32(4), a, f32(4)).astype(f32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # x = 0: the small branch is taken
+        t = f32(1) / a
+        g = f32(2.997928097e-02)
+        for coefficient in (-1.749846363e-01, 4.252311423e-01, -5.168291927e-01, 2.190440811e-01, 2.422872032e-01,
+                            -3.805767362e-01, 2.169396920e-02, 5.616079235e-01, 1.305572934e-04):
+            g = g * t + f32(coefficient)
+    large = f32(1) - replica_exp(-(a * a)) * g
+    y = np.where(np.abs(x) < f32(1), small, np.where(x < 0, -large, large))
+    return np.where(np.isnan(x), x, y)
+
+
+def replica_gelu(z):  # math::activate: 0.5 z (1 + erf(z / sqrt 2)), in this order
+    return f32(0.5) * z * (f32(1) + replica_erf(z * f32(0.70710678118654752440084436210485)))
+
+
+REPLICAS = {"exponential": replica_exp, "tanh": replica_tanh, "sigmoid": replica_sigmoid, "gelu": replica_gelu}
 
 
 @pytest.mark.parametrize("path", [through_output, through_hidden])
@@ -120,6 +159,14 @@ def test_bit_for_bit_the_replica(activation, path):
     assert got.dtype == want.dtype == f32
     different = got.view(np.uint32) != want.view(np.uint32)
     assert not different.any(), (activation, x[different][:5], got[different][:5], want[different][:5])
+
+
+def test_erf_within_2_5_ulp():
+    # The replica's erf is the CPU's bit for bit (the GELU case of test_bit_for_bit_the_replica).
+    x = np.concatenate([np.linspace(-5, 5, 200_001), np.linspace(-1e-3, 1e-3, 5_001)]).astype(f32)
+    want = np.vectorize(math.erf)(x.astype(np.float64))
+    err = ulps(replica_erf(x), want)[want != 0]
+    assert err.max() <= 2.5 and err.mean() < 0.4, float(err.max())
 
 
 def test_special_values():

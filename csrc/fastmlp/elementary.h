@@ -1,19 +1,20 @@
-// exp and tanh of a float in plain arithmetic, for the CPU loops to vectorize.
+// exp, tanh and erf of a float in plain arithmetic, for the CPU loops to vectorize.
 //
-// libm's expf and tanhf are a call per element, which no loop vectorizes: a 784-512-512-10 tanh
-// network trained 1.67x slower than the same with ReLU, and predict of a 1000-class softmax took
-// twice PyTorch's time, most of the difference in those calls. These are the classic Cephes
-// single-precision algorithms (range reduction, then a minimax polynomial), written with
-// selects instead of branches, so GCC vectorizes them at every width FASTMLP_VECTOR_CLONES builds.
+// libm's expf, tanhf and erff are a call per element, which no loop vectorizes: a 784-512-512-10
+// tanh network trained 1.67x slower than the same with ReLU (GELU, through erf, 2x), and predict of
+// a 1000-class softmax took twice PyTorch's time, most of the difference in those calls. exp and
+// tanh are the classic Cephes single-precision algorithms (range reduction, then a minimax
+// polynomial), erf polynomials fitted here; all are written with selects instead of branches, so
+// GCC vectorizes them at every width FASTMLP_VECTOR_CLONES builds.
 // The operations are the same at every vector width and no fused multiply-add is formed
 // (-ffp-contract=off), so the CPU's results do not depend on the vector width.
 //
-// Accuracy (tests/test_elementary.py, against float64 NumPy over every float in [-104, 89] in
-// steps and special values): relative error below 2 ulp for exp and tanh; exp overflows to inf
-// above 88.72284 and underflows through the subnormals (one rounding) to 0 below -103.97, as
-// libm does; NaN, +-inf and -0 map as libm maps them.
+// Accuracy (tests/test_elementary.py, against float64 over grids of floats, and special values):
+// within 1 ulp for exp, 1.5 for tanh and 2.5 for erf; exp overflows to inf from 88.72284 on and
+// underflows through the subnormals (one rounding) to 0, as libm does; NaN, +-inf and -0 map as
+// libm maps them.
 //
-// Host code only: CUDA device code keeps CUDA's expf and tanhf (math.h), and double keeps libm's
+// Host code only: CUDA device code keeps CUDA's expf, tanhf and erff (math.h), and double keeps libm's
 // (the float64 engine is for exactness, not speed).
 #pragma once
 #if !defined(__CUDA_ARCH__)
@@ -73,6 +74,38 @@ inline __attribute__((always_inline)) float tanh(float x) {
   const float signed_large = x < 0.0f ? -large : large;
   const float y = a < 0.625f ? small : signed_large;
   return x == 0.0f ? x : y;  // tanh(-0) = -0
+}
+
+// erf(x): x P(x^2) for |x| < 1; otherwise 1 - e^(-x^2) G(1/|x|) with x's sign, and 1 from |x| = 4
+// on (erfc(4) = 1.5e-8 rounds away). P and G are least-squares fits in float64 (P of erf(x)/x
+// in x^2 on [0, 1], G of erfc(x) e^(x^2) in 1/x on [1, 4], degree 9); evaluated in float they
+// stay within 2.5 ulp (tests/test_elementary.py).
+inline __attribute__((always_inline)) float erf(float x) {
+  const float z = x * x;
+  float p = 7.898066403e-05f;
+  p = p * z - 8.024311708e-04f;
+  p = p * z + 5.190048822e-03f;
+  p = p * z - 2.685480602e-02f;
+  p = p * z + 1.128361236e-01f;
+  p = p * z - 3.761262884e-01f;
+  p = p * z + 1.128379167e+00f;
+  const float small = x * p;
+  float a = std::fabs(x);
+  a = a < 4.0f ? a : 4.0f;
+  const float t = 1.0f / a;
+  float g = 2.997928097e-02f;
+  g = g * t - 1.749846363e-01f;
+  g = g * t + 4.252311423e-01f;
+  g = g * t - 5.168291927e-01f;
+  g = g * t + 2.190440811e-01f;
+  g = g * t + 2.422872032e-01f;
+  g = g * t - 3.805767362e-01f;
+  g = g * t + 2.169396920e-02f;
+  g = g * t + 5.616079235e-01f;
+  g = g * t + 1.305572934e-04f;
+  const float large = 1.0f - exp(-(a * a)) * g;
+  const float y = std::fabs(x) < 1.0f ? small : (x < 0.0f ? -large : large);
+  return x == x ? y : x;
 }
 
 }  // namespace fastmlp::math::elementary

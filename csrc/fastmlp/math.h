@@ -24,7 +24,6 @@ namespace math {
 // Host code gets the float and double overloads from std; CUDA device code has its own.
 using std::ceil;
 using std::cos;
-using std::erf;
 using std::expm1;
 using std::fabs;
 using std::isfinite;
@@ -33,12 +32,14 @@ using std::log;
 using std::log1p;
 using std::pow;
 using std::sqrt;
-// float exp and tanh in arithmetic the CPU loops vectorize (elementary.h); double keeps libm's.
+// float exp, tanh and erf in arithmetic the CPU loops vectorize (elementary.h); double keeps libm's.
 // CUDA device code gets CUDA's own float and double overloads.
 FASTMLP_HD float exp(float x) { return elementary::exp(x); }
 FASTMLP_HD double exp(double x) { return std::exp(x); }
 FASTMLP_HD float tanh(float x) { return elementary::tanh(x); }
 FASTMLP_HD double tanh(double x) { return std::tanh(x); }
+FASTMLP_HD float erf(float x) { return elementary::erf(x); }
+FASTMLP_HD double erf(double x) { return std::erf(x); }
 #endif
 
 template <typename T>
