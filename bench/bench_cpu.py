@@ -22,6 +22,10 @@ Cases (--case, comma list, default all):
                  default and with torch.set_flush_denormal(True). Adam's first moments of weights
                  whose gradients turn zero (rare pixels, dead units) decay through the subnormal
                  range after several hundred steps.
+  activations    784-512-512-10, Adam, b128 with hidden ReLU, sigmoid, tanh, GELU, SiLU, ELU
+  predict        predict of all rows: 784-512-512-10 (softmax over 10 classes) and 256-512-1000
+                 (softmax over 1000 classes, ten times fewer rows); fastmlp's predict against
+                 PyTorch's inference_mode forward and softmax, batch = all rows, median of 5 calls
 
 Every measurement runs in a fresh subprocess (this script with --worker SPEC) so that import
 order, thread pools and peak RSS of one do not leak into the next. Random data (uniform
@@ -52,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = ("import_order", "contention", "small_batches", "width_sweep", "jax", "memory", "denormals")
+CASES = ("import_order", "contention", "small_batches", "width_sweep", "jax", "memory", "denormals", "activations",
+         "predict")
 FEATURES, CLASSES = 784, 10
 MLP512 = {"hidden": [512, 512], "act": "relu", "opt": ["adam", 1e-3], "batch": 128}
 KERAS_DEMO = {"hidden": [100], "act": "sigmoid", "opt": ["sgd", 0.1]}
@@ -196,7 +201,8 @@ def worker_torch(spec):
     if spec.get("flush_denormals"):
         torch.set_flush_denormal(True)
     torch.manual_seed(spec["seed"])
-    acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid}
+    acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU,
+            "elu": torch.nn.ELU, "gelu": torch.nn.GELU}  # GELU's default is the exact erf form, as fastmlp's
     mods = []
     for fi, fo in layer_sizes(spec["hidden"]):
         mods += [torch.nn.Linear(fi, fo), acts[spec["act"]]()]
@@ -225,6 +231,52 @@ def worker_torch(spec):
             step(x[idx], y[idx])
         times.append(time.perf_counter() - t0)
     return timing(times, n)
+
+
+PREDICT_CALLS = 5
+
+
+def predict_inputs(spec):
+    return np.random.default_rng(spec["seed"]).random((spec["rows"], spec["features"]), dtype=np.float32)
+
+
+def worker_fastmlp_predict(spec):
+    import fastmlp as fm
+
+    fm.set_num_threads(spec["threads"])
+    x = predict_inputs(spec)
+    sizes = [spec["features"], *spec["hidden"]]
+    layers = [fm.Dense(h, "relu", input_dim=sizes[0] if i == 0 else None) for i, h in enumerate(spec["hidden"])]
+    model = fm.Sequential(layers + [fm.Dense(spec["classes"], "softmax")], seed=spec["seed"])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", device="cpu")
+    times = []
+    for _ in range(PREDICT_CALLS + 1):  # the first call allocates the workspace
+        t0 = time.perf_counter()
+        out = model.predict(x, batch_size=len(x))
+        times.append(time.perf_counter() - t0)
+    assert out.shape == (len(x), spec["classes"])
+    return timing(times, len(x))
+
+
+def worker_torch_predict(spec):
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    x = predict_inputs(spec)
+    mods, fan_in = [], spec["features"]
+    for h in spec["hidden"]:
+        mods += [torch.nn.Linear(fan_in, h), torch.nn.ReLU()]
+        fan_in = h
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(fan_in, spec["classes"])).eval()
+    times = []
+    for _ in range(PREDICT_CALLS + 1):
+        t0 = time.perf_counter()
+        with torch.inference_mode():  # NumPy in, NumPy out, as fastmlp's predict
+            out = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+        times.append(time.perf_counter() - t0)
+    assert out.shape == (len(x), spec["classes"])
+    return timing(times, len(x))
 
 
 def worker_jax(spec):
@@ -340,7 +392,8 @@ def worker_baseline(spec):
 
 
 WORKERS = {"fastmlp": worker_fastmlp, "torch": worker_torch, "jax": worker_jax,
-           "memory": worker_memory, "baseline": worker_baseline}
+           "memory": worker_memory, "baseline": worker_baseline,
+           "fastmlp_predict": worker_fastmlp_predict, "torch_predict": worker_torch_predict}
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -399,9 +452,9 @@ class Runner:
         return out
 
     def _run(self, spec, busy):
-        if spec["task"] == "torch" and not have("torch"):
+        if spec["task"] in ("torch", "torch_predict") and not have("torch"):
             return {"skipped": "torch not importable"}
-        if spec["task"] == "fastmlp" and spec["imports"] != "no_torch" and not have("torch"):
+        if spec["task"] == "fastmlp" and spec.get("imports") != "no_torch" and not have("torch"):
             return {"skipped": "torch not importable"}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
         hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
@@ -603,8 +656,39 @@ def case_denormals(run, args):
     return out
 
 
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "silu", "elu")
+
+
+def case_activations(run, args):
+    n = max(128, args.rows // 2)
+    out = {"model": "784-h-h-10 with h = 512 and the hidden activation below, Adam(1e-3), batch 128", "rows": n}
+    keys, specs = [], []
+    for act in ACTIVATIONS:
+        cfg = {**MLP512, "act": act}
+        keys += [f"fastmlp_{act}", f"pytorch_{act}"]
+        specs += [run.spec("fastmlp", imports="no_torch", rows=n, **cfg), run.spec("torch", rows=n, **cfg)]
+    out.update(zip(keys, run.interleaved(specs)))
+    out["ratio_torch_over_fastmlp"] = {a: ratio(out[f"pytorch_{a}"], out[f"fastmlp_{a}"]) for a in ACTIVATIONS}
+    out["cost_over_relu"] = {fw: {a: ratio(out[f"{fw}_{a}"], out[f"{fw}_relu"]) for a in ACTIVATIONS}
+                             for fw in ("fastmlp", "pytorch")}
+    return out
+
+
+def case_predict(run, args):
+    models = (("784-512-512-10", {"features": FEATURES, "hidden": [512, 512], "classes": CLASSES}, args.rows),
+              ("256-512-1000", {"features": 256, "hidden": [512], "classes": 1000}, max(10, args.rows // 4)))
+    out = {"method": f"seconds per predict of all rows at once (median of calls 2..{PREDICT_CALLS + 1}); "
+                     "PyTorch: inference_mode forward and softmax, NumPy in and out"}
+    for name, shape, n in models:
+        fm_r, torch_r = run.interleaved([run.spec("fastmlp_predict", rows=n, **shape),
+                                         run.spec("torch_predict", rows=n, **shape)])
+        out[name] = {"rows": n, "fastmlp": fm_r, "pytorch": torch_r, "ratio_torch_over_fastmlp": ratio(torch_r, fm_r)}
+    return out
+
+
 CASE_FUNCS = {"import_order": case_import_order, "contention": case_contention, "small_batches": case_small_batches,
-              "width_sweep": case_width_sweep, "jax": case_jax, "memory": case_memory, "denormals": case_denormals}
+              "width_sweep": case_width_sweep, "jax": case_jax, "memory": case_memory, "denormals": case_denormals,
+              "activations": case_activations, "predict": case_predict}
 
 
 def parse_args(argv):
