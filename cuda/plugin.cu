@@ -68,6 +68,8 @@ extern "C" __attribute__((visibility("default"))) int fastmlp_cuda_query(char* d
   }
 }
 
+extern "C" __attribute__((visibility("default"))) const char* fastmlp_cuda_abi() { return FASTMLP_BACKEND_ABI; }
+
 extern "C" __attribute__((visibility("default"))) fastmlp::Backend<float>* fastmlp_cuda_create(int index,
                                                                                               const char* precision,
                                                                                               char* error,

@@ -51,7 +51,14 @@ const CudaPlugin& cuda_plugin() {
     }
     plugin.query = reinterpret_cast<CudaPluginQueryFn>(dlsym(plugin.handle, "fastmlp_cuda_query"));
     plugin.create = reinterpret_cast<CudaPluginCreateFn>(dlsym(plugin.handle, "fastmlp_cuda_create"));
-    if (!plugin.query || !plugin.create) plugin.error = "the CUDA plugin " + path + " lacks its entry points";
+    const auto abi = reinterpret_cast<CudaPluginAbiFn>(dlsym(plugin.handle, "fastmlp_cuda_abi"));
+    if (!plugin.query || !plugin.create || !abi) {
+      plugin.error = "the CUDA plugin " + path + " lacks its entry points";
+    } else if (std::string(abi()) != FASTMLP_BACKEND_ABI) {
+      plugin.error = "the CUDA plugin " + path + " was built from other sources than this fastmlp (backend interface " +
+                     abi() + ", expected " FASTMLP_BACKEND_ABI "): rebuild or reinstall fastmlp";
+    }
+    if (!plugin.error.empty()) plugin.query = nullptr, plugin.create = nullptr;
   });
   return plugin;
 }

@@ -5,6 +5,9 @@
 #include "fastmlp/backend.h"
 
 extern "C" {
+// The fingerprint of the Backend interface the plugin was compiled against (FASTMLP_BACKEND_ABI,
+// CMakeLists.txt); the core loads only a plugin whose fingerprint is its own.
+typedef const char* (*CudaPluginAbiFn)();
 // Returns the number of usable GPUs (0 or -1 when none) and describes them, the build, and
 // when none is usable, why.
 typedef int (*CudaPluginQueryFn)(char* description, size_t description_len, char* build, size_t build_len,
