@@ -24,7 +24,7 @@ Cases (--case, comma list, default all):
                  range after several hundred steps.
   activations    784-512-512-10, Adam, b128 with hidden ReLU, sigmoid, tanh, GELU, SiLU, ELU
   predict        predict of all rows: 784-512-512-10 (softmax over 10 classes) and 256-512-1000
-                 (softmax over 1000 classes, ten times fewer rows); fastmlp's predict against
+                 (softmax over 1000 classes, a quarter of the rows); fastmlp's predict against
                  PyTorch's inference_mode forward and softmax, batch = all rows, median of 5 calls
 
 Every measurement runs in a fresh subprocess (this script with --worker SPEC) so that import

@@ -663,7 +663,7 @@ void Engine<T>::predict(const Dataset<T>& data, int batch_size, T* out_host) {
     start += rows;
     // The loss's own formula, on the backend, in place: the logits are the workspace of the last
     // op that is not an inference dropout (a model has a Dense), never the input rows.
-    backend_->output_activation(rows, n, act, const_cast<T*>(logits()));
+    if (act.kind != Activation::Linear) backend_->output_activation(rows, n, act, const_cast<T*>(logits()));
     backend_->to_host(out, logits(), sizeof(T) * rows * n);
   });
 }

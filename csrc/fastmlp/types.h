@@ -98,6 +98,15 @@ struct ActivationSpec {
   X(Dense, "dense") X(Dropout, "dropout") X(BatchNormalization, "batch_normalization")                     \
   X(LayerNormalization, "layer_normalization") X(Activation, "activation")
 FASTMLP_NAMED_ENUM(LayerKind, FASTMLP_LAYER_KINDS)
+#undef FASTMLP_NAMED_ENUM
+#undef FASTMLP_ENUM_PYTHON_NAME
+#undef FASTMLP_ENUM_ENTRY
+
+// The names of the last ids before the lists (kept for C++ code embedding the core).
+constexpr Activation kLastActivation = Activation(kActivationCount - 1);
+constexpr Loss kLastLoss = Loss(kLossCount - 1);
+constexpr MetricKind kLastMetricKind = MetricKind(kMetricKindCount - 1);
+constexpr int kOptimizerKinds = kOptimizerKindCount;
 
 // Inverted dropout: each element is kept with probability 1 - rate, drawn from (seed, the
 // optimizer step, the element's index in the (global) batch) by math::dropout_keep, so every
