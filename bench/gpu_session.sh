@@ -23,7 +23,8 @@ REPO=$OLDPWD
 if [ "${1:-}" = "verify" ]; then
   # The GPU-relevant test files only, then compute-sanitizer on a fit that uses this session's
   # new kernels (weighted loss, Poisson/Huber, GELU through an Activation op, the metrics'
-  # atomics, hvp): a short device session's check of what was written without a GPU.
+  # atomics, hvp, predict's output_activation): a short device session's check of what was
+  # written without a GPU.
   timeout 300 python3 -m pytest -q -ra -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_layers.py" \
     "$REPO/tests/test_cuda_workflow.py" "$REPO/tests/test_interop.py" 2>&1 | tee "$OUT/tests.log" | tail -25
   timeout 200 compute-sanitizer --tool memcheck python3 -c "
@@ -38,6 +39,7 @@ r.compile('sgd', 'poisson', device='cuda'); r.fit(x, rng.poisson(1.0, (300, 2)).
 h = fm.Sequential([fm.Dense(8, 'tanh', input_dim=20), fm.Dense(2)], seed=2)
 h.compile('sgd', fm.losses.Huber(0.5), device='cuda'); h.fit(x, rng.normal(size=(300, 2)).astype(np.float32), epochs=1, verbose=0)
 print('memcheck hvp', np.abs(fm.hvp(h, x[:50], rng.normal(size=(50, 2)).astype(np.float32), [np.ones_like(a) for a in h.get_weights()])[0]).max())
+print('memcheck output_activation (softmax, exponential)', m.predict(x, batch_size=37).sum(axis=1)[:3], r.predict(x[:5]).ravel()[:4])
 del m, r, h; import gc; gc.collect()
 " > "$OUT/sanitizer.log" 2>&1; tail -4 "$OUT/sanitizer.log"
   exit 0

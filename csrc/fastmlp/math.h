@@ -153,8 +153,8 @@ FASTMLP_HD T activation_second_grad(Activation kind, T param, T z, T a) {
 // Row helpers: n outputs of one sample. Every loss starts from the pre-activation z.
 
 // Row reductions over kRowLanes partial results, lane j % kRowLanes, combined in lane order: the
-// CPU loops vectorize them at any vector width with the same result (a serial sum does not
-// vectorize), and a CUDA thread computes the same. Rows of 1000 classes spent most of their
+// CPU loops vectorize them with the same result at every vector width (a serial sum does not
+// vectorize), and a CUDA thread adds in the same order. Rows of 1000 classes spent most of their
 // loss and predict time in serial sums and maxima.
 constexpr int kRowLanes = 16;
 

@@ -73,9 +73,10 @@ constexpr int metric_slot_count(MetricKind kind) {
 }
 
 // Every optimizer, once. The enum, the bindings' OPTIMIZER_KINDS and the CPU backend's dispatch
-// are generated from this list. An optimizer's hyper-parameters are fields of OptimizerConfig, its state slots a case of
-// optimizer_state_slots, its per-element update a case of math::optimizer_update (both switches
-// have no default, so -Wswitch names a case that is missing), and its class in optimizers.py.
+// are generated from this list. An optimizer's hyper-parameters are fields of OptimizerConfig,
+// its state slots a case of optimizer_state_slots, its per-element update a case of
+// math::optimizer_update (both switches have no default, so -Wswitch names a case that is
+// missing), and its class in optimizers.py.
 #define FASTMLP_OPTIMIZERS(X)                                                                        \
   X(SGD, "sgd") X(Adagrad, "adagrad") X(RMSprop, "rmsprop") X(Adadelta, "adadelta") X(Adam, "adam") \
   X(AdamW, "adamw") X(NAdam, "nadam") X(RAdam, "radam") X(LAMB, "lamb")
