@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 CASES = ("import_order", "contention", "small_batches", "width_sweep", "jax", "memory", "denormals", "activations",
-         "predict")
+         "predict", "dropout")
 FEATURES, CLASSES = 784, 10
 MLP512 = {"hidden": [512, 512], "act": "relu", "opt": ["adam", 1e-3], "batch": 128}
 KERAS_DEMO = {"hidden": [100], "act": "sigmoid", "opt": ["sgd", 0.1]}
@@ -163,8 +163,11 @@ def epoch_timer(fm):
 
 def fm_model(fm, spec):
     reg = fm.regularizers.L2(spec["l2"]) if spec.get("l2") else None
-    layers = [fm.Dense(h, activation=spec["act"], input_dim=FEATURES if i == 0 else None, kernel_regularizer=reg)
-              for i, h in enumerate(spec["hidden"])]
+    layers = []
+    for i, h in enumerate(spec["hidden"]):
+        layers.append(fm.Dense(h, activation=spec["act"], input_dim=FEATURES if i == 0 else None, kernel_regularizer=reg))
+        if spec.get("dropout"):
+            layers.append(fm.Dropout(spec["dropout"]))
     model = fm.Sequential(layers + [fm.Dense(CLASSES, activation="softmax", kernel_regularizer=reg)],
                           seed=spec["seed"])
     name, lr = spec["opt"]
@@ -206,6 +209,8 @@ def worker_torch(spec):
     mods = []
     for fi, fo in layer_sizes(spec["hidden"]):
         mods += [torch.nn.Linear(fi, fo), acts[spec["act"]]()]
+        if spec.get("dropout") and fo != CLASSES:
+            mods.append(torch.nn.Dropout(spec["dropout"]))
     model = torch.nn.Sequential(*mods[:-1])  # the softmax is inside cross_entropy
     kernels = [m.weight for m in model if isinstance(m, torch.nn.Linear)]
     name, lr = spec["opt"]
@@ -686,9 +691,24 @@ def case_predict(run, args):
     return out
 
 
+def case_dropout(run, args):
+    """Keras's mnist_mlp shape: Dropout(0.2) after each hidden layer, against the same net without."""
+    n = max(128, args.rows // 2)
+    out = {"model": "784-512-Dropout(0.2)-512-Dropout(0.2)-10 ReLU, Adam(1e-3), batch 128, and the same without "
+                    "Dropout", "rows": n}
+    keys = ["fastmlp_plain", "fastmlp_dropout", "pytorch_plain", "pytorch_dropout"]
+    specs = [run.spec("fastmlp", imports="no_torch", rows=n, **MLP512),
+             run.spec("fastmlp", imports="no_torch", rows=n, dropout=0.2, **MLP512),
+             run.spec("torch", rows=n, **MLP512), run.spec("torch", rows=n, dropout=0.2, **MLP512)]
+    out.update(zip(keys, run.interleaved(specs)))
+    out["ratio_torch_over_fastmlp"] = {k: ratio(out[f"pytorch_{k}"], out[f"fastmlp_{k}"]) for k in ("plain", "dropout")}
+    out["dropout_cost"] = {fw: ratio(out[f"{fw}_dropout"], out[f"{fw}_plain"]) for fw in ("fastmlp", "pytorch")}
+    return out
+
+
 CASE_FUNCS = {"import_order": case_import_order, "contention": case_contention, "small_batches": case_small_batches,
               "width_sweep": case_width_sweep, "jax": case_jax, "memory": case_memory, "denormals": case_denormals,
-              "activations": case_activations, "predict": case_predict}
+              "activations": case_activations, "predict": case_predict, "dropout": case_dropout}
 
 
 def parse_args(argv):

@@ -16,7 +16,8 @@ center, scale)` (weights [gamma], [beta]) and `Activation(name, param)` (no weig
 The layer formulas follow their papers and the Keras documentation, not fastmlp's code:
 * Dropout (Srivastava et al. 2014, inverted): in training y = x * keep / (1 - rate); the identity
   otherwise. keep is drawn by Philox4x32-10 (Salmon et al. 2011) from (seed, step, element), the
-  counter-based scheme fastmlp documents: element = row * cols + col, step = the optimizer step.
+  counter-based scheme fastmlp documents: element = row * cols + col, step = the optimizer step,
+  each call's four words deciding four elements (dropout_keep).
 * BatchNormalization (Ioffe & Szegedy 2015): in training xhat = (x - mu_B) / sqrt(var_B + eps) with
   the batch mean and biased variance, y = gamma * xhat + beta; after the step the moving statistics
   become momentum * moving + (1 - momentum) * batch statistic (Keras 3). Inference uses them.
@@ -285,12 +286,18 @@ def philox4x32_10(counter, key):
     return c
 
 
-def dropout_keep(seed, step, rows, cols, rate):
-    """Boolean (rows, cols) mask: element e = row * cols + col is kept iff the first Philox word
-    of counter (e lo, e hi, step lo, step hi) and key (seed lo, seed hi) is >= floor(rate * 2^32)."""
-    e = np.arange(rows * cols, dtype=np.uint64)
+def dropout_keep(seed, step, rows, cols, rate, first=0):
+    """Boolean (rows, cols) mask. Element e = first + row * cols + col (first: the global batch's
+    elements before this one) lies in block e // 64 at j = e % 64; it is kept iff word j // 16 of
+    Philox4x32-10 with counter (c lo, c hi, step lo, step hi), c = 16 * (e // 64) + j % 16, and key
+    (seed lo, seed hi) is >= floor(rate * 2^32). (Four words per counter, all used.)"""
+    e = np.arange(rows * cols, dtype=np.uint64) + np.uint64(first)
     step, seed = int(step) & _M64, int(seed) & _M64
-    word = philox4x32_10([e, e >> np.uint64(32), step & 0xFFFFFFFF, step >> 32], (seed & 0xFFFFFFFF, seed >> 32))[0]
+    c = (e // np.uint64(64)) * np.uint64(16) + e % np.uint64(16)
+    words = philox4x32_10([c & np.uint64(0xFFFFFFFF), c >> np.uint64(32), step & 0xFFFFFFFF, step >> 32],
+                          (seed & 0xFFFFFFFF, seed >> 32))
+    k = (e // np.uint64(16)) % np.uint64(4)
+    word = np.choose(k.astype(np.intp), words)
     threshold = int(math.floor(rate * 2.0 ** 32))
     return (word >= np.uint64(threshold)).reshape(rows, cols)
 

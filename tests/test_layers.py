@@ -241,17 +241,17 @@ def test_reference_gradients_match_its_finite_differences(body, head):
 
 # ------------------------------------------------------------------------ dropout
 
-def dropout_mask_of(rate, seed, rows, cols, step=0, model_seed=0):
+def dropout_mask_of(rate, seed, rows, cols, step=0, model_seed=0, dtype="float64"):
     """The mask fastmlp applies, read off compute_gradients: model Dense(cols) -> Dropout with
     x = I (rows x rows), W = 0, b = 0 and mse against y = -1: dL/dW = x.T @ dz = dz, which is
     2 / (rows * cols) * keep / (1 - rate)."""
     m = fm.Sequential([fm.Dense(cols, input_dim=rows), fm.Dropout(rate, seed)], seed=model_seed)
-    m.compile("sgd", "mse", device="cpu", dtype="float64")
+    m.compile("sgd", "mse", device="cpu", dtype=dtype)
     m.set_weights([np.zeros((rows, cols)), np.zeros(cols)])
     m._engine.step = step
     dW = m.compute_gradients(np.eye(rows), -np.ones((rows, cols)))[0]
     kept = dW != 0
-    assert np.allclose(dW[kept], 2 / (rows * cols) / (1 - rate), rtol=1e-12)
+    assert np.allclose(dW[kept], 2 / (rows * cols) / (1 - rate), rtol=1e-12 if dtype == "float64" else 1e-6)
     return kept
 
 
@@ -263,6 +263,33 @@ def test_dropout_masks_equal_reference_philox(rate, seed, step):
     np.testing.assert_array_equal(kept, ref.dropout_keep(own, step, 24, 31, rate))
     other = ref.dropout_keep(own, step + 1, 24, 31, rate)
     assert rate > 0.99 or (kept != other).any()  # the next step draws other masks
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows,cols,step", [(363, 401, 3), (7, 9, 2 ** 33 + 1), (1, 64, 0), (3, 65, 1), (1, 63, 4)])
+def test_dropout_masks_where_blocks_straddle_rows_and_threads(rows, cols, step, dtype):
+    """The CPU draws 64 elements per 16 Philox calls and the partial blocks at either end of a
+    thread's piece one by one: odd shapes must give the reference's element-by-element masks in
+    both precisions. 363 x 401 elements are split over 2 threads inside a block."""
+    threads = fm.get_num_threads()
+    fm.set_num_threads(2)
+    try:
+        kept = dropout_mask_of(0.4, 2 ** 63 + 5, rows, cols, step, dtype=dtype)
+    finally:
+        fm.set_num_threads(threads)
+    np.testing.assert_array_equal(kept, ref.dropout_keep(2 ** 63 + 5, step, rows, cols, 0.4))
+
+
+def test_reference_dropout_uses_all_four_philox_words_in_blocks_of_64():
+    """The reference's block layout written out: element 16 k + l of block b is word k of
+    counter 16 b + l; and a mask starting at element `first` is the tail of the mask from 0."""
+    seed, step, rate = 12345, 6, 0.5
+    full = ref.dropout_keep(seed, step, 1, 3 * 64, rate).ravel()
+    for e in (0, 15, 16, 47, 63, 64, 100, 191):
+        b, j = divmod(e, 64)
+        words = ref.philox4x32_10([16 * b + j % 16, 0, step, 0], (seed, 0))
+        assert full[e] == (int(words[j // 16]) >= 2 ** 31)
+    np.testing.assert_array_equal(ref.dropout_keep(seed, step, 1, 3 * 64 - 37, rate, first=37).ravel(), full[37:])
 
 
 def test_reference_philox_known_answers_and_seed_derivation():

@@ -50,14 +50,43 @@ FASTMLP_VECTOR_CLONES void activation_backward_range(int64_t lo, int64_t hi, con
             math::activation_grad_from_output(XK, x_param, X[i]);
 }
 
-// Y = X * keep / (1 - rate); element i of the batch is kept by math::dropout_keep as element
-// first + i of the global batch (first: TrainCounters::row_offset * cols).
+// The Philox words that decide dropout block `block` (elements 64 block + j, j < 64, in order;
+// math::dropout_counter): its 16 counters are one vector, each giving four words.
+inline __attribute__((always_inline)) void dropout_block_words(uint64_t seed, int64_t step, int64_t block,
+                                                               uint32_t* __restrict words) {
+  const uint64_t counter0 = uint64_t(block) * math::kDropoutCounters;
+#pragma omp simd
+  for (int l = 0; l < int(math::kDropoutCounters); ++l)
+    math::philox4x32_10(seed, counter0 + l, uint64_t(step), words[l], words[16 + l], words[32 + l], words[48 + l]);
+}
+
+// Calls apply(i, keep) for i in [lo, hi) in order: element i of the batch is element first + i
+// of the global batch (first: TrainCounters::row_offset * cols), kept by math::dropout_keep.
+// Whole blocks are drawn 16 counters at a time; the partial blocks at either end element by
+// element (a thread's piece may start and end anywhere).
+template <typename Apply>
+inline __attribute__((always_inline)) void for_dropout_decisions(int64_t lo, int64_t hi, int64_t first, uint64_t seed,
+                                                                 int64_t step, double rate, Apply&& apply) {
+  constexpr int64_t kBlock = math::kDropoutBlock;
+  const uint32_t threshold = math::dropout_threshold(rate);
+  alignas(64) uint32_t words[kBlock];
+  int64_t i = lo;
+  for (; i < hi && (first + i) % kBlock != 0; ++i) apply(i, math::dropout_keep(seed, step, first + i, rate));
+  for (; hi - i >= kBlock; i += kBlock) {
+    dropout_block_words(seed, step, (first + i) / kBlock, words);
+#pragma omp simd
+    for (int64_t j = 0; j < kBlock; ++j) apply(i + j, words[j] >= threshold);
+  }
+  for (; i < hi; ++i) apply(i, math::dropout_keep(seed, step, first + i, rate));
+}
+
+// Y = X * keep / (1 - rate).
 template <typename T>
 FASTMLP_VECTOR_CLONES void dropout_forward_range(int64_t lo, int64_t hi, const T* __restrict X, uint64_t seed,
                                                  int64_t step, int64_t first, double rate, T scale,
                                                  T* __restrict Y) {
-#pragma omp simd
-  for (int64_t i = lo; i < hi; ++i) Y[i] = math::dropout_keep(seed, step, first + i, rate) ? X[i] * scale : T(0);
+  for_dropout_decisions(lo, hi, first, seed, step, rate,
+                        [&](int64_t i, bool keep) __attribute__((always_inline)) { Y[i] = keep ? X[i] * scale : T(0); });
 }
 
 // dX = dY * keep / (1 - rate) * x_act'(X), the forward pass's mask drawn again.
@@ -65,11 +94,9 @@ template <Activation XK, typename T>
 FASTMLP_VECTOR_CLONES void dropout_backward_range(int64_t lo, int64_t hi, const T* X, const T* dY, uint64_t seed,
                                                   int64_t step, int64_t first, double rate, T scale, T x_param,
                                                   T* dX) {
-#pragma omp simd
-  for (int64_t i = lo; i < hi; ++i)
-    dX[i] = math::dropout_keep(seed, step, first + i, rate)
-                ? dY[i] * scale * math::activation_grad_from_output(XK, x_param, X[i])
-                : T(0);
+  for_dropout_decisions(lo, hi, first, seed, step, rate, [&](int64_t i, bool keep) __attribute__((always_inline)) {
+    dX[i] = keep ? dY[i] * scale * math::activation_grad_from_output(XK, x_param, X[i]) : T(0);
+  });
 }
 
 // out[j] = sum over rows of M[i, j] for the columns [j0, j1) of one band (at most 64 wide).

@@ -518,7 +518,10 @@ FASTMLP_HD void loss_row_hessian_vector(Loss loss, T loss_param, const Activatio
 // the same on every backend, in any order, and in every replay of a captured step.
 FASTMLP_HD uint32_t mulhi32(uint32_t a, uint32_t b) { return uint32_t((uint64_t(a) * b) >> 32); }
 
-FASTMLP_HD uint32_t philox_first_word(uint64_t key, uint64_t counter_lo, uint64_t counter_hi) {
+// The four output words of Philox4x32-10 with key (2 words) = key and counter (4 words) =
+// (counter_lo, counter_hi), each 64 bits, low word first.
+FASTMLP_HD void philox4x32_10(uint64_t key, uint64_t counter_lo, uint64_t counter_hi, uint32_t& w0, uint32_t& w1,
+                              uint32_t& w2, uint32_t& w3) {
   uint32_t c0 = uint32_t(counter_lo), c1 = uint32_t(counter_lo >> 32);
   uint32_t c2 = uint32_t(counter_hi), c3 = uint32_t(counter_hi >> 32);
   uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
@@ -532,15 +535,37 @@ FASTMLP_HD uint32_t philox_first_word(uint64_t key, uint64_t counter_lo, uint64_
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  w0 = c0;
+  w1 = c1;
+  w2 = c2;
+  w3 = c3;
 }
 
-// Whether dropout keeps `element` (row * cols + col of the batch) at optimizer step `step`:
-// with probability 1 - rate, compared in integers so every backend decides alike.
+// Which Philox word decides dropout's `element` (row * cols + col of the global batch). Each
+// call gives four words, and all four are used: the elements come in blocks of 64, and block b's
+// element 16 k + l takes word k of counter 16 b + l. So 16 consecutive counters (one AVX-512
+// vector of them on the CPU) decide 64 consecutive elements in order, and the CPU stores them
+// without shuffling (elementwise.h). A word per element took as long as the rest of the step.
+constexpr int64_t kDropoutBlock = 64, kDropoutCounters = 16;
+FASTMLP_HD uint64_t dropout_counter(int64_t element) {
+  return (uint64_t(element) / kDropoutBlock) * kDropoutCounters + uint64_t(element) % kDropoutCounters;
+}
+FASTMLP_HD int dropout_word(int64_t element) { return int(uint64_t(element) / kDropoutCounters % 4); }
+
+// An element is kept when its word is at least this: probability 1 - rate, compared in integers
+// so every backend decides alike.
+FASTMLP_HD uint32_t dropout_threshold(double rate) {
+  return uint32_t(rate * 4294967296.0);  // rate < 1, so this is below 2^32
+}
+
+// Whether dropout keeps `element` at optimizer step `step` (the element's whole draw; the CPU
+// draws a block at a time, with the same result).
 FASTMLP_HD bool dropout_keep(uint64_t seed, int64_t step, int64_t element, double rate) {
-  const double scaled = rate * 4294967296.0;  // rate < 1, so this is below 2^32
-  const uint32_t threshold = uint32_t(scaled);
-  return philox_first_word(seed, uint64_t(element), uint64_t(step)) >= threshold;
+  uint32_t w0, w1, w2, w3;
+  philox4x32_10(seed, dropout_counter(element), uint64_t(step), w0, w1, w2, w3);
+  const int k = dropout_word(element);
+  const uint32_t word = k == 0 ? w0 : k == 1 ? w1 : k == 2 ? w2 : w3;  // selects: no indexed local array on a GPU
+  return word >= dropout_threshold(rate);
 }
 
 template <typename T>
