@@ -140,3 +140,21 @@ def test_streamed_data_and_full_batch_methods_give_the_same_metrics():
     start = m.evaluate(x, y)
     h = m.fit(x, y, epochs=1, verbose=0).history
     assert h["accuracy"] == [start["accuracy"]] and h["auc"] == [start["auc"]]
+
+
+@pytest.mark.parametrize("dtype,far", [("float32", (-150.0, -200.0)), ("float64", (-800.0, -900.0))])
+def test_top_k_and_accuracy_rank_by_the_logits_where_probabilities_underflow(dtype, far):
+    """Softmax probabilities of logits far below the maximum are all 0 in floating point, but the
+    classes still rank: with logits (0, far[0], far[1]) the last class has two classes above it,
+    so it is not in the top 2. Ranking the rounded probabilities would count only one above it."""
+    m = fm.Sequential([fm.Dense(3, "softmax", input_dim=1)], seed=0)
+    m.compile("sgd", "sparse_categorical_crossentropy", device="cpu", dtype=dtype,
+              metrics=["accuracy", fm.metrics.TopKCategoricalAccuracy(2, name="top2"),
+                       fm.metrics.TopKCategoricalAccuracy(3, name="top3")])
+    m.set_weights([np.array([[0.0, *far]]), np.zeros(3)])
+    x = np.ones((3, 1))
+    assert (m.predict(x)[:, 1:] == 0).all()  # the probabilities did underflow
+    got = [m.evaluate(x[:1], np.array([c]), verbose=0) for c in range(3)]
+    assert [g["top2"] for g in got] == [1.0, 1.0, 0.0]
+    assert [g["top3"] for g in got] == [1.0, 1.0, 1.0]
+    assert [g["accuracy"] for g in got] == [1.0, 0.0, 0.0]

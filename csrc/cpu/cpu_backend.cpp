@@ -1,5 +1,6 @@
 // The CPU backend: GEMMs through BLAS, every element-wise pass fused into one loop (split over
 // the worker threads of thread_pool.h) that calls the shared math in fastmlp/math.h.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -299,10 +300,26 @@ class CpuBackend final : public Backend<T> {
 
   void metrics(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool class_ids, Loss loss,
                ActivationSpec out_act, MetricSet set, double* slots) override {
-    auto add = [slots](int slot, double v) { slots[slot] += v; };
-    for (int64_t i = 0; i < rows; ++i)
-      for (int k = 0; k < set.count; ++k)
-        math::metric_row(set.specs[k], loss, out_act, class_ids, n_out, Z + i * n_out, Y + i * y_cols, add);
+    int used = 0;  // the slots the set touches
+    for (int k = 0; k < set.count; ++k)
+      used = std::max(used, set.specs[k].slot + metric_slot_count(set.specs[k].kind));
+    // Each thread sums its rows into its own slots; the pieces add up in order (counts are exact).
+    using Slots = std::vector<double>;
+    const Slots sums = cpu::parallel_reduce(
+        rows, cpu::parallel_pass(int64_t(rows) * n_out * set.count), Slots(size_t(used), 0.0),
+        [&](int64_t lo, int64_t hi) {
+          Slots mine(size_t(used), 0.0);
+          auto add = [&mine](int slot, double v) { mine[size_t(slot)] += v; };
+          for (int64_t i = lo; i < hi; ++i)
+            for (int k = 0; k < set.count; ++k)
+              math::metric_row(set.specs[k], loss, out_act, class_ids, n_out, Z + i * n_out, Y + i * y_cols, add);
+          return mine;
+        },
+        [](Slots a, const Slots& b) {
+          for (size_t j = 0; j < a.size(); ++j) a[j] += b[j];
+          return a;
+        });
+    for (int j = 0; j < used; ++j) slots[j] += sums[size_t(j)];
   }
 
   bool host_memory() const override { return true; }

@@ -16,7 +16,10 @@ loss (no per-batch Python), reported in fit's history, evaluate, callbacks and t
                                        1 + 1e-7 and the trapezoid rule over them
 
 Scores are probabilities for cross-entropy losses (softmax or sigmoid of the logits, so from_logits
-models score the same) and the output layer's activation otherwise. Metrics are not weighted by
+models score the same) and the output layer's activation otherwise. Where the scores rise strictly
+with the logits (cross-entropies, softmax, sigmoid and linear outputs), accuracy and top-k rank the
+logits themselves: classes whose probabilities round to the same float (0 far below the maximum)
+still rank as the exact probabilities would, where Keras's in_top_k counts such ties as hits. Metrics are not weighted by
 sample_weight. A model with a single metric accuracy, binary_accuracy or mae keeps the engine's
 original fused metric (the same values); any other list goes through the slots below.
 """
