@@ -59,7 +59,22 @@ class CpuBackend final : public Backend<T> {
   void to_backend(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
   void to_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override {
-    if (bytes) std::memmove(dst, src, bytes);
+    if (!bytes) return;
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    const bool overlap = d < s + bytes && s < d + bytes;
+    // One core does not reach the memory bandwidth: train_on_batch's copy of an Adam model's
+    // weights and moments (8 MB at 670k parameters) took 650 us on one thread.
+    if (overlap || !cpu::parallel_copy(int64_t(bytes / sizeof(T)))) {
+      std::memmove(dst, src, bytes);
+      return;
+    }
+    constexpr int64_t kLine = 64;
+    const int64_t lines = int64_t((bytes + kLine - 1) / kLine);
+    cpu::parallel_for(lines, true, [&](int64_t lo, int64_t hi) {
+      const size_t from = size_t(lo * kLine), to = std::min(bytes, size_t(hi * kLine));
+      std::memcpy(d + from, s + from, to - from);
+    });
   }
   void fill(T* dst, T value, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) dst[i] = value;
