@@ -82,9 +82,10 @@ uint64_t checked_seed(const py::handle& h, const char* name) {
   return v;
 }
 
+// An id of one of types.h's named enums: 0 up to its last kind.
 template <typename E>
-E checked_enum(const py::handle& h, const char* name, E last) {
-  return static_cast<E>(checked_int(h, name, 0, int64_t(last)));
+E checked_enum(const py::handle& h, const char* name) {
+  return static_cast<E>(checked_int(h, name, 0, int64_t(enum_count(E{})) - 1));
 }
 
 constexpr int64_t kIntMax = INT32_MAX;
@@ -98,7 +99,7 @@ LayerSpec make_layer(const py::handle& h) {
     auto t = h.cast<py::tuple>();
     if (t.size() != 5) throw std::invalid_argument("a Dense layer tuple is (units, activation, param, l1, l2)");
     l.units = int(checked_int(t[0], "units", 1, kIntMax));
-    l.activation.kind = checked_enum(t[1], "activation id", Activation(kActivationCount - 1));
+    l.activation.kind = checked_enum<Activation>(t[1], "activation id");
     l.activation.param = t[2].cast<double>();
     l.l1 = t[3].cast<double>();
     l.l2 = t[4].cast<double>();
@@ -108,9 +109,9 @@ LayerSpec make_layer(const py::handle& h) {
   for (auto item : h.cast<py::dict>()) {
     const std::string key = py::str(item.first);
     const py::handle v = item.second;
-    if (key == "kind") l.kind = checked_enum(v, "layer kind", LayerKind(kLayerKindCount - 1));
+    if (key == "kind") l.kind = checked_enum<LayerKind>(v, "layer kind");
     else if (key == "units") l.units = int(checked_int(v, "units", 1, kIntMax));
-    else if (key == "activation") l.activation.kind = checked_enum(v, "activation id", Activation(kActivationCount - 1));
+    else if (key == "activation") l.activation.kind = checked_enum<Activation>(v, "activation id");
     else if (key == "param") l.activation.param = v.cast<double>();
     else if (key == "l1") l.l1 = v.cast<double>();
     else if (key == "l2") l.l2 = v.cast<double>();
@@ -130,7 +131,7 @@ ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const p
   ModelSpec s;
   s.input_dim = int(checked_int(input_dim, "input_dim", 1, kIntMax));
   for (const auto& h : layers) s.layers.push_back(make_layer(h));
-  s.loss = checked_enum(loss, "loss id", Loss(kLossCount - 1));
+  s.loss = checked_enum<Loss>(loss, "loss id");
   s.loss_param = loss_param;
   if (py::len(metrics) > size_t(kMaxMetrics))
     throw std::invalid_argument("at most " + std::to_string(kMaxMetrics) + " further metrics");
@@ -138,11 +139,11 @@ ModelSpec make_spec(const py::handle& input_dim, const py::list& layers, const p
     const auto t = h.cast<py::tuple>();
     if (t.size() != 3) throw std::invalid_argument("a metric is (kind id, param, slot)");
     MetricSpec& m = s.metrics.specs[s.metrics.count++];
-    m.kind = checked_enum(t[0], "metric kind", MetricKind(kMetricKindCount - 1));
+    m.kind = checked_enum<MetricKind>(t[0], "metric kind");
     m.param = int32_t(checked_int(t[1], "metric param", 0, kIntMax));
     m.slot = int32_t(checked_int(t[2], "metric slot", 0, kMetricSlots));
   }
-  s.metric = checked_enum(metric, "metric id", Metric(kMetricCount - 1));
+  s.metric = checked_enum<Metric>(metric, "metric id");
   return s;
 }
 
@@ -478,7 +479,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const Schedule& s) { return int(s.kind); },
-          [](Schedule& s, const py::object& k) { s.kind = checked_enum(k, "schedule kind", ScheduleKind(kScheduleKindCount - 1)); })
+          [](Schedule& s, const py::object& k) { s.kind = checked_enum<ScheduleKind>(k, "schedule kind"); })
       .def_readwrite("decay_steps", &Schedule::decay_steps)
       .def_readwrite("rate", &Schedule::rate)
       .def_readwrite("min_lr", &Schedule::min_lr)
@@ -498,7 +499,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_property(
           "kind", [](const OptimizerConfig& c) { return int(c.kind); },
-          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum(k, "optimizer kind", OptimizerKind(kOptimizerKindCount - 1)); })
+          [](OptimizerConfig& c, const py::object& k) { c.kind = checked_enum<OptimizerKind>(k, "optimizer kind"); })
       .def_readwrite("lr", &OptimizerConfig::lr)
       .def_readwrite("momentum", &OptimizerConfig::momentum)
       .def_readwrite("dampening", &OptimizerConfig::dampening)
@@ -561,7 +562,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MAX_METRICS") = kMaxMetrics;
   m.attr("MAX_METRIC_SLOTS") = kMetricSlots;
   m.def("metric_slot_count", [](const py::object& kind) {
-    return metric_slot_count(checked_enum(kind, "metric kind", MetricKind(kMetricKindCount - 1)));
+    return metric_slot_count(checked_enum<MetricKind>(kind, "metric kind"));
   });
   m.def("optimizer_state_slots", static_cast<int (*)(const OptimizerConfig&)>(&optimizer_state_slots),
         "per-parameter state slots the engine keeps for this optimizer config");
