@@ -6,7 +6,8 @@
 # .devdata/` here (git-ignored) and pass `carry: [".devdata"]` to the device tool.
 # quick: build and tests only; benches: build, sanitizer and benchmarks without the tests (the
 # two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings;
-# verify: build, the GPU test files and a sanitizer run of the newest kernels (a short session).
+# verify: build, each backend operation against the reference (tests/test_backend_ops.py), the GPU
+# test files and a sanitizer run of the newest kernels (a short session).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -25,6 +26,8 @@ if [ "${1:-}" = "verify" ]; then
   # new kernels (weighted loss, Poisson/Huber, GELU through an Activation op, the metrics'
   # atomics, hvp, predict's output_activation): a short device session's check of what was
   # written without a GPU.
+  # Each backend operation against the reference first, without -x: its failures name the kernels.
+  timeout 120 python3 -m pytest -q -ra "$REPO/tests/test_backend_ops.py" -k cuda 2>&1 | tee "$OUT/ops.log" | tail -15
   timeout 300 python3 -m pytest -q -ra -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_layers.py" \
     "$REPO/tests/test_cuda_workflow.py" "$REPO/tests/test_interop.py" 2>&1 | tee "$OUT/tests.log" | tail -25
   timeout 200 compute-sanitizer --tool memcheck python3 -c "

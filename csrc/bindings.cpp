@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "backend_ops.h"
 #include "cpu/denormals.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/engine.h"
@@ -523,6 +524,7 @@ PYBIND11_MODULE(_core, m) {
 
   bind_engine<float>(m, "Engine32");
   bind_engine<double>(m, "Engine64");
+  bind_backend_ops(m);  // for tests: one backend operation per call
 
   m.def("set_num_threads", &set_num_threads);
   m.def("get_num_threads", &get_num_threads);

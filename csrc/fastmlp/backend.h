@@ -143,8 +143,9 @@ class Backend {
   // no optimizer, decay or regularization; on skipped steps it is left alone too. Adds each segment's
   // L1/L2 gradient, and its penalty times `rows` into counters->reg_sum when any_regularizer.
   // state holds `slots` buffers of n_params each, back to back. The update is skipped when
-  // counters->nonfinite; a parameter the update would make NaN/Inf keeps its value and sets it. Then ends the step: counters->step += 1 (unless nonfinite) and
-  // counters->batch_start += rows.
+  // counters->nonfinite; a parameter the update would make NaN/Inf keeps its value and sets it
+  // (the others are updated). Then ends the step: counters->step += 1 unless the update was
+  // skipped (an overflowing one counts), and counters->batch_start += rows.
   // Gradient clipping (config's clipvalue, clipnorm or global_clipnorm) applies to the gradient
   // plus regularizer before the update. norm_passes (optimizer_norm_passes of the config, known
   // on the host) says which sums over whole segments the step reduces first, into segment_norms:
