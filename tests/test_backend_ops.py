@@ -165,7 +165,7 @@ def test_normalization_forward_and_backward(backend, axis, affine, shape):
 @pytest.mark.parametrize("rows,k", [(1, 3), (37, 10), (5, 1000)])
 def test_loss_and_its_gradient(backend, loss, out_act, from_logits, rows, k):
     ops, dtype = backend
-    if loss == "binary_crossentropy" or k == 1:
+    if loss == "binary_crossentropy":
         k = min(k, 4)
     Z = rand(dtype, rows, k, scale=2.0)
     if loss in ("sparse_categorical_crossentropy", "multiclass_hinge"):
@@ -223,19 +223,18 @@ def test_metrics_slots(backend, rows, k):
 OPT_CLASS = {"sgd": fm.optimizers.SGD, "adam": fm.optimizers.Adam, "rmsprop": fm.optimizers.RMSprop}
 
 
-@pytest.mark.parametrize("kind,kwargs,slots", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True), 1),
-                                               ("adam", dict(lr=0.01), 2),
-                                               ("rmsprop", dict(lr=0.01, alpha=0.9, centered=True), 2)])
+@pytest.mark.parametrize("kind,kwargs", [("sgd", dict(lr=0.1, momentum=0.9, nesterov=True)), ("adam", dict(lr=0.01)),
+                                         ("rmsprop", dict(lr=0.01, alpha=0.9, centered=True))])
 @pytest.mark.parametrize("n", [1, 100, 4099])
 @pytest.mark.parametrize("l2", [0.0, 1e-2])
-def test_optimizer_steps(backend, kind, kwargs, slots, n, l2):
+def test_optimizer_steps(backend, kind, kwargs, n, l2):
     """Three steps, each from the state the last one returned, against the reference optimizer
     (torch.optim's formulas) on the gradient plus the L2 term, and the penalty each reports."""
     ops, dtype = backend
     config = OPT_CLASS[kind](**kwargs).native()
     rest = dict(kwargs)
     opt = ref.Optimizer(kind, rest.pop("lr"), **rest)
-    p, state = rand(dtype, n), np.zeros((slots, n), dtype)
+    p, state = rand(dtype, n), np.zeros((_core.optimizer_state_slots(config), n), dtype)
     t = tol(dtype)
     for step in range(3):
         g = rand(dtype, n)

