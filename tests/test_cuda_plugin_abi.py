@@ -1,6 +1,6 @@
 """The core loads a CUDA plugin only if it was compiled against the same Backend interface
-(FASTMLP_BACKEND_ABI, a hash of the headers that define it): a stale libfastmlp_cuda.so would
-otherwise call the wrong virtual functions. A fake plugin, compiled here with the C compiler,
+(FASTMLP_BACKEND_ABI, a hash of the headers that define it and of math.h's formulas): a stale
+libfastmlp_cuda.so would otherwise call the wrong virtual functions. A fake plugin, compiled here with the C compiler,
 reports another fingerprint; the core must refuse it with a clear reason instead of using it."""
 import json
 import shutil
