@@ -166,14 +166,15 @@ class BackendOps {
     return r;
   }
 
-  // Sums of the rows' losses and of the fused metric, the non-finite flag, and d(mean loss)/dZ.
+  // Sums of the rows' losses and of the fused metric, the non-finite flag, and d(mean loss)/dZ
+  // (the mean over gradient_rows rows when it is > 0: a data-parallel rank's share).
   py::dict loss(const Array<T>& Z, const Array<T>& Y, bool weighted, int loss_id, double loss_param, int metric,
-                int out_act, double out_param) {
+                int out_act, double out_param, int64_t gradient_rows) {
     const auto [rows, n_out] = shape2(Z, "Z");
     const auto [yr, y_cols] = shape2(Y, "Y");
     if (yr != rows) throw std::invalid_argument("loss: Z and Y have different row counts");
     auto z = upload(Z), y = upload(Y), dz = buffer(rows * n_out);
-    auto counters = upload_counters(0, 0);
+    auto counters = upload_counters(0, 0, gradient_rows);
     be_->loss(int(rows), int(n_out), z.get(), y.get(), int(y_cols), weighted, enum_id<Loss>(loss_id, "loss"),
               loss_param, enum_id<Metric>(metric, "metric"), {enum_id<Activation>(out_act, "activation"), out_param},
               dz.get(), counters.template as<TrainCounters>());
@@ -275,10 +276,11 @@ class BackendOps {
     if (out.size()) be_->to_host(out.mutable_data(), b.get(), sizeof(T) * size_t(out.size()));
     return out;
   }
-  BackendBuffer<T> upload_counters(int64_t step, int64_t row_offset) {
+  BackendBuffer<T> upload_counters(int64_t step, int64_t row_offset, int64_t gradient_rows = 0) {
     TrainCounters c;
     c.step = step;
     c.row_offset = row_offset;
+    c.gradient_rows = gradient_rows;
     BackendBuffer<T> b(be_.get(), sizeof c);
     be_->to_backend(b.get(), &c, sizeof c);
     return b;
@@ -305,7 +307,9 @@ void bind(py::module_& m, const char* name) {
       .def("dropout_forward", &O::dropout_forward)
       .def("dropout_backward", &O::dropout_backward)
       .def("normalize", &O::normalize)
-      .def("loss", &O::loss)
+      .def("loss", &O::loss, py::arg("Z"), py::arg("Y"), py::arg("weighted"), py::arg("loss_id"),
+           py::arg("loss_param"), py::arg("metric"), py::arg("out_act"), py::arg("out_param"),
+           py::arg("gradient_rows") = 0)
       .def("metrics", &O::metrics)
       .def("optimizer_step", &O::optimizer_step);
 }

@@ -296,12 +296,20 @@ cudaGraphExec_t CudaBackend::capture(const std::function<void()>& ops) {
   return exec;
 }
 
-void CudaBackend::run_step(int rows, const std::function<void()>& ops) {
+void CudaBackend::run_step(int64_t shape, const std::function<void()>& ops) {
   bind();
-  auto it = graphs_.find(rows);
-  if (it == graphs_.end()) it = graphs_.emplace(rows, capture(ops)).first;
+  auto it = graphs_.find(shape);
+  if (it == graphs_.end()) {
+    // A shape's first step runs uncaptured, so that what the libraries it calls set up on first
+    // use (NCCL connects its ranks at its first collective of a kind) happens outside a capture.
+    if (warmed_up_.insert(shape).second) {
+      ops();
+      return;
+    }
+    it = graphs_.emplace(shape, capture(ops)).first;
+  }
   // The captured kernels read the batch position, step and learning rate from device memory,
-  // so one graph serves every step with this many rows, the first one included.
+  // so one graph serves every later step of this shape.
   FASTMLP_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
@@ -309,7 +317,7 @@ void CudaBackend::reset_captures() {
   if (graphs_.empty()) return;
   cudaSetDevice(device_);
   cudaStreamSynchronize(stream_);  // no replay may still be running when its graph goes
-  for (auto& [rows, exec] : graphs_) cudaGraphExecDestroy(exec);
+  for (auto& [shape, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
   cudaGetLastError();
 }

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "fastmlp/backend.h"
@@ -30,6 +31,7 @@ class CudaBackend final : public Backend<float> {
   void* allocate_host(size_t bytes) override;
   void release_host(void* p) noexcept override;
   size_t memory_for_data() const override;
+  void* native_stream() const override { return stream_; }
 
   void gather_batch(int rows, int x_cols, int y_cols, const float* x, const float* y, const int32_t* perm,
                     const TrainCounters* counters, float* x_dst, float* y_dst) override;
@@ -70,7 +72,7 @@ class CudaBackend final : public Backend<float> {
   void loss_hessian_vector(int rows, int n_out, const float* Z, const float* Y, int y_cols, bool weighted, Loss loss,
                            double loss_param,
                            ActivationSpec out_act, const float* RZ, float* RDZ) override;
-  void run_step(int rows, const std::function<void()>& ops) override;
+  void run_step(int64_t shape, const std::function<void()>& ops) override;
   void reset_captures() override;
 
  private:
@@ -82,7 +84,8 @@ class CudaBackend final : public Backend<float> {
   bool relu_masks_;  // ReLU keeps cuBLASLt's mask for the fused backward epilogue
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> gemm_;
-  std::map<int, cudaGraphExec_t> graphs_;  // captured train step per batch size
+  std::map<int64_t, cudaGraphExec_t> graphs_;  // captured train step per shape (run_step)
+  std::set<int64_t> warmed_up_;                  // shapes whose first step ran uncaptured
 };
 
 }  // namespace fastmlp::cuda

@@ -15,10 +15,11 @@ __global__ void loss_kernel(int rows, int n_out, const float* __restrict__ Z, co
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   double l = 0.0, m = 0.0;
   if (i < rows) {
+    const float gradient_rows = float(counters->gradient_rows > 0 ? counters->gradient_rows : rows);
     const float* y = Y + int64_t(i) * y_cols;
     const float w = math::row_weight(y, y_cols, weighted);
     const math::RowResult r = math::loss_row(loss, loss_param, metric, out_act, n_out, Z + int64_t(i) * n_out, y,
-                                             w / float(rows), dZ ? dZ + int64_t(i) * n_out : nullptr);
+                                             w / gradient_rows, dZ ? dZ + int64_t(i) * n_out : nullptr);
     l = double(w) * r.loss;
     m = r.metric;
   }

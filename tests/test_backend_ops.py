@@ -189,6 +189,28 @@ def test_loss_and_its_gradient(backend, loss, out_act, from_logits, rows, k):
     np.testing.assert_allclose(r["dZ"], want_grad, rtol=t["rtol"] * 10, atol=t["atol"] / max(rows, 1))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_gradient_as_a_share_of_a_global_batch(backend, weighted):
+    # A data-parallel rank's 7 rows of a global batch of 19: its dZ is what a single process
+    # computes for those rows (the mean over 19), while the loss sum stays its own rows'.
+    ops, dtype = backend
+    Z = rand(dtype, 7, 5, scale=2.0)
+    Y = RNG.integers(0, 5, 7).astype(dtype)[:, None]
+    if weighted:
+        Y = np.hstack([Y, (RNG.random((7, 1)) + 0.5).astype(dtype)])
+    sce = LOSS["sparse_categorical_crossentropy"]
+    own = ops.loss(Z, Y, weighted, sce, 0.0, 0, ACT["softmax"], 0.0)
+    share = ops.loss(Z, Y, weighted, sce, 0.0, 0, ACT["softmax"], 0.0, gradient_rows=19)
+    assert share["loss_sum"] == own["loss_sum"]
+    w = Y[:, 1].astype(np.float64) if weighted else np.ones(7)
+    _, grad = ref.loss_and_grad("sparse_categorical_crossentropy", "softmax", 0.0, Z.astype(np.float64),
+                                Y[:, 0].astype(np.int64))
+    want = grad * 7 / 19 * w[:, None]  # the reference's mean over the 7 rows, rescaled to 19
+    t = tol(dtype)
+    np.testing.assert_allclose(share["dZ"], want, rtol=t["rtol"] * 10, atol=t["atol"] / 19)
+    np.testing.assert_allclose(share["dZ"] * 19, own["dZ"] * 7, rtol=t["rtol"] * 10, atol=t["atol"])
+
+
 def test_loss_flags_a_non_finite_row(backend):
     ops, dtype = backend
     Z = rand(dtype, 9, 4)

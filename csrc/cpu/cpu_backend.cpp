@@ -341,7 +341,7 @@ class CpuBackend final : public Backend<T> {
 
   void loss(int rows, int n_out, const T* Z, const T* Y, int y_cols, bool weighted, Loss loss, double loss_param,
             Metric metric, ActivationSpec out_act, T* dZ, TrainCounters* counters) override {
-    const T scale = T(1) / T(rows);
+    const T scale = T(1) / T(counters->gradient_rows > 0 ? counters->gradient_rows : rows);
     using Sums = std::pair<double, double>;  // loss, metric
     const Sums sums = cpu::parallel_reduce(
         rows, cpu::parallel_pass(int64_t(rows) * n_out), Sums{0.0, 0.0},

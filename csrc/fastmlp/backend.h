@@ -60,6 +60,9 @@ class Backend {
   virtual size_t memory_for_data() const { return SIZE_MAX; }
   // True when backend memory is the process's own (the CPU): host arrays can be used in place.
   virtual bool host_memory() const { return false; }
+  // The queue the backend's work runs on, for a library that must order its own work with it
+  // (NCCL: a cudaStream_t); null when calls complete before they return (the CPU).
+  virtual void* native_stream() const { return nullptr; }
 
   // ---- one training step's pieces
   // The next batch: x_dst[i, :] = x[perm[counters->batch_start + i], :] for i < rows, and the
@@ -175,9 +178,11 @@ class Backend {
                                    double loss_param,
                                    ActivationSpec out_act, const T* RZ, T* RDZ) = 0;
 
-  // Runs `ops`, the backend calls of one step with `rows` rows. A GPU backend captures them
-  // once per `rows` and replays the capture; reset_captures() drops captures after buffers move.
-  virtual void run_step(int /*rows*/, const std::function<void()>& ops) { ops(); }
+  // Runs `ops`, the backend calls of one step. A GPU backend captures them once per `shape` and
+  // replays the capture, so `ops` must make the same calls with the same arguments whenever it is
+  // given the same shape (the rows, and what else a step bakes in: a data-parallel rank's global
+  // batch); reset_captures() drops captures after buffers move.
+  virtual void run_step(int64_t /*shape*/, const std::function<void()>& ops) { ops(); }
   virtual void reset_captures() {}
 };
 

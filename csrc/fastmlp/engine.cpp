@@ -47,8 +47,7 @@ Engine<T>::Engine(ModelSpec spec, const std::string& device, const std::string& 
   lower(layout);
   Backend<T>* be = backend_.get();
   params_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
-  // One more value than the parameters: a data-parallel step sums its non-finite flag with them.
-  grads_ = BackendBuffer<T>(be, sizeof(T) * (num_params_ + 1));
+  grads_ = BackendBuffer<T>(be, sizeof(T) * num_params_);
   segments_dev_ = BackendBuffer<T>(be, sizeof(ParamSegment) * segments_.size());
   be->to_backend(segments_dev_.get(), segments_.data(), sizeof(ParamSegment) * segments_.size());
   segment_norms_ = BackendBuffer<T>(be, sizeof(double) * (kSegmentNormSlots * segments_.size() + 1));
@@ -280,10 +279,18 @@ template <typename T>
 void Engine<T>::set_communicator(std::shared_ptr<Communicator> communicator) {
   auto held = lock();
   if (epoch_.open) throw std::logic_error("the communicator cannot change while an epoch is in progress");
-  if (communicator && communicator->size() > 1 && !backend_->host_memory())
-    throw std::invalid_argument("data-parallel training on " + device_ +
-                                " needs NCCL, which fastmlp does not support yet: train data-parallel on CPU ranks "
-                                "(device='cpu')");
+  if (communicator) {
+    // It sums the gradient buffer where it lives: host memory, or this GPU's.
+    const std::string memory = backend_->host_memory() ? std::string("cpu") : backend_->name();
+    if (communicator->device() != memory)
+      throw std::invalid_argument(
+          "data-parallel training: a communicator for " + communicator->device() + " cannot sum the gradients of a "
+          "model on " + device_ + (memory == "cpu" ? " (CPU ranks communicate through MPI: launch with mpiexec)"
+                                                   : " (GPU ranks need an NCCL communicator on the model's GPU)"));
+  }
+  // A captured step holds the old communicator's collectives (NCCL's): none may replay with
+  // another, or outlive it (destroying an NCCL communicator waits for the graphs that hold it).
+  if (communicator != communicator_) backend_->reset_captures();
   communicator_ = std::move(communicator);
 }
 
@@ -304,14 +311,17 @@ typename Engine<T>::Slice Engine<T>::rank_slice(int64_t global_rows) const {
 
 template <typename T>
 void Engine<T>::reduce_gradients(int rows, int global_rows) {
-  // Host memory (set_communicator checked): the gradient buffer and counters are read in place.
-  T* g = grads_.get();
+  Backend<T>* be = backend_.get();
+  // The loss already scaled dZ to the global batch (TrainCounters::gradient_rows). Moving-average
+  // segments hold this rank's batch statistics instead: weighted here by its share of the rows,
+  // their sum is the row-weighted mean (share - 1 because axpy adds: g + (share - 1) g).
+  if (rows > 0 && rows < global_rows) {
+    const T share = T(double(rows) / double(global_rows));
+    for (const ParamSegment& s : segments_)
+      if (s.moving_average) be->axpy(s.size, share - T(1), grads_.get() + s.offset, grads_.get() + s.offset);
+  }
   auto* counters = train_counters_.template as<TrainCounters>();
-  const T share = T(double(rows) / double(global_rows));
-  for (int64_t k = 0; k < num_params_; ++k) g[k] *= share;
-  g[num_params_] = counters->nonfinite ? T(1) : T(0);
-  communicator_->allreduce_sum(g, num_params_ + 1);
-  counters->nonfinite = g[num_params_] != T(0) ? 1 : 0;
+  communicator_->allreduce_gradients(grads_.get(), num_params_, &counters->nonfinite, be->native_stream());
 }
 
 template <typename T>
@@ -437,13 +447,17 @@ void Engine<T>::begin_epoch_locked(const Dataset<T>& data, const std::vector<int
                                    int64_t shard_global_rows) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive");
   const bool sharded = shard_global_rows >= 0;
-  if (sharded && !parallel()) throw std::invalid_argument("sharded epochs need a communicator of several ranks");
+  if (sharded && !parallel()) throw std::invalid_argument("sharded epochs need a communicator");
   const int64_t total = sharded ? shard_global_rows : data.rows;  // the epoch's rows over all ranks
   if (int64_t(perm.size()) != data.rows) throw std::invalid_argument("permutation length differs from the data");
   if (sharded && data.rows == 0) throw std::invalid_argument("this rank's shard of the training data is empty");
   check_dataset(data, "training data", true);
   for (int32_t i : perm)  // the gather trusts these indices
     if (i < 0 || i >= data.rows) throw std::invalid_argument("permutation holds an index outside the data");
+  // Every rank captures its steps afresh at the same step: a rank's captures may have been reset
+  // alone (its workspace grew for its share of the validation rows), and NCCL wants the ranks to
+  // replay graphs captured alike.
+  if (parallel()) backend_->reset_captures();
   epoch_ = EpochProgress{};
   epoch_.generation = ++epochs_begun_;
   epoch_.total_rows = total;
@@ -537,8 +551,18 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
       const int mine = int(s.hi - s.lo);
       TrainCounters c = read_counters(train_counters_);
       c.row_offset = s.lo;
+      c.gradient_rows = rows;
       write_counters(train_counters_, c);
-      backend_->run_step(mine, [&] { train_step(mine, source, rows); });
+      try {
+        // Equal slices come from global batches of different sizes (a last partial batch), and
+        // the step bakes both into a capture (the moving averages' share).
+        backend_->run_step((int64_t(rows) << 32) | mine, [&] { train_step(mine, source, rows); });
+        // Before anything reads the device: a GPU waiting for a dead rank would block it forever.
+        communicator_->wait(backend_->native_stream());
+      } catch (const DistributedError&) {
+        backend_->reset_captures();  // the communicator aborted: no graph may keep its collectives
+        throw;
+      }
     } else {
       backend_->run_step(rows, [&] { train_step(rows, source); });
     }

@@ -180,13 +180,14 @@ class Engine {
   std::shared_ptr<Dataset<T>> borrow(const T* x_backend, const T* y_host, int64_t rows, bool own_copy = false,
                                      bool weighted = false) const;
 
-  // Data-parallel training (null, or a communicator of one rank: off). While set, train_epoch and
-  // train_batches train every rank on its contiguous slice of each batch of `perm` (the global
-  // order and global batch, the same on every rank; data resident and replicated): the loss
-  // gradient is scaled by the global batch rows and the gradient buffer summed over the ranks
-  // between the backward pass and the update, with the step's non-finite flag, so every rank
-  // applies the same update; their epoch results are the global ones. Only backends whose memory
-  // is host memory (the CPU) take one for now: a GPU needs NCCL on its stream.
+  // Data-parallel training (null: off; a communicator of one rank runs the same path alone, for
+  // tests and benchmarks of it). While set, train_epoch and train_batches train every rank on its
+  // contiguous slice of each batch of `perm` (the global order and global batch, the same on every
+  // rank; data resident and replicated): the loss gradient is scaled by the global batch rows and
+  // the gradient buffer summed over the ranks between the backward pass and the update, with the
+  // step's non-finite flag, so every rank applies the same update; their epoch results are the
+  // global ones. The communicator must sum this backend's memory (Communicator::device: MPI for
+  // the CPU, NCCL on this GPU).
   void set_communicator(std::shared_ptr<Communicator> communicator);
   // One epoch over data in the order `perm` (host, data.rows entries), in batches of batch_size
   // with a last partial batch. Stops updating at the first non-finite loss.
@@ -296,11 +297,11 @@ class Engine {
   int n_out() const { return ops_.back().out; }
   // global_rows: the global batch of a data-parallel step (this rank's `rows` may be 0), else 0.
   void train_step(int rows, const Dataset<T>& data, int global_rows = 0);
-  bool parallel() const { return communicator_ && communicator_->size() > 1; }
+  bool parallel() const { return communicator_ != nullptr; }
   // A sharded epoch's rows this rank trains: the sum of its slices of the global batches.
   int64_t shard_rows(int64_t global_rows, int batch_size) const;
-  // Data-parallel: scales this rank's gradient (of its mean loss) to its share of the global
-  // batch's mean and sums it over the ranks with the step's non-finite flag.
+  // Data-parallel: sums this rank's gradient (the loss already scaled it to the global batch)
+  // over the ranks with the step's non-finite flag.
   void reduce_gradients(int rows, int global_rows);
   // Data-parallel: sums an epoch's or evaluation's sums and metric slots over the ranks, in
   // place, in one collective.

@@ -46,8 +46,15 @@ class MpiCommunicator final : public Communicator {
   }
   int rank() const override { return handles_.rank; }
   int size() const override { return handles_.size; }
-  void allreduce_sum(float* data, int64_t n) override { sum(data, n, sizeof(float), handles_.float_type); }
-  void allreduce_sum(double* data, int64_t n) override { sum(data, n, sizeof(double), handles_.double_type); }
+  void allreduce_sum(float* data, int64_t n) override { sum(data, n, handles_.float_type, nullptr); }
+  void allreduce_sum(double* data, int64_t n) override { sum(data, n, handles_.double_type, nullptr); }
+  // Host memory: the flag travels as one more value after the gradients, in the same message.
+  void allreduce_gradients(float* grads, int64_t n, int32_t* nonfinite, void*) override {
+    sum(grads, n, handles_.float_type, nonfinite);
+  }
+  void allreduce_gradients(double* grads, int64_t n, int32_t* nonfinite, void*) override {
+    sum(grads, n, handles_.double_type, nonfinite);
+  }
 
  private:
   static H handle(uint64_t v) {  // the handle's bits (an int handle's are the low 32)
@@ -60,31 +67,38 @@ class MpiCommunicator final : public Communicator {
     return stats_;
   }
 
-  void sum(void* data, int64_t n, size_t elem, uint64_t type) {
+  // data[0..n) and, when flag is not null, the flag as value n (afterwards 1 when any rank set it).
+  template <typename V>
+  void sum(V* data, int64_t n, uint64_t type, int32_t* flag) {
     std::lock_guard<std::mutex> held(mutex_);  // one collective at a time from this process
     const auto started = std::chrono::steady_clock::now();
     if (broken_)
       throw DistributedError("an earlier collective of this communicator timed out or failed: the ranks are out of "
                              "step; end the job (restart every rank)");
-    char* bytes = static_cast<char*>(data);
-    for (int64_t first = 0; first < n;) {  // MPI counts are ints
-      const int count = int(std::min<int64_t>(n - first, INT_MAX / 2));
+    const int64_t total = n + (flag ? 1 : 0);
+    for (int64_t first = 0; first < total;) {  // MPI counts are ints
+      const int count = int(std::min<int64_t>(total - first, INT_MAX / 2));
+      const int64_t from_data = std::max<int64_t>(0, std::min<int64_t>(count, n - first));
       // Both buffers are the communicator's own: a collective given up on after the timeout may
       // still read or write them later, never the caller's memory (and MPI_IN_PLACE's value
       // differs between libraries).
-      send_.resize(size_t(count) * elem);
+      send_.resize(size_t(count) * sizeof(V));
       receive_.resize(send_.size());
-      std::memcpy(send_.data(), bytes + first * elem, send_.size());
+      V* out = reinterpret_cast<V*>(send_.data());
+      std::memcpy(out, data + first, size_t(from_data) * sizeof(V));
+      if (from_data < count) out[from_data] = *flag ? V(1) : V(0);  // the last chunk ends with the flag
       H request{};
       int rc = iallreduce_(send_.data(), receive_.data(), count, handle(type), handle(handles_.sum_op),
                            handle(handles_.comm), &request);
       if (rc != 0) fail("MPI_Iallreduce returned error code " + std::to_string(rc));
       wait(request);
-      std::memcpy(bytes + first * elem, receive_.data(), receive_.size());
+      const V* in = reinterpret_cast<const V*>(receive_.data());
+      std::memcpy(data + first, in, size_t(from_data) * sizeof(V));
+      if (from_data < count) *flag = in[from_data] != V(0) ? 1 : 0;
       first += count;
     }
     stats_.calls += 1;
-    stats_.bytes += n * int64_t(elem);
+    stats_.bytes += total * int64_t(sizeof(V));
     stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   }
 

@@ -226,6 +226,10 @@ struct TrainCounters {
   // Data-parallel training: the row of the global batch where this rank's slice starts, so
   // dropout draws the masks a single process would (element index = (row_offset + row) * cols + col).
   int64_t row_offset = 0;
+  // Data-parallel training: the rows of the global batch, which this rank's loss gradient is a
+  // share of (dZ = d(loss sum of its rows) / gradient_rows, as a single process scales those rows);
+  // 0: the batch's own rows. Read on the device, so a captured step serves every global batch.
+  int64_t gradient_rows = 0;
 };
 
 }  // namespace fastmlp
