@@ -4,6 +4,12 @@
     python bench/bench_distributed.py                      # MNIST (20,000 rows) if found, else random data
     python bench/bench_distributed.py --ranks 1,2,4 --batch 128,1024 --epochs 3
     python bench/bench_distributed.py --no-torch
+    python bench/bench_distributed.py --device cuda --ranks 1,2 --no-torch   # GPU ranks over NCCL (torchrun)
+
+With --device cuda the ranks are started by torchrun (PyTorch's torch.distributed.run) and train on
+GPUs over NCCL; one rank runs the data-parallel path alone (init(force=True): the all-reduce inside
+the captured step), and more ranks than GPUs share them (NCCL >= 2.30 with
+NCCL_MULTI_RANK_GPU_ENABLE=1, which this sets; older NCCLs refuse two ranks on one GPU).
 
 Each configuration runs as `mpiexec -n W python bench_distributed.py --worker ...`: every rank holds
 the data, trains 784-512-512-10 ReLU with Adam on its slice of each global batch, and rank 0
@@ -46,7 +52,7 @@ def load(rows, data_dir):
 
 
 def mpi_rank_size():
-    for r, s in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+    for r, s in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("RANK", "WORLD_SIZE")):
         if r in os.environ:
             return int(os.environ[r]), int(os.environ[s])
     return 0, 1
@@ -55,25 +61,36 @@ def mpi_rank_size():
 def worker_fastmlp(args):
     import fastmlp as fm
 
-    fm.distributed.init()
+    gpu = args.device == "cuda"
+    if gpu:  # ranks beyond the GPUs share them (a benchmark of 2 ranks on one GPU)
+        gpus = fm.build_info()["cuda_devices"].count("cuda:")
+        os.environ["LOCAL_RANK"] = str(int(os.environ["LOCAL_RANK"]) % max(gpus, 1))
+    fm.distributed.init(force=gpu)
     x, y, source = load(args.rows, args.data)
     model = fm.Sequential([fm.Dense(HIDDEN[0], activation="relu", input_dim=784),
                            fm.Dense(HIDDEN[1], activation="relu"), fm.Dense(10, activation="softmax")], seed=0)
-    model.compile(optimizer=fm.optimizers.Adam(lr=1e-3), loss="sparse_categorical_crossentropy", device="cpu")
+    model.compile(optimizer=fm.optimizers.Adam(lr=1e-3), loss="sparse_categorical_crossentropy",
+                  device="cuda" if gpu else "cpu")
+    device = model._engine.device if gpu else "cpu"  # whose communicator sums the gradients
     times, shares = [], []
 
     class Timer(fm.callbacks.Callback):  # one fit: rank 0's weights are broadcast once, as users run it
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = (time.perf_counter(), fm.distributed.collective_stats()["seconds"])
+            self.start = (time.perf_counter(), fm.distributed.collective_stats(device)["seconds"])
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.start[0]
             times.append(seconds)
-            shares.append((fm.distributed.collective_stats()["seconds"] - self.start[1]) / seconds)
+            shares.append((fm.distributed.collective_stats(device)["seconds"] - self.start[1]) / seconds)
 
     model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=[Timer()])
-    return {"seconds": times, "allreduce_share": shares, "threads": fm.get_num_threads(),
-            "params": model.count_params(), "data": source}
+    out = {"seconds": times, "allreduce_share": shares, "threads": fm.get_num_threads(),
+           "params": model.count_params(), "data": source}
+    if gpu:  # a GPU's share is the host's wait for each step's sum (the step itself is queued)
+        out["device"] = device
+        out["gpu"] = fm.build_info()["cuda_devices"]
+        out["nccl"] = fm._core.nccl_library(fm.distributed._nccl_library())[0]
+    return out
 
 
 def worker_torch(args):
@@ -117,14 +134,17 @@ def find_mpiexec():
 
 
 def run(framework, ranks, batch, args):
-    mpiexec = find_mpiexec()
     python = args.torch_python if framework == "torch" else sys.executable
-    cmd = [mpiexec, "-n", str(ranks), python, __file__, "--worker", framework, "--batch-size", str(batch),
-           "--rows", str(args.rows), "--epochs", str(args.epochs), "--data", str(args.data),
-           "--port", str(29500 + ranks)]
+    worker = [__file__, "--worker", framework, "--batch-size", str(batch), "--rows", str(args.rows), "--epochs",
+              str(args.epochs), "--data", str(args.data), "--port", str(29500 + ranks), "--device", args.device]
+    if args.device == "cuda":
+        cmd = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] + worker
+    else:
+        cmd = [find_mpiexec(), "-n", str(ranks), python] + worker
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
+               NCCL_MULTI_RANK_GPU_ENABLE="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
         return {"error": (p.stderr or p.stdout)[-2000:]}
@@ -138,8 +158,9 @@ def run(framework, ranks, batch, args):
         steps = -(-args.rows // batch)
         out["allreduce_ms_per_step"] = round(1e3 * out["allreduce_share"] * median / steps, 4)
         out["step_ms"] = round(1e3 * median / steps, 4)
-    if "torch" in r:
-        out["torch"] = r["torch"]
+    for key in ("torch", "device", "gpu", "nccl"):
+        if key in r:
+            out[key] = r[key]
     return out
 
 
@@ -152,6 +173,8 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--torch-python", default=sys.executable, help="a Python with torch (and mpi4py not needed)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: fastmlp's GPU ranks over NCCL, started by torchrun (PyTorch's DDP is not run)")
     ap.add_argument("--worker", choices=("fastmlp", "torch"), help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=29500, help=argparse.SUPPRESS)
@@ -161,10 +184,10 @@ def main():
         if mpi_rank_size()[0] == 0:
             print(json.dumps(result))
         return
-    if find_mpiexec() is None:
+    if args.device == "cpu" and find_mpiexec() is None:
         raise SystemExit("needs mpiexec and mpi4py (pip install mpi4py mpich)")
     frameworks = ["fastmlp"]
-    if not args.no_torch:
+    if not args.no_torch and args.device == "cpu":
         probe = subprocess.run([args.torch_python, "-c", "import torch"], capture_output=True)
         if probe.returncode == 0:
             frameworks.append("torch")
@@ -175,7 +198,7 @@ def main():
                 results.append({"framework": fw, **run(fw, ranks, batch, args)})
                 print(json.dumps(results[-1]), file=sys.stderr)
     print(json.dumps({"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                  "python": platform.python_version()},
+                                  "python": platform.python_version(), "device": args.device},
                       "model": f"784-{HIDDEN[0]}-{HIDDEN[1]}-10 relu, Adam", "rows": args.rows,
                       "epochs": args.epochs, "results": results}, indent=1))
 

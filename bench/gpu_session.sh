@@ -7,7 +7,8 @@
 # quick: build and tests only; benches: build, sanitizer and benchmarks without the tests (the
 # two fit the device tool's 10-minute calls); compile: everything and PyTorch's torch.compile timings;
 # verify: build, each backend operation against the reference (tests/test_backend_ops.py), the GPU
-# test files and a sanitizer run of the newest kernels (a short session).
+# test files, the NCCL ranks (tests/test_distributed_cuda.py) and a sanitizer run of the newest
+# kernels (a short session); nccl-bench: build and bench_distributed.py's GPU ranks only.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -21,6 +22,12 @@ export FASTMLP_DATA="$PWD/${FASTMLP_DATA:-.devdata/mnist}"
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import fastmlp, json; print(json.dumps(fastmlp.build_info(), indent=1))"
 REPO=$OLDPWD
+if [ "${1:-}" = "nccl-bench" ]; then
+  timeout 300 python3 "$REPO/bench/bench_distributed.py" --device cuda --ranks 1,2 --batch 128,1024 --rows 60000 \
+    --epochs 4 --no-torch --data "$FASTMLP_DATA" > "$OUT/bench_nccl.json" 2> "$OUT/bench_nccl.err"
+  tail -5 "$OUT/bench_nccl.err"
+  exit 0
+fi
 if [ "${1:-}" = "verify" ]; then
   # The GPU-relevant test files only, then compute-sanitizer on a fit that uses this session's
   # new kernels (weighted loss, Poisson/Huber, GELU through an Activation op, the metrics'
@@ -30,6 +37,8 @@ if [ "${1:-}" = "verify" ]; then
   timeout 120 python3 -m pytest -q -ra "$REPO/tests/test_backend_ops.py" -k cuda 2>&1 | tee "$OUT/ops.log" | tail -15
   timeout 300 python3 -m pytest -q -ra -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_layers.py" \
     "$REPO/tests/test_cuda_workflow.py" "$REPO/tests/test_interop.py" 2>&1 | tee "$OUT/tests.log" | tail -25
+  # GPU ranks over NCCL (torchrun): one rank forced through the data-parallel path, two on one GPU.
+  timeout 240 python3 -m pytest -q -ra "$REPO/tests/test_distributed_cuda.py" 2>&1 | tee "$OUT/nccl.log" | tail -15
   timeout 200 compute-sanitizer --tool memcheck python3 -c "
 import numpy as np, fastmlp as fm
 rng = np.random.default_rng(0); x = rng.normal(size=(300, 20)).astype(np.float32); y = rng.integers(0, 3, 300)

@@ -19,6 +19,7 @@
 #include "fastmlp/initializers.h"
 #include "fastmlp/math.h"
 #include "fastmlp/mpi_communicator.h"
+#include "fastmlp/nccl.h"
 #include "fastmlp/random.h"
 
 namespace py = pybind11;
@@ -442,6 +443,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("device", &Communicator::device,
+                             "Whose memory its gradient sums use: 'cpu' (MPI) or 'cuda:N' (NCCL).")
       .def_property_readonly("stats",
                              [](const Communicator& c) {
                                const Communicator::Stats s = c.stats();
@@ -475,6 +478,24 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("library"), py::arg("handle_bytes"), py::arg("status_bytes"), py::arg("comm"), py::arg("float_type"),
         py::arg("double_type"), py::arg("sum_op"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"));
+
+  m.def("nccl_library",
+        [](const std::string& library) {
+          const NcclLibrary lib = nccl_library(library);
+          return py::make_tuple(lib.version, lib.path);
+        },
+        py::arg("library"), "Opens NCCL (once per process): (version code, the file opened).");
+  m.def("nccl_unique_id", [](const std::string& library) { return py::bytes(nccl_unique_id(library)); },
+        py::arg("library"), "A new NCCL communicator id (128 bytes) for rank 0 to send to every rank.");
+  m.def("nccl_communicator",
+        [](const std::string& library, const py::bytes& id, int rank, int size, int device, double timeout_seconds) {
+          const std::string bytes = id;
+          std::shared_ptr<Communicator> c;
+          without_gil([&] { c = make_nccl_communicator(library, bytes, rank, size, device, timeout_seconds); });
+          return c;
+        },
+        py::arg("library"), py::arg("id"), py::arg("rank"), py::arg("size"), py::arg("device"),
+        py::arg("timeout_seconds"), "Joins the NCCL communicator `id` on cuda:device (collective).");
 
   py::class_<Schedule>(m, "Schedule")
       .def(py::init<>())

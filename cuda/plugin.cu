@@ -9,6 +9,8 @@
 
 #include "cuda_backend.h"
 #include "fastmlp/cuda_plugin.h"
+#include "nccl_communicator.h"
+#include "nccl_library.h"
 
 #ifndef FASTMLP_CUDA_BUILD
 #define FASTMLP_CUDA_BUILD "CUDA (unknown build)"
@@ -96,6 +98,57 @@ extern "C" __attribute__((visibility("default"))) fastmlp::Backend<float>* fastm
     copy_out(e.what(), error, error_len);
   } catch (...) {
     copy_out("unknown error creating the CUDA backend", error, error_len);
+  }
+  return nullptr;
+}
+
+extern "C" __attribute__((visibility("default"))) int fastmlp_cuda_nccl_version(const char* library, char* path,
+                                                                               size_t path_len, char* error,
+                                                                               size_t error_len) {
+  try {
+    const fastmlp::cuda::nccl::Library& lib = fastmlp::cuda::nccl::library(library ? library : "");
+    copy_out(lib.path, path, path_len);
+    return lib.version;
+  } catch (const std::exception& e) {
+    copy_out(e.what(), error, error_len);
+  } catch (...) {
+    copy_out("unknown error loading NCCL", error, error_len);
+  }
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) int fastmlp_cuda_nccl_unique_id(const char* library, char* id,
+                                                                                 char* error, size_t error_len) {
+  try {
+    const fastmlp::cuda::nccl::Library& lib = fastmlp::cuda::nccl::library(library ? library : "");
+    fastmlp::cuda::nccl::UniqueId unique{};
+    const fastmlp::cuda::nccl::Result r = lib.get_unique_id(&unique);
+    if (r != fastmlp::cuda::nccl::kSuccess) {
+      copy_out("ncclGetUniqueId failed: " + lib.describe(r), error, error_len);
+      return 0;
+    }
+    std::memcpy(id, unique.internal, sizeof unique.internal);
+    return 1;
+  } catch (const std::exception& e) {
+    copy_out(e.what(), error, error_len);
+  } catch (...) {
+    copy_out("unknown error in ncclGetUniqueId", error, error_len);
+  }
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) fastmlp::Communicator* fastmlp_cuda_nccl_communicator(
+    const char* library, const char* id, int rank, int size, int device, double timeout_seconds, char* error,
+    size_t error_len) {
+  try {
+    const fastmlp::cuda::nccl::Library& lib = fastmlp::cuda::nccl::library(library ? library : "");
+    fastmlp::cuda::nccl::UniqueId unique{};
+    std::memcpy(unique.internal, id, sizeof unique.internal);
+    return fastmlp::cuda::make_nccl_communicator(lib, unique, rank, size, device, timeout_seconds).release();
+  } catch (const std::exception& e) {
+    copy_out(e.what(), error, error_len);
+  } catch (...) {
+    copy_out("unknown error creating the NCCL communicator", error, error_len);
   }
   return nullptr;
 }

@@ -25,7 +25,7 @@ def data(case):
     return x, y
 
 
-def build(case, seed, same_dropout_seed=False):
+def build(case, seed, same_dropout_seed=False, device="cpu"):
     reg = fm.regularizers.L2(case["l2"]) if case.get("l2") else None
     layers = [fm.Dense(24, activation="tanh", input_dim=12, kernel_regularizer=reg)]
     if case.get("dropout"):
@@ -34,7 +34,18 @@ def build(case, seed, same_dropout_seed=False):
     layers.append(fm.Dense(3, activation="softmax"))
     model = fm.Sequential(layers, seed=seed)
     model.compile(optimizer=case["opt"](), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  device="cpu", dtype=case["dtype"])
+                  device=device, dtype=case["dtype"])
+    return model
+
+
+def build_batchnorm(seed):
+    """BatchNormalization first: its batch statistics are of x itself, whatever the weights, so its
+    moving mean after a data-parallel fit (the row-weighted mean of the slices' means) must equal a
+    single process's (get_weights()[2])."""
+    model = fm.Sequential([fm.BatchNormalization(input_dim=12), fm.Dense(24, activation="tanh"),
+                           fm.Dense(3, activation="softmax")], seed=seed)
+    model.compile(optimizer=fm.optimizers.SGD(lr=0.05, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  device="cpu", dtype="float64")
     return model
 
 

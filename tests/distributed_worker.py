@@ -10,10 +10,11 @@ import numpy as np
 import fastmlp as fm
 
 scenario, out = sys.argv[1], sys.argv[2]
-fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")))
+# force: the scenario "alone" runs without a launcher, as a job of one rank (MPI's singleton).
+fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")), force=scenario == "alone")
 rank, size = fm.distributed.rank(), fm.distributed.world_size()
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_cases import CASES, build, data, shard_of_slices  # noqa: E402  (the cases, shared with the single-process side)
+from distributed_cases import CASES, build, build_batchnorm, data, shard_of_slices  # noqa: E402  (the cases, shared with the single-process side)
 
 
 def save(name, model, history=None):
@@ -23,7 +24,7 @@ def save(name, model, history=None):
             json.dump(dict(history.history, final_lr=model.get_learning_rate()), f)
 
 
-if scenario == "equivalence":
+if scenario in ("equivalence", "alone"):
     for name, case in CASES.items():
         x, y = data(case)
         # Every rank starts from other initial weights: fit must take rank 0's.
@@ -31,6 +32,12 @@ if scenario == "equivalence":
         h = model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
                       validation_split=case.get("validation_split", 0.0))
         save(name, model, h)
+    x, y = data(CASES["adam_float64"])
+    model = build_batchnorm(seed=1)
+    model.fit(x, y, batch_size=111, epochs=3, verbose=0)  # 55 and 56 rows a rank; a last batch of 2
+    save("batchnorm", model)
+    with open(os.path.join(out, f"{scenario}-stats-rank{rank}.json"), "w") as f:
+        json.dump(fm.distributed.collective_stats(), f)
 elif scenario == "sharded":
     # 1. Exact: each rank's shard is what its slices of an unshuffled replicated fit would take.
     case = CASES["adam_float64"]

@@ -16,7 +16,7 @@ import fastmlp as fm
 from fastmlp import distributed
 
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_cases import CASES, build, data, shard_of_slices  # noqa: E402
+from distributed_cases import CASES, build, build_batchnorm, data, shard_of_slices  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 
@@ -125,7 +125,7 @@ def test_init_refuses_a_bad_timeout(monkeypatch, timeout):
 
 
 class _TwoRanks:  # rank 0 of two whose other rank adds zeros (it passed where this one failed)
-    rank, size = 0, 2
+    rank, size, device = 0, 2, "cpu"
 
     def __init__(self):
         self.sums = []
@@ -164,6 +164,113 @@ def test_device_cuda_means_the_local_ranks_gpu_under_a_launcher(monkeypatch):
     assert resolve_device("cpu") == "cpu"
 
 
+def test_a_cpu_model_under_torchrun_is_refused_clearly(monkeypatch):
+    class NcclWorld:  # torchrun's ranks: the host-side sums go through NCCL on their GPUs
+        rank, size, device = 0, 2, "cuda:0"
+
+    monkeypatch.setattr(distributed, "_world", distributed._World(size=2, communicator=NcclWorld()))
+    with pytest.raises(ValueError, match="mpiexec"):
+        distributed.communicator_for("cpu")
+
+
+def test_nccl_is_found_in_the_environment_then_the_nvidia_wheel(monkeypatch, tmp_path):
+    lib = tmp_path / "nvidia" / "nccl" / "lib" / "libnccl.so.2"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    fake = type(sys)("nvidia")
+    fake.__path__ = [str(tmp_path / "nvidia")]
+    monkeypatch.setitem(sys.modules, "nvidia", fake)
+    monkeypatch.delenv("FASTMLP_NCCL_LIBRARY", raising=False)
+    assert distributed._nccl_library() == str(lib)
+    monkeypatch.setenv("FASTMLP_NCCL_LIBRARY", "/opt/nccl/libnccl.so.2")
+    assert distributed._nccl_library() == "/opt/nccl/libnccl.so.2"
+    monkeypatch.delenv("FASTMLP_NCCL_LIBRARY")
+    fake.__path__ = [str(tmp_path / "elsewhere")]
+    assert distributed._nccl_library() == ""  # the loader's search
+
+
+def _nccl():
+    """(the NCCL library to open, its version), or a skip: NCCL is reached through the CUDA plugin."""
+    if not fm.build_info()["cuda_compiled"]:
+        pytest.skip("fastmlp was built without the CUDA plugin")
+    library = distributed._nccl_library()
+    try:
+        version, _ = fm._core.nccl_library(library)
+    except fm.distributed.DistributedError as e:
+        pytest.skip(f"NCCL cannot be loaded here: {e}")
+    return library, version
+
+
+def test_nccl_loads_and_makes_communicator_ids_without_a_gpu():
+    library, version = _nccl()
+    assert version >= 21000  # 2.10 or later: graph capture and ncclCommGetAsyncError
+    a, b = fm._core.nccl_unique_id(library), fm._core.nccl_unique_id(library)
+    assert isinstance(a, bytes) and len(a) == len(b) == 128 and a != b
+
+
+@pytest.mark.skipif(fm.cuda_is_available(), reason="checks the refusal on a machine without a GPU")
+def test_an_nccl_communicator_without_a_gpu_raises_clearly():
+    library, _ = _nccl()
+    unique = fm._core.nccl_unique_id(library)
+    with pytest.raises(fm.distributed.DistributedError, match="cuda:0"):
+        fm._core.nccl_communicator(library, unique, 0, 1, 0, 5.0)
+    with pytest.raises(fm.distributed.DistributedError, match="128 bytes"):
+        fm._core.nccl_communicator(library, unique[:10], 0, 1, 0, 5.0)
+
+
+def test_under_torchrun_ranks_share_ids_through_its_store(tmp_path):
+    # torchrun comes with PyTorch, which is not a test dependency: this runs where torch is installed.
+    pytest.importorskip("torch.distributed.run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
+        env.pop(v, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.join(os.path.dirname(__file__), "torchrun_worker.py"), "ids", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ranks = []
+    for r in range(2):
+        with open(tmp_path / f"torchrun-rank{r}.json") as f:
+            ranks.append(json.load(f))
+    for got in ranks:  # rank 0's ids, in the order they were made
+        assert got["ids"] == [bytes([7]).hex() * 128, bytes([9]).hex() * 128]
+        if not got["cuda"]:
+            assert "mpiexec" in got["refusal"] and "GPU" in got["refusal"]
+
+
+@pytest.mark.skipif(not _mpi_available(), reason="needs mpi4py (MPI's singleton: no launcher)")
+def test_one_rank_forced_through_the_data_parallel_path_equals_a_plain_fit(tmp_path):
+    # init(force=True) without a launcher: a job of one rank whose fit takes the data-parallel path
+    # (the global batch scaled in the loss, the all-reduce, the flag) and must end where a plain fit does.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
+        env.pop(v, None)
+    p = subprocess.run([sys.executable, WORKER, "alone", str(tmp_path)], capture_output=True, text=True,
+                       timeout=180, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / "alone-stats-rank0.json") as f:
+        stats = json.load(f)
+    steps = sum(3 * -(-int(data(case)[0].shape[0] * (1 - case.get("validation_split", 0.0))) // case["batch"])
+                for case in CASES.values())
+    assert stats["calls"] >= steps  # a sum per step at least: the data-parallel path ran
+    for name, case in CASES.items():
+        x, y = data(case)
+        single = build(case, seed=case.get("seed", 1), same_dropout_seed=True)
+        h = single.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
+                       validation_split=case.get("validation_split", 0.0))
+        for u, v in zip(weights(tmp_path / f"{name}-rank0.npz"), single.get_weights()):
+            np.testing.assert_array_equal(u, v, err_msg=name)
+        with open(tmp_path / f"{name}-rank0.json") as f:
+            logs = json.load(f)
+        logs.pop("final_lr")
+        assert logs == h.history, name
+    x, y = data(CASES["adam_float64"])
+    single = build_batchnorm(seed=1)
+    single.fit(x, y, batch_size=111, epochs=3, verbose=0)
+    for u, v in zip(weights(tmp_path / "batchnorm-rank0.npz"), single.get_weights()):
+        np.testing.assert_array_equal(u, v)
+
+
 # ---- two MPI ranks
 
 
@@ -183,6 +290,14 @@ def test_two_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
         logs0.pop("final_lr")
         for key, values in h.history.items():  # global means: what one process reports
             np.testing.assert_allclose(logs0[key], values, rtol=10 * tolerance, err_msg=f"{name} {key}")
+    # BatchNormalization normalizes each rank's slice by its own statistics (weights differ from a
+    # single process's), but its moving mean of the inputs is the row-weighted mean of the slices'.
+    bn = identical_weights(tmp_path, "batchnorm")
+    x, y = data(CASES["adam_float64"])
+    single = build_batchnorm(seed=1)
+    single.fit(x, y, batch_size=111, epochs=3, verbose=0)
+    np.testing.assert_allclose(bn[2], single.get_weights()[2], rtol=1e-12)
+    assert not np.allclose(bn[3], single.get_weights()[3], rtol=1e-6)  # the variance misses the slices' spread
 
 
 @pytest.fixture(scope="module")

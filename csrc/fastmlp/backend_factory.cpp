@@ -65,6 +65,17 @@ const CudaPlugin& cuda_plugin() {
 
 }  // namespace
 
+void* cuda_plugin_symbol(const char* name, std::string* error) {
+  const CudaPlugin& p = cuda_plugin();
+  if (!p.error.empty()) {
+    if (error) *error = p.error;
+    return nullptr;
+  }
+  void* symbol = dlsym(p.handle, name);
+  if (!symbol && error) *error = std::string("the CUDA plugin lacks ") + name;
+  return symbol;
+}
+
 CudaInfo cuda_info() {
   CudaInfo info;
   const CudaPlugin& p = cuda_plugin();

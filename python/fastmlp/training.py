@@ -159,9 +159,6 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
                     vx, vy = vx[share], vy[share]
                     val_weights = None if val_weights is None else np.asarray(val_weights)[share]
             val_data, _ = model._data(vx, vy, "validation x", "validation y", sample_weight=val_weights)
-        if communicator is not None and model._engine.device != "cpu":
-            raise ValueError(f"data-parallel training on {model._engine.device} needs NCCL, which fastmlp does not "
-                             "support yet: compile with device='cpu' on every rank")
     engine = model._engine
     shard_total = -1  # a sharded epoch's rows over all ranks
     # Validation sums reduced over the ranks' parts (sharded: each rank's own rows; else each rank's
@@ -182,6 +179,8 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
             distributed.check_same("the training rows or validation rows",
                                    [n_train, val_rows if val_data is not None and not isinstance(
                                        validation_data, ResidentDataset) else -1])
+        # Every rank's model is on the same kind of device (checked above): each asks for its own.
+        engine_communicator = distributed.communicator_for(engine.device)
         distributed.sync_model(model)
         callbacks = [cb for cb in callbacks or [] if communicator.rank == 0 or not getattr(cb, "writes_files", False)]
     history = History()
@@ -209,7 +208,7 @@ def fit(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, v
     model.history = history
     model.stop_training = False
     if communicator is not None:
-        engine.set_communicator(communicator)
+        engine.set_communicator(engine_communicator)
     try:
         cbs.on_train_begin()
         # The optimizer as it will run: PyTorch's defaults, and Keras's where they differ.
