@@ -28,16 +28,25 @@ def nccl_version():
         pytest.skip(f"NCCL cannot be loaded: {e}")
 
 
-def run_ranks(ranks, out):
+def run_ranks(ranks, out, mode="fit", check=True, **env_extra):
     pytest.importorskip("torch.distributed.run")
     env = dict(os.environ, OMP_NUM_THREADS="1", NCCL_MULTI_RANK_GPU_ENABLE="1",
-               PYTHONPATH=os.pathsep.join(sys.path))
+               PYTHONPATH=os.pathsep.join(sys.path), **env_extra)
     for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
         env.pop(v, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), WORKER,
-           "fit", str(out)]
+           mode, str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    if check:
+        assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    return p
+
+
+def two_ranks():
+    """Skips where two ranks cannot run: one GPU and an NCCL before 2.30."""
+    gpus = fm.build_info()["cuda_devices"].count("cuda:")
+    if gpus < 2 and nccl_version() < 23000:
+        pytest.skip("two ranks on one GPU need NCCL 2.30 or later")
 
 
 def weights(path):
@@ -68,9 +77,7 @@ def test_one_gpu_rank_through_nccl_equals_a_plain_fit(tmp_path):
 
 
 def test_two_gpu_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
-    gpus = fm.build_info()["cuda_devices"].count("cuda:")
-    if gpus < 2 and nccl_version() < 23000:
-        pytest.skip("two ranks on one GPU need NCCL 2.30 or later")
+    two_ranks()
     run_ranks(2, tmp_path)
     for name, case in FLOAT32_CASES.items():
         r0, r1 = weights(tmp_path / f"{name}-rank0.npz"), weights(tmp_path / f"{name}-rank1.npz")
@@ -79,3 +86,24 @@ def test_two_gpu_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path
         _, single = single_process(case)
         for u, v in zip(r0, single):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_nan_on_one_gpu_rank_stops_every_rank_with_the_same_finite_weights(tmp_path):
+    two_ranks()
+    run_ranks(2, tmp_path, "nonfinite")
+    for r in (0, 1):
+        assert (tmp_path / f"nonfinite-rank{r}.txt").read_text() == "NonFiniteLossError"
+    w0, w1 = weights(tmp_path / "nonfinite-rank0.npz"), weights(tmp_path / "nonfinite-rank1.npz")
+    for u, v in zip(w0, w1):
+        np.testing.assert_array_equal(u, v)
+        assert np.all(np.isfinite(u))
+
+
+def test_a_stalled_gpu_rank_makes_the_other_raise_after_the_timeout(tmp_path):
+    # NCCL's kernels wait for the missing rank: the host's deadline aborts them (ncclCommAbort on a
+    # thread of its own, the engine dropping its captured steps) instead of hanging.
+    two_ranks()
+    p = run_ranks(2, tmp_path, "stall", check=False, FASTMLP_TEST_TIMEOUT="5")
+    text = (tmp_path / "stall-rank0.txt").read_text()
+    assert text.startswith("DistributedError"), text + p.stderr[-2000:]
+    assert "after 5 s" in text and float(text.split()[2]) < 30
