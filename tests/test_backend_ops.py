@@ -49,7 +49,11 @@ HIDDEN = {"linear": 0.0, "sigmoid": 0.0, "tanh": 0.0, "relu": 0.0, "leaky_relu":
 
 
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 130, 17), (129, 3, 64)])
+# One row is a matrix-vector product on the CPU (GEMV), also per thread when a batch of one is split
+# by depth (k * n >= 2^15), and in the one-row block of 9 rows split in blocks of 8 (9 x 8 x 30000
+# is split by rows over 2 threads: with ta, that row is every 9th value of A).
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 130, 17), (1, 100, 784), (5, 130, 17), (129, 3, 64),
+                                   (9, 8, 30000)])
 def test_matmul(backend, ta, tb, m, n, k):
     ops, dtype = backend
     A, B = rand(dtype, m, k), rand(dtype, k, n)
@@ -63,7 +67,7 @@ DENSE_ACTS = sorted(set(HIDDEN) - {"gelu", "silu"})
 
 
 @pytest.mark.parametrize("act", DENSE_ACTS)
-@pytest.mark.parametrize("rows,in_,out,out2", [(1, 3, 5, 2), (37, 19, 131, 10), (128, 64, 64, 33)])
+@pytest.mark.parametrize("rows,in_,out,out2", [(1, 3, 5, 2), (1, 784, 100, 10), (37, 19, 131, 10), (128, 64, 64, 33)])
 def test_dense_forward_and_the_next_layers_backward(backend, act, rows, in_, out, out2):
     """Layer 1's forward (the fused bias and activation, any record it keeps) and layer 2's
     backward into layer 1's dZ (the activation's derivative, from the record or the output)."""
