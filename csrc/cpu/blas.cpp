@@ -66,12 +66,13 @@ void blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int l
     for (int j = 0; j < n; ++j) C[j] += y[j];
 }
 
-// Below this many flops a GEMM runs on the calling thread alone. At 2 MFLOP one core takes
-// about 20 us, and handing half to a worker costs a few; measured on the 2-core machine (us per
-// row, 784-100-10 SGD at batch 16): never split 5.6, split above 1 MFLOP 8.4, and OpenBLAS's own
-// threading (which splits anything above 0.26 MFLOP) 6.8. 784-512-512-10 Adam at batch 8 is 10%
-// faster at 2 MFLOP than at 4.
-constexpr double kSplitFlops = 2e6;
+// Below this many flops a GEMM runs on the calling thread alone. At 1 MFLOP one core takes
+// about 10 us, and handing half to a worker costs a few. Measured with 784-100-10 SGD at batch
+// 16 (us per row, 2 threads): on the first 2-core host (AVX-512), before the pool's joins waited
+// awake, never split 5.6, split above 1 MFLOP 8.4, OpenBLAS's own threading 6.8; on an AVX2 host
+// with today's pool, split above 1 MFLOP 5.0-5.5 against 6.6-6.9 at 2 MFLOP (its weight
+// gradient, 2.5 MFLOP, ran on one core while the other waited), batches 4, 8 and 32 unchanged.
+constexpr double kSplitFlops = 1e6;
 
 // With the scipy-openblas32 wheel (fastmlp's private copy: its symbols carry a scipy_ prefix, so
 // no other library in the process calls it) the BLAS runs single-threaded and fastmlp splits
