@@ -1,5 +1,7 @@
-"""One rank of the data-parallel tests (tests/test_distributed.py starts it under mpiexec -n 2):
-python distributed_worker.py SCENARIO OUT_DIR. Each rank writes what the test compares into OUT_DIR."""
+"""One rank of the data-parallel tests: python distributed_worker.py SCENARIO OUT_DIR. Each rank
+writes what the test compares into OUT_DIR. tests/test_distributed.py starts it under mpiexec -n 2
+(CPU ranks); tests/test_distributed_cuda.py under torchrun with FASTMLP_TEST_DEVICE=cuda (GPU ranks
+over NCCL; ranks beyond the GPUs share them, and one rank also takes the data-parallel path)."""
 import json
 import os
 import sys
@@ -10,8 +12,14 @@ import numpy as np
 import fastmlp as fm
 
 scenario, out = sys.argv[1], sys.argv[2]
-# force: the scenario "alone" runs without a launcher, as a job of one rank (MPI's singleton).
-fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")), force=scenario == "alone")
+DEVICE = os.environ.get("FASTMLP_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    gpus = fm.build_info()["cuda_devices"].count("cuda:")
+    os.environ["LOCAL_RANK"] = str(int(os.environ["LOCAL_RANK"]) % gpus)
+# force: the scenario "alone" runs without a launcher, as a job of one rank (MPI's singleton), and
+# GPU ranks take the data-parallel path even alone.
+fm.distributed.init(timeout=float(os.environ.get("FASTMLP_TEST_TIMEOUT", "60")),
+                    force=scenario == "alone" or DEVICE == "cuda")
 rank, size = fm.distributed.rank(), fm.distributed.world_size()
 sys.path.insert(0, os.path.dirname(__file__))
 from distributed_cases import CASES, build, build_batchnorm, data, shard_of_slices  # noqa: E402  (the cases, shared with the single-process side)
@@ -26,18 +34,22 @@ def save(name, model, history=None):
 
 if scenario in ("equivalence", "alone"):
     for name, case in CASES.items():
+        if DEVICE == "cuda" and case["dtype"] != "float32":
+            continue  # the CUDA backend computes in float32
         x, y = data(case)
         # Every rank starts from other initial weights: fit must take rank 0's.
-        model = build(case, seed=case.get("seed", 1) if rank == 0 else 1000 + rank, same_dropout_seed=True)
+        model = build(case, seed=case.get("seed", 1) if rank == 0 else 1000 + rank, same_dropout_seed=True,
+                      device=DEVICE)
         h = model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
                       validation_split=case.get("validation_split", 0.0))
         save(name, model, h)
-    x, y = data(CASES["adam_float64"])
-    model = build_batchnorm(seed=1)
-    model.fit(x, y, batch_size=111, epochs=3, verbose=0)  # 55 and 56 rows a rank; a last batch of 2
-    save("batchnorm", model)
+    if DEVICE == "cpu":
+        x, y = data(CASES["adam_float64"])
+        model = build_batchnorm(seed=1)
+        model.fit(x, y, batch_size=111, epochs=3, verbose=0)  # 55 and 56 rows a rank; a last batch of 2
+        save("batchnorm", model)
     with open(os.path.join(out, f"{scenario}-stats-rank{rank}.json"), "w") as f:
-        json.dump(fm.distributed.collective_stats(), f)
+        json.dump(fm.distributed.collective_stats(model._engine.device), f)
 elif scenario == "sharded":
     # 1. Exact: each rank's shard is what its slices of an unshuffled replicated fit would take.
     case = CASES["adam_float64"]
@@ -97,7 +109,7 @@ elif scenario == "nonfinite":
     if rank == 1:
         y[500, 1] = 1e30  # only this rank's copy: a finite target whose squared error overflows
     model = fm.Sequential([fm.Dense(8, activation="tanh", input_dim=12), fm.Dense(2)], seed=1)
-    model.compile(optimizer="adam", loss="mse", device="cpu")
+    model.compile(optimizer="adam", loss="mse", device=DEVICE)
     try:
         model.fit(x, y, batch_size=110, epochs=3, verbose=0)
         result = "finished"
@@ -131,7 +143,7 @@ elif scenario == "mismatch":
 elif scenario in ("stall", "die"):
     case = CASES["adam_float32"]
     x, y = data(case)
-    model = build(case, seed=1)
+    model = build(case, seed=1, device=DEVICE)
 
     def epoch_end(epoch, logs):
         if rank == 1 and epoch == 0:

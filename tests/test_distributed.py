@@ -225,7 +225,7 @@ def test_under_torchrun_ranks_share_ids_through_its_store(tmp_path):
     for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
         env.pop(v, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           os.path.join(os.path.dirname(__file__), "torchrun_worker.py"), "ids", str(tmp_path)]
+           os.path.join(os.path.dirname(__file__), "torchrun_worker.py"), str(tmp_path)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     ranks = []

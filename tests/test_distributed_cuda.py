@@ -1,5 +1,5 @@
-"""Data-parallel fit on GPU ranks over NCCL: ranks started by torchrun (tests/torchrun_worker.py),
-compared with a single-process fit on the same GPU. Needs a GPU, NCCL and PyTorch (for torchrun);
+"""Data-parallel fit on GPU ranks over NCCL: ranks started by torchrun (tests/distributed_worker.py
+with FASTMLP_TEST_DEVICE=cuda), compared with a single-process fit on the same GPU. Needs a GPU, NCCL and PyTorch (for torchrun);
 skipped elsewhere. Two ranks share one GPU where NCCL allows it (2.30 or later, with
 NCCL_MULTI_RANK_GPU_ENABLE=1)."""
 import json
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from distributed_cases import CASES, build, data  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not fm.cuda_is_available(), reason="needs a CUDA GPU")
-WORKER = os.path.join(os.path.dirname(__file__), "torchrun_worker.py")
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 FLOAT32_CASES = {k: c for k, c in CASES.items() if c["dtype"] == "float32"}
 
 
@@ -28,14 +28,14 @@ def nccl_version():
         pytest.skip(f"NCCL cannot be loaded: {e}")
 
 
-def run_ranks(ranks, out, mode="fit", check=True, **env_extra):
+def run_ranks(ranks, out, scenario="equivalence", check=True, **env_extra):
     pytest.importorskip("torch.distributed.run")
-    env = dict(os.environ, OMP_NUM_THREADS="1", NCCL_MULTI_RANK_GPU_ENABLE="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1", NCCL_MULTI_RANK_GPU_ENABLE="1", FASTMLP_TEST_DEVICE="cuda",
                PYTHONPATH=os.pathsep.join(sys.path), **env_extra)
     for v in distributed._MPI_VARIABLES + distributed._TORCHRUN_VARIABLES:
         env.pop(v, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), WORKER,
-           mode, str(out)]
+           scenario, str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     if check:
         assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
@@ -57,7 +57,9 @@ def weights(path):
 def single_process(case):
     x, y = data(case)
     model = build(case, seed=case.get("seed", 1), same_dropout_seed=True, device="cuda")
-    return model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0), model.get_weights()
+    history = model.fit(x, y, batch_size=case["batch"], epochs=3, verbose=0,
+                        validation_split=case.get("validation_split", 0.0))
+    return history, model.get_weights()
 
 
 def test_one_gpu_rank_through_nccl_equals_a_plain_fit(tmp_path):
@@ -65,7 +67,7 @@ def test_one_gpu_rank_through_nccl_equals_a_plain_fit(tmp_path):
     # scaled to the global batch, the flag: the weights of a plain fit on the same GPU.
     nccl_version()
     run_ranks(1, tmp_path)
-    with open(tmp_path / "stats-rank0.json") as f:
+    with open(tmp_path / "equivalence-stats-rank0.json") as f:
         assert json.load(f)["calls"] > 0  # NCCL's gradient sums were queued
     for name, case in FLOAT32_CASES.items():
         history, single = single_process(case)
@@ -73,7 +75,8 @@ def test_one_gpu_rank_through_nccl_equals_a_plain_fit(tmp_path):
             np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7, err_msg=name)
         with open(tmp_path / f"{name}-rank0.json") as f:
             logs = json.load(f)
-        np.testing.assert_allclose(logs["loss"], history.history["loss"], rtol=1e-5, err_msg=name)
+        for key, values in history.history.items():
+            np.testing.assert_allclose(logs[key], values, rtol=1e-5, err_msg=f"{name} {key}")
 
 
 def test_two_gpu_ranks_end_bit_identical_and_equal_a_single_process_fit(tmp_path):
@@ -103,7 +106,7 @@ def test_a_stalled_gpu_rank_makes_the_other_raise_after_the_timeout(tmp_path):
     # NCCL's kernels wait for the missing rank: the host's deadline aborts them (ncclCommAbort on a
     # thread of its own, the engine dropping its captured steps) instead of hanging.
     two_ranks()
-    p = run_ranks(2, tmp_path, "stall", check=False, FASTMLP_TEST_TIMEOUT="5")
+    p = run_ranks(2, tmp_path, "stall", check=False, FASTMLP_TEST_TIMEOUT="5", FASTMLP_TEST_STALL="60")
     text = (tmp_path / "stall-rank0.txt").read_text()
     assert text.startswith("DistributedError"), text + p.stderr[-2000:]
     assert "after 5 s" in text and float(text.split()[2]) < 30
