@@ -613,6 +613,18 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+# Variables that change which kernels OpenBLAS runs or how threads behave. Some machines set
+# OPENBLAS_CORETYPE for every process (older OpenBLAS builds miscompute on their CPUs); on an
+# AVX-512 machine OPENBLAS_CORETYPE=Haswell made the 784-512-512-10 step 1.6x slower, so a
+# figure means little without them.
+KERNEL_ENVIRONMENT = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                      "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+
+
+def kernel_environment() -> dict:
+    return {name: os.environ[name] for name in KERNEL_ENVIRONMENT if name in os.environ}
+
+
 def machine():
     import fastmlp as fm  # the parent only describes the build; measurements happen in workers
 
@@ -621,6 +633,7 @@ def machine():
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
             "fastmlp": getattr(fm, "__version__", None), "fastmlp_path": str(Path(fm.__file__).parent),
             "fastmlp_build_type": fm.build_info()["build_type"], "fastmlp_blas": fm.build_info()["blas"],
+            "environment": kernel_environment(),
             "torch": version_of("torch") if have("torch") else None,
             "jax": version_of("jax") if have("jax") else None, "git": git_describe()}
 

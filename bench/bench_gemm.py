@@ -150,10 +150,11 @@ def main():
     if args.worker:
         print(json.dumps(worker(args.worker, args.mkl)))
         return
-    from bench_cpu import cpu_model  # this folder's CPU benchmark: the same machine description
+    from bench_cpu import cpu_model, kernel_environment  # this folder's CPU benchmark: the same description
 
     report = {"machine": {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)),
-                          "platform": platform.platform(), "numpy": np.__version__},
+                          "platform": platform.platform(), "numpy": np.__version__,
+                          "environment": kernel_environment()},
               "libraries": [], "concurrent_openblas": None}
     for library in args.library.split(","):
         print(f"[bench_gemm] {library}", file=sys.stderr, flush=True)

@@ -165,8 +165,10 @@ def main(argv=None):
         fm.set_num_threads(args.threads)
     configs = sorted(CONFIGS) if args.config == "all" else args.config.split(",")
     data = load_data(args.data)
+    from bench_cpu import kernel_environment  # the variables that pick BLAS kernels and threads
+
     report = {"machine": platform.node(), "processor": platform.processor(), "threads": args.threads,
-              "fastmlp": fm.build_info(), "results": []}
+              "environment": kernel_environment(), "fastmlp": fm.build_info(), "results": []}
     try:
         import torch
 
