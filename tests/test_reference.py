@@ -418,6 +418,50 @@ def test_fit_small_batches_wide_kernels(dtype, tol, threads, batch_size):
         fm.set_num_threads(before)
 
 
+# Plain SGD at a batch of one row skips the kernel rows whose input is zero (their gradient is
+# zero, so the update leaves them as they are): pixels that are zero, ReLU units that are off.
+# The 60-input kernel has its zeros in runs; the ReLU layer's 1500-wide kernel makes runs longer
+# than the update's blocks of 4096 and blocks that end inside rows. A clipvalue no gradient
+# reaches takes the path that forms every row, which must give the same bits.
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fit_batch_one_plain_sgd_skips_rows_of_zero_inputs(dtype, tol, threads):
+    before = fm.get_num_threads()
+    try:
+        fm.set_num_threads(threads)
+        spec = [(90, "relu", 0.0, 0.0, 0.0), (1500, "sigmoid", 0.0, 0.0, 0.0), (3, "softmax", 0.0, 0.0, 0.0)]
+        rng = np.random.default_rng(12)
+        w0 = [w.astype(dtype).astype(np.float64) for w in random_weights(spec, 60, rng, scale=0.1)]
+        x = rng.normal(size=(6, 60))
+        x[:, 10:25] = 0.0  # a run of zero inputs in every row
+        x[rng.random(x.shape) < 0.5] = 0.0  # and scattered ones
+        x[3] = 0.0  # a row of zeros: only the biases and the later kernels move
+        x = x.astype(dtype).astype(np.float64)
+        y = rng.integers(0, 3, 6)
+        models = []
+        for opt in (fm.optimizers.SGD(lr=0.05), fm.optimizers.SGD(lr=0.05, clipvalue=1e30)):
+            m = build(spec, 60, "sparse_categorical_crossentropy", optimizer=opt, dtype=dtype)
+            m.set_weights(w0)
+            m.fit(x, y, epochs=2, batch_size=1, shuffle=False, verbose=0)
+            models.append(m)
+        skipped, formed = (m.get_weights() for m in models)
+        for a, b in zip(skipped, formed):
+            np.testing.assert_array_equal(a, b)
+        batches = [(x[i:i + 1], y[i:i + 1]) for i in range(6)] * 2
+        want_w, _ = ref.train_steps(spec, w0, batches, "sparse_categorical_crossentropy", ref.Optimizer("sgd", 0.05))
+        assert_all_close(skipped, want_w, tol, dtype)
+        # One step: the first kernel's rows of zero inputs are bit for bit as they were.
+        m = build(spec, 60, "sparse_categorical_crossentropy", optimizer=fm.optimizers.SGD(lr=0.05), dtype=dtype)
+        m.set_weights(w0)
+        m.train_on_batch(x[:1], y[:1])
+        kernel = m.get_weights()[0]
+        zero = x[0] == 0.0
+        np.testing.assert_array_equal(kernel[zero], w0[0][zero].astype(dtype))
+        assert np.all(np.any(kernel[~zero] != w0[0][~zero].astype(dtype), axis=1))
+    finally:
+        fm.set_num_threads(before)
+
+
 def test_fit_last_partial_batch_matches_reference():
     m, spec, w0, x, y = _fit_model("rmsprop", 0.01, momentum=0.5)
     hist = m.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0)
