@@ -13,6 +13,7 @@ Cases (--case, comma list, default all):
                  without torch; and PyTorch itself
   contention     the same while one busy pure-Python process (--competitors) competes for the cores
   small_batches  784-100-10 sigmoid, SGD 0.1, batch 1/16/100, with and without L2(1e-4): us/row
+                 (MNIST with --mnist: most pixels are zero, which plain SGD at batch 1 skips)
   width_sweep    784-h-h-10 ReLU, Adam: h 64..2048 at b128, h=512 at b8..2048; s/epoch, GFLOP/s
   jax            the 784-512-512-10 net as one jit-compiled lax.scan per epoch (skipped without jax)
   memory         peak RSS (VmHWM) of fitting 784-512-512-10 on 3 x --rows rows (60,000 by default,
@@ -515,6 +516,8 @@ def small_batch_rows(args, batch):
 
 
 def case_small_batches(run, args):
+    mnist = args.mnist if args.mnist and Path(args.mnist).exists() else None
+    data = {"mnist": mnist} if mnist else {}
     rows_out = []
     for batch in (1, 16, 100):
         n = small_batch_rows(args, batch)
@@ -524,7 +527,7 @@ def case_small_batches(run, args):
             for reg, l2 in (("plain", 0.0), ("l2", REG_L2)):
                 kw = {"imports": "no_torch"} if task == "fastmlp" else {}
                 # One more epoch than --epochs so that the median covers --epochs steady epochs.
-                spec = run.spec(task, rows=n, batch=batch, l2=l2, **KERAS_DEMO, **kw)
+                spec = run.spec(task, rows=n, batch=batch, l2=l2, **KERAS_DEMO, **data, **kw)
                 keys.append(f"{fw}_{reg}")
                 specs.append({**spec, "epochs": args.epochs + 1})
         row.update(zip(keys, run.interleaved(specs)))
@@ -535,7 +538,9 @@ def case_small_batches(run, args):
                                            for reg in ("plain", "l2")}
         rows_out.append(row)
     return {"model": f"784-100-10 sigmoid, softmax, sparse CCE, SGD(0.1), L2({REG_L2}) on both kernels or none",
-            "epochs": args.epochs + 1, "rows": rows_out}
+            "epochs": args.epochs + 1,
+            "data": f"the first MNIST training rows from {mnist}" if mnist else f"random rows of {FEATURES} float32",
+            "rows": rows_out}
 
 
 def train_flops_per_row(hidden) -> int:
@@ -736,8 +741,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--competitors", type=int, default=1, help="busy processes in the contention case")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mnist", default=None, help="MNIST folder for the memory and denormals cases (random data "
-                   "otherwise)")
+    p.add_argument("--mnist", default=None, help="MNIST folder for the small_batches, memory and denormals cases "
+                   "(random data otherwise)")
     p.add_argument("--timeout", type=int, default=900, help="seconds one worker may run")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
