@@ -275,50 +275,37 @@ class OptimizerStep {
     std::copy(kg.dz, kg.dz + out, dz_padded.begin());
     std::fill(dz_padded.begin() + out, dz_padded.end(), T(0));
     auto at = [](T* base, int64_t k) { return base ? base + k : nullptr; };
-    if constexpr (kZeroRowsStay<F, kReg>) {
-      bool finite = std::isfinite(T(s.lr));
-      for (int64_t j = 0; j < out; ++j) finite = finite && std::isfinite(kg.dz[j]);
-      if (finite) {  // else 0 * dz is not 0: every row is formed, and the update flags the overflow
-        // Runs of rows whose input is not zero, each at most one block, formed and updated. Rows
-        // are walked, not divided out of k: a division per row cost more than the skipped update.
-        int64_t i = (lo - kg.offset) / out, j0 = (lo - kg.offset) - i * out;
-        for (int64_t k = lo; k < hi;) {
-          if (kg.x[i] == T(0)) {
-            k += out - j0;
-            ++i;
-            j0 = 0;
-            continue;
-          }
-          const int64_t start = k;
-          while (k < hi && k - start < kPenaltyBlock && kg.x[i] != T(0)) {
-            const int64_t n = std::min({out - j0, hi - k, kPenaltyBlock - (k - start)});
-            form_row_part(kg.x[i], dz_padded.data() + j0, n, g + (k - start));
-            k += n;
-            j0 += n;
-            if (j0 == out) {
-              j0 = 0;
-              ++i;
-            }
-          }
-          update_range<F, kReg>(cfg, s, p + start, g, at(st0, start), at(st1, start), at(st2, start), 0,
-                                k - start, l1, l2, grad_scale, trust, overflowed);
-        }
-        return 0.0;
-      }
+    bool skip_zero_rows = false;
+    if constexpr (kZeroRowsStay<F, kReg>) {  // else 0 * dz is not 0, and the update flags the overflow
+      skip_zero_rows = std::isfinite(T(s.lr));
+      for (int64_t j = 0; j < out; ++j) skip_zero_rows = skip_zero_rows && std::isfinite(kg.dz[j]);
     }
+    // Blocks of at most kPenaltyBlock elements, formed and updated; a skipped row ends a block.
+    // Without skipping, blocks start every kPenaltyBlock from lo as in update_range, so the
+    // penalty adds up in the same order. Rows are walked, not divided out of k: a division per
+    // row cost more than the update it skipped.
     double penalty = 0.0;
-    for (int64_t b0 = lo; b0 < hi; b0 += kPenaltyBlock) {
-      const int64_t b1 = hi - b0 < kPenaltyBlock ? hi : b0 + kPenaltyBlock;
-      // One kernel row (input unit i) at a time, from column j0 of row i on.
-      const int64_t first = b0 - kg.offset;
-      int64_t i = first / out, j0 = first - i * out;
-      for (int64_t k = b0; k < b1; ++i, j0 = 0) {
-        const int64_t n = out - j0 < b1 - k ? out - j0 : b1 - k;
-        form_row_part(kg.x[i], dz_padded.data() + j0, n, g + (k - b0));
-        k += n;
+    int64_t i = (lo - kg.offset) / out, j0 = (lo - kg.offset) - i * out;  // row i, from column j0
+    for (int64_t k = lo; k < hi;) {
+      if (skip_zero_rows && kg.x[i] == T(0)) {
+        k += out - j0;
+        ++i;
+        j0 = 0;
+        continue;
       }
-      penalty += update_range<F, kReg>(cfg, s, p + b0, g, at(st0, b0), at(st1, b0), at(st2, b0), 0, b1 - b0, l1,
-                                       l2, grad_scale, trust, overflowed);
+      const int64_t start = k, block_end = std::min(hi, start + kPenaltyBlock);
+      while (k < block_end && !(skip_zero_rows && kg.x[i] == T(0))) {
+        const int64_t n = std::min(out - j0, block_end - k);
+        form_row_part(kg.x[i], dz_padded.data() + j0, n, g + (k - start));
+        k += n;
+        j0 += n;
+        if (j0 == out) {
+          j0 = 0;
+          ++i;
+        }
+      }
+      penalty += update_range<F, kReg>(cfg, s, p + start, g, at(st0, start), at(st1, start), at(st2, start), 0,
+                                       k - start, l1, l2, grad_scale, trust, overflowed);
     }
     return penalty;
   }
