@@ -114,6 +114,39 @@ def test_predict_float32_engine():
     assert_close(got, ref.predict(spec, w32, x.astype(np.float32)), 1e-5, "predict f32")
 
 
+# A one-row product whose input is at least a quarter zeros (an MNIST digit's pixels, a ReLU
+# layer's output) skips the kernel rows of the zero inputs (csrc/cpu/blas.cpp). Widths that are
+# no multiple of a vector; 400 x 97 and 97 x 350 kernels are split in bands over the threads.
+# Each row is predicted alone (the one-row path) and inside the batch (GEMM), both against the
+# float64 reference; inputs that are mostly nonzero take the GEMV.
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_predict_one_row_with_zero_inputs_matches_reference(dtype, tol, threads):
+    before = fm.get_num_threads()
+    try:
+        fm.set_num_threads(threads)
+        rng = np.random.default_rng(31)
+        spec = [(97, "relu", 0.0, 0.0, 0.0), (350, "tanh", 0.0, 0.0, 0.0), (5, "linear", 0.0, 0.0, 0.0)]
+        m = build(spec, 400, "mse", dtype=dtype)
+        w = [a.astype(dtype).astype(np.float64) for a in random_weights(spec, 400, rng, scale=0.2)]
+        m.set_weights(w)
+        x = rng.normal(size=(6, 400))
+        x[0, rng.random(400) < 0.8] = 0.0  # mostly zeros, scattered
+        x[1, 100:390] = 0.0                # one long run
+        x[2, :] = 0.0                      # all zeros: the biases alone
+        x[3, ::3] = 0.0                    # a third: still the sparse loop
+        x[4, ::5] = 0.0                    # a fifth: the GEMV
+        x[5, 399] = 0.0                    # one zero at the end
+        x = x.astype(dtype).astype(np.float64)
+        want = ref.predict(spec, w, x)
+        assert (ref.forward_layers(spec, w, x)[0]["out"] == 0).mean() > 0.25  # the ReLU layer's output
+        for i in range(6):
+            assert_close(m.predict(x[i:i + 1]), want[i:i + 1], tol, f"row {i} alone")
+        assert_close(m.predict(x), want, tol, "batch")
+    finally:
+        fm.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------- gradients
 
 @pytest.mark.parametrize("hidden", sorted(HIDDEN))

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "cpu/vector_clones.h"
 
 #if !defined(FASTMLP_SCIPY_OPENBLAS)
 // Weak: present when the system BLAS is OpenBLAS, null for reference BLAS or others.
@@ -39,6 +40,60 @@ void gemm_call(bool ta, bool tb, int m, int n, int k, double alpha, const double
                        A, lda, B, ldb, beta, C, ldc);
 }
 
+// y[0, n) = alpha * sum over i of x[i] * B's row i, skipping the rows whose x[i] is zero: the
+// product a GEMV forms, in row order, without reading the skipped rows. A batch of one MNIST
+// digit has about 80% zero pixels, and a ReLU layer's output about half. 784-100-10 SGD at batch
+// 1 on MNIST, alternated epochs in one process: the step took 0.79-0.88 of its time with the
+// GEMV (2 and 1 threads); with ReLU, 0.82 (784-100-10) and 0.77 (784-512-10).
+// Skipping x[i] = 0 differs from the GEMV only where B's row i holds an infinity or a NaN
+// (0 * inf is NaN); a model's weights are finite (set_weights checks them, and a step that would
+// make one non-finite is not taken).
+template <typename T>
+FASTMLP_VECTOR_CLONES void sparse_row_product(int n, int k, T alpha, const T* __restrict x, const T* __restrict B,
+                                              int ldb, T* __restrict y) {
+  // The nonzero inputs' rows first, without a branch per input, so that the loop below can ask
+  // for the rows it reads next. On MNIST's runs of zero pixels this measured the same as a branch
+  // per input; it is kept for zeros scattered at random (a ReLU layer's), which a branch
+  // predictor misses.
+  thread_local std::vector<int> nonzero;
+  nonzero.resize(size_t(k));
+  int* const rows = nonzero.data();
+  int count = 0;
+  for (int i = 0; i < k; ++i) {
+    rows[count] = i;
+    count += x[i] != T(0);
+  }
+  constexpr int kAhead = 4;  // rows ahead: a row of 100 floats is 7 cache lines, mostly from L2
+  std::fill(y, y + n, T(0));
+  for (int t = 0; t < count; ++t) {
+    if (t + kAhead < count) {
+      const T* ahead = B + int64_t(rows[t + kAhead]) * ldb;
+      for (int j = 0; j < n; j += 64 / int(sizeof(T))) __builtin_prefetch(ahead + j);
+    }
+    const T a = alpha * x[rows[t]];
+    const T* __restrict row = B + int64_t(rows[t]) * ldb;
+#pragma omp simd
+    for (int j = 0; j < n; ++j) y[j] += a * row[j];
+  }
+}
+
+// A one-row product takes the sparse loop above when at least this share of x is zero, else the
+// GEMV (chosen, not tuned: the crossover was not measured).
+constexpr double kSparseRowZeros = 0.25;
+
+template <typename T>
+bool mostly_zeros(const T* x, int k) {
+  int zeros = 0;
+  for (int i = 0; i < k; ++i) zeros += x[i] == T(0);
+  return zeros >= kSparseRowZeros * k;
+}
+
+template <typename T>
+void add_scratch_row(T beta, int n, const T* y, T* C) {
+  if (beta == T(1))
+    for (int j = 0; j < n; ++j) C[j] += y[j];
+}
+
 // One row of C (a batch of one, or a thread's band of one) is a matrix-vector product: GEMV reads
 // B once where GEMM first packs it into a copy (OpenBLAS's sgemm_itcopy took 12% of a batch-1
 // step of 784-100-10 on an AVX2 machine).
@@ -57,13 +112,16 @@ void blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int l
     row.resize(size_t(n));
     y = row.data();
   }
-  std::fill(y, y + n, T(0));
-  if (tb)  // C = x B^T, B n x k
-    gemv_call(false, n, k, alpha, B, ldb, A, ta ? lda : 1, y);
-  else  // C = x B, B k x n
-    gemv_call(true, k, n, alpha, B, ldb, A, ta ? lda : 1, y);
-  if (beta == T(1))
-    for (int j = 0; j < n; ++j) C[j] += y[j];
+  if (!ta && !tb && mostly_zeros(A, k)) {  // C = x B, x contiguous
+    sparse_row_product(n, k, alpha, A, B, ldb, y);
+  } else {
+    std::fill(y, y + n, T(0));
+    if (tb)  // C = x B^T, B n x k
+      gemv_call(false, n, k, alpha, B, ldb, A, ta ? lda : 1, y);
+    else  // C = x B, B k x n
+      gemv_call(true, k, n, alpha, B, ldb, A, ta ? lda : 1, y);
+  }
+  add_scratch_row(beta, n, y, C);
 }
 
 // Below this many flops a GEMM runs on the calling thread alone. At 1 MFLOP one core takes
