@@ -3,6 +3,7 @@
 float64 CPU engines must match the float64 reference to ~1e-12 (forward), 1e-10 (gradients)
 and 1e-10 relative (weights after several optimizer steps); float32 engines to 1e-5.
 """
+import contextlib
 import itertools
 
 import numpy as np
@@ -27,6 +28,17 @@ def activation(name, param):
     if name == "elu":
         return fm.activations.ELU(param if param else 1.0)
     return name
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """fastmlp's thread count set to n inside the block, and back to what it was after it."""
+    before = fm.get_num_threads()
+    fm.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fm.set_num_threads(before)
 
 
 def build(spec, input_dim, loss, optimizer="sgd", dtype="float64", from_logits=False, seed=0):
@@ -122,9 +134,7 @@ def test_predict_float32_engine():
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_predict_one_row_with_zero_inputs_matches_reference(dtype, tol, threads):
-    before = fm.get_num_threads()
-    try:
-        fm.set_num_threads(threads)
+    with num_threads(threads):
         rng = np.random.default_rng(31)
         spec = [(97, "relu", 0.0, 0.0, 0.0), (350, "tanh", 0.0, 0.0, 0.0), (5, "linear", 0.0, 0.0, 0.0)]
         m = build(spec, 400, "mse", dtype=dtype)
@@ -143,8 +153,6 @@ def test_predict_one_row_with_zero_inputs_matches_reference(dtype, tol, threads)
         for i in range(6):
             assert_close(m.predict(x[i:i + 1]), want[i:i + 1], tol, f"row {i} alone")
         assert_close(m.predict(x), want, tol, "batch")
-    finally:
-        fm.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------- gradients
@@ -431,9 +439,7 @@ def test_fit_small_batches_wide_kernels(dtype, tol, threads, batch_size):
     # With several threads the second kernel is split between them by bands of its rows, in the
     # update and in the forward product (blas.cpp's split by depth), 3 threads giving uneven bands.
     # Batch 1 forms the kernels' gradients in the update; batch 3 (and a last batch of 2) does not.
-    before = fm.get_num_threads()
-    try:
-        fm.set_num_threads(threads)
+    with num_threads(threads):
         spec = [(90, "sigmoid", 0.0, 1e-4, 1e-3), (1500, "relu", 0.0, 0.0, 1e-3), (3, "softmax", 0.0, 0.0, 0.0)]
         rng = np.random.default_rng(11)
         kwargs = dict(lr=0.01, momentum=0.9, nesterov=True)
@@ -447,8 +453,6 @@ def test_fit_small_batches_wide_kernels(dtype, tol, threads, batch_size):
                                     ref.Optimizer("sgd", **kwargs))
         assert_all_close(m.get_weights(), want_w, tol, dtype)
         assert max(np.abs(a - b).max() for a, b in zip(m.get_weights(), w0)) > 1e-3
-    finally:
-        fm.set_num_threads(before)
 
 
 # Plain SGD at a batch of one row skips the kernel rows whose input is zero (their gradient is
@@ -459,9 +463,7 @@ def test_fit_small_batches_wide_kernels(dtype, tol, threads, batch_size):
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_fit_batch_one_plain_sgd_skips_rows_of_zero_inputs(dtype, tol, threads):
-    before = fm.get_num_threads()
-    try:
-        fm.set_num_threads(threads)
+    with num_threads(threads):
         spec = [(90, "relu", 0.0, 0.0, 0.0), (1500, "sigmoid", 0.0, 0.0, 0.0), (3, "softmax", 0.0, 0.0, 0.0)]
         rng = np.random.default_rng(12)
         w0 = [w.astype(dtype).astype(np.float64) for w in random_weights(spec, 60, rng, scale=0.1)]
@@ -491,8 +493,6 @@ def test_fit_batch_one_plain_sgd_skips_rows_of_zero_inputs(dtype, tol, threads):
         zero = x[0] == 0.0
         np.testing.assert_array_equal(kernel[zero], w0[0][zero].astype(dtype))
         assert np.all(np.any(kernel[~zero] != w0[0][~zero].astype(dtype), axis=1))
-    finally:
-        fm.set_num_threads(before)
 
 
 def test_fit_last_partial_batch_matches_reference():
