@@ -495,6 +495,74 @@ def test_fit_batch_one_plain_sgd_skips_rows_of_zero_inputs(dtype, tol, threads):
         assert np.all(np.any(kernel[~zero] != w0[0][~zero].astype(dtype), axis=1))
 
 
+# Plain SGD with L2 at a batch of one row: the first kernel's rows whose input is zero only shrink
+# by 1 - 2 lr l2, and the CPU backend applies a run of those factors at once
+# (csrc/cpu/deferred_decay.h) instead of moving every weight every step. Checked against the
+# float64 reference (weights and the epoch losses, whose L2 penalty comes from running sums) and
+# against the eager update that a clipvalue no gradient reaches selects, at 1-3 threads. Column 7
+# is zero in every row, so its kernel row only ever decays; row 3 is all zeros; row 0 has one
+# zero, too few to start deferring, so each epoch's first step is eager and the rest deferred.
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fit_batch_one_sgd_l2_defers_the_decay_of_zero_input_rows(dtype, tol, threads):
+    with num_threads(threads):
+        spec = [(90, "relu", 0.0, 0.0, 5e-3), (1500, "sigmoid", 0.0, 0.0, 1e-3), (3, "softmax", 0.0, 0.0, 1e-4)]
+        rng = np.random.default_rng(13)
+        w0 = [w.astype(dtype).astype(np.float64) for w in random_weights(spec, 60, rng, scale=0.1)]
+        x = rng.normal(size=(6, 60))
+        x[:, 10:25] = 0.0
+        x[rng.random(x.shape) < 0.5] = 0.0
+        x[0] = rng.normal(size=60)
+        x[:, 7] = 0.0
+        x[3] = 0.0
+        x = x.astype(dtype).astype(np.float64)
+        y = rng.integers(0, 3, 6)
+        models, histories = [], []
+        for opt in (fm.optimizers.SGD(lr=0.2), fm.optimizers.SGD(lr=0.2, clipvalue=1e30)):
+            m = build(spec, 60, "sparse_categorical_crossentropy", optimizer=opt, dtype=dtype)
+            m.set_weights(w0)
+            histories.append(m.fit(x, y, epochs=3, batch_size=1, shuffle=False, verbose=0).history["loss"])
+            models.append(m)
+        deferred, eager = (m.get_weights() for m in models)
+        want_w, want_losses = ref.fit(spec, w0, x, y, "sparse_categorical_crossentropy", ref.Optimizer("sgd", 0.2), 1,
+                                      [None] * 3)
+        assert_all_close(deferred, want_w, tol, dtype)
+        assert_all_close(deferred, eager, 1e-12 if dtype == "float64" else 1e-5, "deferred against eager")
+        np.testing.assert_allclose(histories[0], want_losses, rtol=1e-12 if dtype == "float64" else 1e-4)
+        np.testing.assert_allclose(histories[0], histories[1], rtol=1e-12 if dtype == "float64" else 1e-5)
+        # The always-zero input's row shrank by the factor of all 18 steps, as the eager update has it;
+        # in float32, each epoch by its eager first step, then by the product of the other 5 factors
+        # applied once at the epoch's end.
+        c = 1 - 2 * 0.2 * 5e-3
+        np.testing.assert_allclose(deferred[0][7], w0[0][7] * c ** 18, rtol=1e-13 if dtype == "float64" else 1e-5)
+        if dtype == "float32":
+            w, lr, l2, f = w0[0][7].astype(np.float32), np.float32(0.2), np.float32(5e-3), np.float32(np.prod([c] * 5))
+            for _ in range(3):
+                w = w - lr * (np.float32(2) * l2 * w)
+                w = w * f
+            np.testing.assert_array_equal(deferred[0][7], w)
+
+
+def test_fit_batch_one_sgd_l2_deferred_decay_over_a_long_epoch():
+    # A factor of 0.55 per step takes the running product below 1e-30 after 116 steps: the
+    # backend applies every pending factor then and starts again (300 steps in one epoch).
+    spec = [(8, "tanh", 0.0, 0.0, 0.45), (3, "softmax", 0.0, 0.0, 0.0)]
+    rng = np.random.default_rng(14)
+    w0 = random_weights(spec, 20, rng, scale=0.5)
+    x = rng.normal(size=(300, 20))
+    x[rng.random(x.shape) < 0.7] = 0.0
+    x[:, 3] = 0.0
+    y = rng.integers(0, 3, 300)
+    m = build(spec, 20, "sparse_categorical_crossentropy", optimizer=fm.optimizers.SGD(lr=0.5))
+    m.set_weights(w0)
+    hist = m.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
+    want_w, want_losses = ref.fit(spec, w0, x, y, "sparse_categorical_crossentropy", ref.Optimizer("sgd", 0.5), 1,
+                                  [None])
+    assert_all_close(m.get_weights(), want_w, 1e-10)
+    np.testing.assert_allclose(hist.history["loss"], want_losses, rtol=1e-10)
+    np.testing.assert_allclose(m.get_weights()[0][3], w0[0][3] * 0.55 ** 300, rtol=1e-12)
+
+
 def test_fit_last_partial_batch_matches_reference():
     m, spec, w0, x, y = _fit_model("rmsprop", 0.01, momentum=0.5)
     hist = m.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0)

@@ -105,6 +105,61 @@ def test_predict_during_fit_on_streamed_data_leaves_training_bit_identical():
     assert out == {"errors": [], "same": True, "sums_ok": True}
 
 
+def test_reading_weights_during_batch_one_l2_fit_sees_the_steps_and_changes_nothing():
+    # Batch-1 SGD with L2 defers the first kernel's decay of zero-input rows (csrc/cpu/
+    # deferred_decay.h). A reader between two steps must see the weights the steps made (column 5
+    # is zero in every row, so its kernel row holds w0 * c**k after k steps, and the rest agree
+    # with an undisturbed fit stopped after those k steps), and the fit must end bit for bit as
+    # an undisturbed one.
+    out = child("""
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((4000, 30))
+        x[rng.random(x.shape) < 0.6] = 0.0
+        x[:, 5] = 0.0
+        y = rng.integers(0, 10, 4000)
+        lr, l2 = 0.05, 1e-2
+        c = 1 - 2 * lr * l2
+        def l2_model():
+            reg = fm.regularizers.L2(l2)
+            m = fm.Sequential([fm.Dense(40, activation="relu", input_dim=30, kernel_regularizer=reg),
+                               fm.Dense(10, activation="softmax")], seed=3)
+            m.compile(optimizer=fm.optimizers.SGD(lr=lr), loss="sparse_categorical_crossentropy", device="cpu",
+                      dtype="float64")
+            return m
+        reference = l2_model()
+        w0 = reference.get_weights()
+        reference.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0)
+        m = l2_model()
+        seen = []
+        done = threading.Event()
+        def fit():
+            m.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0)
+            done.set()
+        def read():
+            while not done.is_set() and len(seen) < 200:
+                seen.append(m.get_weights())
+        errors = in_threads(fit, read)
+        same = all(np.array_equal(a, b) for a, b in zip(m.get_weights(), reference.get_weights()))
+        # k from the always-zero input's row; the snapshots in the first epoch are checked whole.
+        steps, consistent = [], True
+        for w in seen:
+            ratio = w[0][5] / w0[0][5]
+            k = float(np.log(ratio.mean()) / np.log(c))
+            consistent &= bool(np.allclose(ratio, ratio.mean(), rtol=1e-12, atol=0))
+            consistent &= abs(k - round(k)) < 1e-6
+            steps.append(int(round(k)))
+        mid = [(k, w) for k, w in zip(steps, seen) if 0 < k < 4000]
+        agree = True
+        for k, w in mid[:2]:
+            part = l2_model()
+            part.fit(x[:k], y[:k], batch_size=1, epochs=1, shuffle=False, verbose=0)
+            agree &= all(np.array_equal(a, b) for a, b in zip(w, part.get_weights()))
+        print(json.dumps({"errors": errors, "same": same, "consistent": consistent, "mid_epoch_reads": len(mid) > 0,
+                          "agree": agree}))
+    """)
+    assert out == {"errors": [], "same": True, "consistent": True, "mid_epoch_reads": True, "agree": True}
+
+
 def test_concurrent_train_on_batch_calls_take_turns():
     out = child("""
         xb, yb = X[:64], Y[:64]

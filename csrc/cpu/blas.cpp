@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/nonzero.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vector_clones.h"
 
@@ -68,21 +69,8 @@ FASTMLP_VECTOR_CLONES void sparse_row_product(int n, T alpha, const T* __restric
   }
 }
 
-// rows[0, count) = the indices of x's nonzero values, listed without a branch per value (zeros
-// scattered at random, a ReLU layer's, would be missed by a branch predictor); returns count.
-template <typename T>
-int list_nonzero(const T* x, int k, int* rows) {
-  int count = 0;
-  for (int i = 0; i < k; ++i) {
-    rows[count] = i;
-    count += x[i] != T(0);
-  }
-  return count;
-}
-
-// A one-row product takes the sparse loop above when at least this share of x is zero, else the
-// GEMV (chosen, not tuned: the crossover was not measured).
-constexpr double kSparseRowZeros = 0.25;
+// A one-row product takes the sparse loop above when x is sparse (nonzero.h's kSparseRowZeros),
+// else the GEMV.
 
 template <typename T>
 void add_scratch_row(T beta, int n, const T* y, T* C) {

@@ -388,8 +388,13 @@ class CpuBackend final : public Backend<T> {
                       TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads,
                       int n_kernel_grads) override {
     cpu::OptimizerStep<T>::run(n_params, params, grads, state, slots, segments, n_segments, any_regularizer, *config,
-                               norm_passes ? segment_norms : nullptr, counters, rows, kernel_grads, n_kernel_grads);
+                               norm_passes ? segment_norms : nullptr, counters, rows, kernel_grads, n_kernel_grads,
+                               &deferred_decay_);
   }
+
+  const T* deferred_decay_input(T* params, const T* x) override { return deferred_decay_.scaled_input(params, x); }
+  void apply_deferred_decay(T* params) override { deferred_decay_.settle_all(params); }
+  void expose_deferred_decay(T* params) override { deferred_decay_.expose(params); }
 
   // At batch 1 the weight-gradient GEMM wrote, and the update read back, as many values as the
   // kernels have: forming them in the update took 784-100-10 SGD from 18.9 to 17.1 us per row.
@@ -399,6 +404,7 @@ class CpuBackend final : public Backend<T> {
  private:
   // Per-column scratch of the normalization ops (an engine's calls never overlap).
   std::vector<T> col_mean_, col_inv_;
+  cpu::DeferredDecay<T> deferred_decay_;  // batch-1 SGD's L2 decay of zero-input kernel rows
   std::vector<double> col_sum_, col_sum2_;
 
   static void column_sums(int rows, int cols, const T* M, T* out) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/deferred_decay.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vector_clones.h"
 #include "fastmlp/backend.h"
@@ -57,9 +58,11 @@ class OptimizerStep {
   // The whole step (Backend::optimizer_step's contract) over host memory.
   // segment_norms: the norm scratch when the config needs it (Backend::optimizer_step), else null.
   // kernel_grads: segments whose gradient is formed here from x and dz (Backend::optimizer_step).
+  // deferred: the backend's deferred decay, used for a deferrable kernel when the step allows.
   static void run(int64_t n_params, T* params, const T* grads, T* state, int slots, const ParamSegment* segments,
                   int n_segments, bool any_regularizer, const OptimizerConfig& cfg, double* segment_norms,
-                  TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads, int n_kernel_grads) {
+                  TrainCounters* counters, int rows, const KernelGradient<T>* kernel_grads, int n_kernel_grads,
+                  DeferredDecay<T>* deferred) {
     if (counters->nonfinite) {  // keep the last good weights; the epoch still walks its batches
       counters->batch_start += rows;
       return;
@@ -98,7 +101,7 @@ class OptimizerStep {
                     throw std::logic_error("optimizer state has " + std::to_string(slots) +
                                            " slots, the update uses " + std::to_string(F::slots));
                   const auto r = update_segments<F>(cfg, s, params, grads, st0, st1, st2, segments, n_segments,
-                                                    segment_norms, kernel_grads, n_kernel_grads);
+                                                    segment_norms, kernel_grads, n_kernel_grads, deferred);
                   penalty += r.first;
                   overflowed |= r.second;
                 }
@@ -181,7 +184,7 @@ class OptimizerStep {
                                                 const T* grads, T* st0, T* st1, T* st2,
                                                 const ParamSegment* segments, int n_segments,
                                                 const double* segment_norms, const KernelGradient<T>* kernel_grads,
-                                                int n_kernel_grads) {
+                                                int n_kernel_grads, DeferredDecay<T>* deferred) {
     using Result = std::pair<double, int>;  // penalty, overflowed
     Result total{0.0, 0};
     for (int sgi = 0; sgi < n_segments; ++sgi) {
@@ -200,6 +203,17 @@ class OptimizerStep {
         if (kernel_grads[i].offset == seg.offset) formed = &kernel_grads[i];
       if (formed && int64_t(formed->in) * formed->out != seg.size)
         throw std::logic_error("a formed kernel gradient does not match its segment's size");
+      if (formed && deferred) {
+        if constexpr (kDecayDefers<F>) {
+          if (seg.l1 == 0.0 && seg.l2 != 0.0 && deferred->applies(s, *formed, seg.l2)) {
+            const Result r = deferred->step(cfg, s, *formed, params, seg.l2);
+            total.first += r.first;
+            total.second |= r.second;
+            continue;
+          }
+        }
+        if (deferred->tracks(seg.offset)) deferred->settle_all(params);  // updated eagerly below
+      }
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
       // A kernel's chunks are bands of its rows (split_in_bands), the bands in which blas.cpp
       // splits a small batch's forward product and a tall kernel's gradient, so each thread
@@ -258,6 +272,11 @@ class OptimizerStep {
   // kernel row whose input x[i] is zero (g = 0 * dz = 0 while dz and lr are finite) stays exactly
   // as it is, and update_formed_range skips it. Most inputs of a one-row batch of pixels are zero
   // (about 80% of an MNIST digit's), the per-example SGD of the lectures.
+  // Plain SGD whose only regularizer is L2 may defer the decay of a one-row step's zero-input
+  // kernel rows (DeferredDecay).
+  template <typename F>
+  static constexpr bool kDecayDefers = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip;
+
   template <typename F, Regularizer kReg>
   static constexpr bool kZeroRowsStay = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip &&
                                         kReg == Regularizer::None;

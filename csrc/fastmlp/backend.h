@@ -33,6 +33,10 @@ struct KernelGradient {
   int in = 0, out = 0;
   const T* x = nullptr;   // the layer's input row
   const T* dz = nullptr;  // the gradient w.r.t. its pre-activation
+  // The layer reads the batch itself and forms no input gradient, so the forward product of the
+  // next batch row is the only read of the kernel before the engine calls
+  // Backend::apply_deferred_decay: the step may defer the decay of rows whose input is zero.
+  bool deferrable = false;
 };
 
 template <typename T>
@@ -163,6 +167,21 @@ class Backend {
                               int n_kernel_grads) = 0;
   // Whether optimizer_step can form the kernel gradients of a one-row batch itself.
   virtual bool forms_kernel_gradients() const { return false; }
+  // A backend may leave part of a deferrable kernel's decay pending (KernelGradient::deferrable:
+  // L2's shrinking of the rows whose input was zero), to apply a run of steps' factors at once.
+  // The input row that a one-row forward pass multiplies with a deferrable kernel in place of
+  // the batch row x (x with each value scaled by its kernel row's pending decay), or x. The
+  // engine asks before the forward pass of a step that forms its kernel gradients.
+  virtual const T* deferred_decay_input(T* /*params*/, const T* x) { return x; }
+  // Applies all pending decay and stops deferring: params then hold what the steps left. The
+  // engine calls it at the end of an epoch, when a training call fails, and before a step that
+  // does not form its kernel gradients.
+  virtual void apply_deferred_decay(T* /*params*/) {}
+  // Leaves in params what the steps left, for others to read while the engine lets them in
+  // between two steps or two training calls, such that the next step goes on exactly as if
+  // they had not come (a fit's result must not depend on when another thread read the model);
+  // if they wrote params meanwhile, the next step starts from what they wrote.
+  virtual void expose_deferred_decay(T* /*params*/) {}
 
   // ---- curvature: the R-operator passes of Engine::hessian_vector_product
   // C = op(A) op(B), row-major and densely packed (C is m x n, the inner size k).

@@ -96,11 +96,14 @@ void Engine<T>::poll_interrupt() {
 
 template <typename T>
 void Engine<T>::between_steps(Lock& held) {
-  if (mutex_.contended()) {  // the waiting threads go first, in the order they came
+  const bool contended = mutex_.contended(), poll_now = poll_due();
+  // Whoever comes in sees (and may change) the parameters the steps so far have left.
+  if (contended || poll_now) backend_->expose_deferred_decay(params_.get());
+  if (contended) {  // the waiting threads go first, in the order they came
     held.unlock();
     held.lock();
   }
-  if (poll_due()) {
+  if (poll_now) {
     const std::function<void()> poll = interrupt_poll_;
     // Unlocked: a signal handler may use the model (save a checkpoint, read the weights) at
     // this step boundary. If it throws (KeyboardInterrupt), the call ends here, unlocked.
@@ -329,17 +332,20 @@ void Engine<T>::train_step(int rows, const Dataset<T>& data, int global_rows) {
   Backend<T>* be = backend_.get();
   auto* counters = train_counters_.template as<TrainCounters>();
   formed_kernel_grads_.clear();
+  // A one-row batch leaves its kernels' gradients to the update (KernelGradient), unless the
+  // whole gradient must exist first: for norm passes, or to be summed over ranks.
+  const bool form =
+      rows == 1 && be->forms_kernel_gradients() && global_rows == 0 && optimizer_norm_passes(config_) == 0;
+  if (!form) be->apply_deferred_decay(params_.get());  // this step reads and updates every row
   if (rows > 0) {
     be->gather_batch(rows, data.x_cols, data.y_cols, data.x, data.y, perm_.template as<int32_t>(), counters,
                      x_batch_.get(), y_batch_.get());
-    forward(rows, x_batch_.get(), true, counters);
+    // The first kernel's product may need its input scaled by the decay deferred so far; its
+    // gradient (backward) takes the batch row itself.
+    forward(rows, form ? be->deferred_decay_input(params_.get(), x_batch_.get()) : x_batch_.get(), true, counters);
     be->loss(rows, n_out(), logits(), y_batch_.get(), data.y_cols, data.weighted, spec_.loss, spec_.loss_param,
              spec_.metric, out_act_, dz_.back().get(), counters);
     add_metrics(rows, y_batch_.get(), data, train_counters_);
-    // A one-row batch leaves its kernels' gradients to the update (KernelGradient), unless the
-    // whole gradient must exist first: for norm passes, or to be summed over ranks.
-    const bool form =
-        rows == 1 && be->forms_kernel_gradients() && global_rows == 0 && optimizer_norm_passes(config_) == 0;
     backward(rows, x_batch_.get(), counters, form ? &formed_kernel_grads_ : nullptr);
   } else {  // a data-parallel rank whose slice of a small last batch is empty adds nothing
     be->fill(grads_.get(), T(0), num_params_);
@@ -514,6 +520,23 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
   if (!epoch_.open) throw std::logic_error("train_batches needs begin_epoch first");
   if (data.id != epoch_.dataset) throw std::invalid_argument("train_batches got other data than begin_epoch");
   if (max_batches < 0) throw std::invalid_argument("max_batches must be >= 0");
+  // However the call ends, it leaves the parameters the steps made (Backend::apply_deferred_decay),
+  // and one that leaves the epoch open lets the next call go on as if it had not stopped.
+  // (A signal handler that raised between two steps ends the call unlocked, after the expose.)
+  struct DeferredDecayAtEnd {
+    Backend<T>* backend;
+    T* params;
+    const EpochProgress& epoch;
+    const Lock& held;
+    bool failed = true;  // until the loop is done
+    ~DeferredDecayAtEnd() {
+      if (!held.owns_lock()) return;
+      if (failed || !epoch.open)
+        backend->apply_deferred_decay(params);
+      else
+        backend->expose_deferred_decay(params);
+    }
+  } deferred_decay_at_end{backend_.get(), params_.get(), epoch_, held};
   const int bs = epoch_.batch_size;
   const uint64_t generation = epoch_.generation;
   for (int64_t b = 0; b < max_batches && epoch_.rows_done < epoch_.total_rows; ++b) {
@@ -569,6 +592,7 @@ EpochResult Engine<T>::train_batches_locked(const Dataset<T>& data, int64_t max_
     epoch_.rows_done += rows;
     epoch_.batches_done += 1;
   }
+  deferred_decay_at_end.failed = false;
   EpochResult result;
   result.steps = epoch_.batches_done;
   result.rows = epoch_.rows_done;

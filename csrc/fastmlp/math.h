@@ -626,6 +626,11 @@ FASTMLP_HD T regularization_grad(T w, T l1, T l2) {
   return l2_regularization_grad(w, l2) + l1 * sign;
 }
 
+// The factor by which a plain SGD step scales a weight whose data gradient is zero under L2:
+// w - lr * l2_regularization_grad(w, l2) = (1 - 2 lr l2) w. The CPU backend applies a run of
+// such steps at once (csrc/cpu/deferred_decay.h).
+FASTMLP_HD double l2_sgd_decay_factor(double lr, double l2) { return 1.0 - 2.0 * lr * l2; }
+
 template <typename T>
 FASTMLP_HD T l2_regularization_penalty(T w, T l2) {
   return l2 * w * w;

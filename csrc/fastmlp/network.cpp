@@ -183,7 +183,8 @@ void Engine<T>::backward(int rows, const T* X, const TrainCounters* counters,
       case LayerKind::Dense: {
         const void* in_record = prev_dense && record_kept_[i - 1] ? records_[i - 1].get() : nullptr;
         // X and dz_[i] stay untouched until the optimizer step, which reads them.
-        if (formed) formed->push_back(KernelGradient<T>{p.w, op.in, op.out, in, dz_[i].get()});
+        // The first op reads the batch and forms no input gradient (KernelGradient::deferrable).
+        if (formed) formed->push_back(KernelGradient<T>{p.w, op.in, op.out, in, dz_[i].get(), prev == nullptr});
         wrote_prev_db = be->dense_backward(rows, op.in, op.out, in, in_record, P + p.w, dz_[i].get(),
                                            formed ? nullptr : G + p.w,
                                            bias_grad_done ? nullptr : G + p.b, dX, in_act,
