@@ -78,9 +78,6 @@ class DeferredDecay {
 
   // Whether this step may defer: plain SGD with L2 alone (the caller checks the configuration),
   // finite lr and dz (else 0 * dz is not 0 and the eager update flags the overflow), and a factor
-  // in (0, 1] (a larger rate flips or grows the weights: left to the eager update).
-  // Whether this step may defer: plain SGD with L2 alone (the caller checks the configuration),
-  // finite lr and dz (else 0 * dz is not 0 and the eager update flags the overflow), and a factor
   // in (0, 1] (a larger rate flips or grows the weights: left to the eager update). It starts
   // only at an input with zeros enough (kSparseRowZeros): with few, the row bookkeeping cost more
   // than the decay it saves (784-100-10 on uniform random rows: 1.23x the eager step), and
