@@ -69,9 +69,6 @@ FASTMLP_VECTOR_CLONES void sparse_row_product(int n, T alpha, const T* __restric
   }
 }
 
-// A one-row product takes the sparse loop above when x is sparse (nonzero.h's kSparseRowZeros),
-// else the GEMV.
-
 template <typename T>
 void add_scratch_row(T beta, int n, const T* y, T* C) {
   if (beta == T(1))
@@ -102,7 +99,7 @@ void blas_call(bool ta, bool tb, int m, int n, int k, T alpha, const T* A, int l
     nonzero.resize(size_t(k));
     count = list_nonzero(A, k, nonzero.data());
   }
-  if (k - count >= kSparseRowZeros * k) {
+  if (k - count >= kSparseRowZeros * k) {  // x is sparse (nonzero.h): the loop above, else the GEMV
     sparse_row_product(n, alpha, A, nonzero.data(), count, B, ldb, y);
   } else {
     std::fill(y, y + n, T(0));

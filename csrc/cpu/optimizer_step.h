@@ -204,8 +204,9 @@ class OptimizerStep {
       if (formed && int64_t(formed->in) * formed->out != seg.size)
         throw std::logic_error("a formed kernel gradient does not match its segment's size");
       if (formed && deferred) {
-        if constexpr (kDecayDefers<F>) {
-          if (seg.l1 == 0.0 && seg.l2 != 0.0 && deferred->applies(s, *formed, seg.l2)) {
+        if constexpr (kPlainSgd<F>) {
+          if (seg.l1 == 0.0 && seg.l2 != 0.0 && zero_inputs_give_zero_gradients(s, *formed) &&
+              deferred->applies(s, *formed, seg.l2)) {
             const Result r = deferred->step(cfg, s, *formed, params, seg.l2);
             total.first += r.first;
             total.second |= r.second;
@@ -272,14 +273,22 @@ class OptimizerStep {
   // kernel row whose input x[i] is zero (g = 0 * dz = 0 while dz and lr are finite) stays exactly
   // as it is, and update_formed_range skips it. Most inputs of a one-row batch of pixels are zero
   // (about 80% of an MNIST digit's), the per-example SGD of the lectures.
-  // Plain SGD whose only regularizer is L2 may defer the decay of a one-row step's zero-input
-  // kernel rows (DeferredDecay).
+  // Plain SGD: a weight moves by lr * (g + its regularizer's gradient) and by nothing else. With
+  // no regularizer a zero-input row stays (kZeroRowsStay); with L2 alone it only shrinks, which
+  // DeferredDecay applies a run of steps at a time.
   template <typename F>
-  static constexpr bool kDecayDefers = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip;
-
+  static constexpr bool kPlainSgd = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip;
   template <typename F, Regularizer kReg>
-  static constexpr bool kZeroRowsStay = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip &&
-                                        kReg == Regularizer::None;
+  static constexpr bool kZeroRowsStay = kPlainSgd<F> && kReg == Regularizer::None;
+
+  // Whether a kernel row whose input is zero gets a zero gradient x[i] * dz = 0 this step: dz and
+  // the learning rate finite (else 0 * dz is not 0, and the update flags the overflow).
+  static bool zero_inputs_give_zero_gradients(const math::StepScalars& s, const KernelGradient<T>& kg) {
+    if (!std::isfinite(T(s.lr))) return false;
+    for (int j = 0; j < kg.out; ++j)
+      if (!std::isfinite(kg.dz[j])) return false;
+    return true;
+  }
 
   template <typename F, Regularizer kReg>
   FASTMLP_VECTOR_CLONES static double update_formed_range(const OptimizerConfig& cfg, const math::StepScalars& s,
@@ -295,10 +304,7 @@ class OptimizerStep {
     std::fill(dz_padded.begin() + out, dz_padded.end(), T(0));
     auto at = [](T* base, int64_t k) { return base ? base + k : nullptr; };
     bool skip_zero_rows = false;
-    if constexpr (kZeroRowsStay<F, kReg>) {  // else 0 * dz is not 0, and the update flags the overflow
-      skip_zero_rows = std::isfinite(T(s.lr));
-      for (int64_t j = 0; j < out; ++j) skip_zero_rows = skip_zero_rows && std::isfinite(kg.dz[j]);
-    }
+    if constexpr (kZeroRowsStay<F, kReg>) skip_zero_rows = zero_inputs_give_zero_gradients(s, kg);
     // Blocks of at most kPenaltyBlock elements, formed and updated; a skipped row ends a block.
     // Without skipping, blocks start every kPenaltyBlock from lo as in update_range, so the
     // penalty adds up in the same order. Rows are walked, not divided out of k: a division per
