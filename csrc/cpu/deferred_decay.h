@@ -141,8 +141,8 @@ class DeferredDecay {
     inv_scale_.assign(size_t(in_), 1.0);
     q_sum_ = 0.0;
     const T* kernel = params + offset_;
-    // In double; a row's first update takes back its squares as summed in T (update_rows), once
-    // per row and epoch, so Q is off by that rounding at most.
+    // In double; a row's first update after begin takes back its squares as summed in T
+    // (update_rows), so Q is off by that rounding, once per row, at most.
     for (int64_t k = 0; k < int64_t(in_) * out_; ++k) q_sum_ += double(kernel[k]) * double(kernel[k]);
     active_ = true;
   }
