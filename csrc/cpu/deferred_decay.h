@@ -119,7 +119,7 @@ class DeferredDecay {
           const int* last = std::lower_bound(first, rows + count, int(hi));
           Result band{0.0, 0};
           band.first = update_rows(cfg, s, first, int(last - first), kg.x, kg.dz, T(l2), out_, params + offset_,
-                                   scale_, inv_next, inv_scale_.data(), band.second);
+                                   scale_, inv_next, inv_scale_.data(), q_.data(), band.second);
           return band;
         },
         [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
@@ -139,11 +139,15 @@ class DeferredDecay {
     out_ = kg.out;
     scale_ = 1.0;
     inv_scale_.assign(size_t(in_), 1.0);
+    q_.assign(size_t(in_), 0.0);
     q_sum_ = 0.0;
-    const T* kernel = params + offset_;
-    // In double; a row's first update after begin takes back its squares as summed in T
-    // (update_rows), so Q is off by that rounding, once per row, at most.
-    for (int64_t k = 0; k < int64_t(in_) * out_; ++k) q_sum_ += double(kernel[k]) * double(kernel[k]);
+    for (int i = 0; i < in_; ++i) {
+      const T* row = params + offset_ + int64_t(i) * out_;
+      double squares = 0.0;
+      for (int j = 0; j < out_; ++j) squares += double(row[j]) * double(row[j]);
+      q_[size_t(i)] = squares;
+      q_sum_ += squares;
+    }
     active_ = true;
   }
 
@@ -183,74 +187,40 @@ class DeferredDecay {
     for (int j = 0; j < n; ++j) row[j] *= factor;
   }
 
-  // One weight of update_rows (inlined into its vector clones): stored's squares and the updated
-  // weight's are added to this lane's sums of the row.
-  static inline __attribute__((always_inline)) void update_weight(const OptimizerConfig& c, const math::StepScalars& s,
-                                                                  T& w, T f, T xi, T dzj, T l2, T& old_squares,
-                                                                  T& new_squares, T& bad) {
-    const T stored = w;
-    T p = stored * f;  // exact when f is 1
-    const T g = xi * dzj + math::l2_regularization_grad(p, l2);
-    T unused0 = T(0), unused1 = T(0), unused2 = T(0);
-    bad += math::guarded_update(c, s, p, g, unused0, unused1, unused2) ? T(0) : T(1);
-    w = p;
-    old_squares += stored * stored;
-    new_squares += p * p;
-  }
-
   // For each listed row i: w = f row (f its pending factor), then row = w - lr (x[i] dz + 2 l2 w),
-  // each weight through math::guarded_update with the plain SGD configuration. Returns the change
-  // of Q: the rows' new squares times inv_next^2 less their old ones, the stored values' squares
-  // times inv_scale[i]^2, which is what Q holds for them.
-  //
-  // A row's squares are summed in kLanes lanes of T, kept apart, and each lane is added in double
-  // to running sums that go on from row to row and are added up once at the end. One sum per row
-  // ended each row in a sequential sum of the vector's lanes through the stack (a quarter of this
-  // loop's time, rows of 100 weights), and one double sum for all rows made each vector wait for
-  // the last add. A row's lane sums are the same values when the row is next updated (the same
-  // weights in the same lanes), so the old terms take back from Q what was added to it, to double
-  // rounding, and Q does not drift over an epoch's steps.
-  static constexpr int kLanes = 16;
+  // each weight through math::guarded_update with the plain SGD configuration; the row's term of
+  // Q becomes its squares times inv_next^2. Returns the change of Q.
   FASTMLP_VECTOR_CLONES static double update_rows(const OptimizerConfig& cfg, const math::StepScalars& s,
                                                   const int* rows, int count, const T* x, const T* __restrict dz,
                                                   T l2, int out, T* kernel, double scale, double inv_next,
-                                                  double* inv_scale, int& overflowed) {
+                                                  double* inv_scale, double* q, int& overflowed) {
     OptimizerConfig c = cfg;  // constants, so the shared update inlines to branch-free code
     c.kind = OptimizerKind::SGD;
     c.momentum = 0.0;
     c.weight_decay = 0.0;
-    double old_sum[kLanes] = {}, new_sum[kLanes] = {};
-    T bad[kLanes] = {};  // float sums, like the squares: an int flag's reduction went through the stack
+    double change = 0.0;
+    T bad = T(0);  // a float sum, like the squares: an int flag's reduction went through the stack
     for (int t = 0; t < count; ++t) {
       const int i = rows[t];
       const T xi = x[i], f = T(scale * inv_scale[i]);
-      const double old_weight = inv_scale[i] * inv_scale[i];
       T* __restrict row = kernel + int64_t(i) * out;
-      T old_row[kLanes] = {}, new_row[kLanes] = {};
-      int j = 0;
-      for (; j + kLanes <= out; j += kLanes) {
-#pragma omp simd
-        for (int lane = 0; lane < kLanes; ++lane)
-          update_weight(c, s, row[j + lane], f, xi, dz[j + lane], l2, old_row[lane], new_row[lane], bad[lane]);
+      T squares = T(0);
+#pragma omp simd reduction(+ : bad, squares)
+      for (int j = 0; j < out; ++j) {
+        T p = row[j] * f;  // exact when f is 1
+        const T g = xi * dz[j] + math::l2_regularization_grad(p, l2);
+        T unused0 = T(0), unused1 = T(0), unused2 = T(0);
+        bad += math::guarded_update(c, s, p, g, unused0, unused1, unused2) ? T(0) : T(1);
+        row[j] = p;
+        squares += p * p;
       }
-      for (int lane = 0; j < out; ++j, ++lane)
-        update_weight(c, s, row[j], f, xi, dz[j], l2, old_row[lane], new_row[lane], bad[lane]);
-#pragma omp simd
-      for (int lane = 0; lane < kLanes; ++lane) {
-        old_sum[lane] += double(old_row[lane]) * old_weight;
-        new_sum[lane] += double(new_row[lane]);
-      }
+      const double term = double(squares) * inv_next * inv_next;
+      change += term - q[i];
+      q[i] = term;
       inv_scale[i] = inv_next;
     }
-    double old_total = 0.0, new_total = 0.0;
-    T any_bad = T(0);
-    for (int lane = 0; lane < kLanes; ++lane) {
-      old_total += old_sum[lane];
-      new_total += new_sum[lane];
-      any_bad += bad[lane];
-    }
-    if (any_bad != T(0)) overflowed = 1;
-    return new_total * inv_next * inv_next - old_total;
+    if (bad != T(0)) overflowed = 1;
+    return change;
   }
 
   bool active_ = false;
@@ -262,7 +232,8 @@ class DeferredDecay {
   int in_ = 0, out_ = 0;
   double scale_ = 1.0;              // A
   std::vector<double> inv_scale_;   // per row: 1 / A at its last write
-  double q_sum_ = 0.0;              // Q: the sum over rows of stored squares times inv_scale^2
+  std::vector<double> q_;           // per row: its stored squares times inv_scale^2
+  double q_sum_ = 0.0;              // Q
 };
 
 }  // namespace
