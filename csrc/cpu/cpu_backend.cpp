@@ -105,6 +105,7 @@ class CpuBackend final : public Backend<T> {
   bool dense_forward(int rows, int in, int out, const T* X, const T* W, const T* b, ActivationSpec act, T* Y,
                      void* /*record*/) override {
     cpu::gemm(false, false, rows, out, in, T(1), X, in, W, out, T(0), Y, out);
+    if (rows == 1) deferred_decay_.note_product(W, Y, out);  // its L2 penalty follows from it
     const T p = T(act.param);
     with_activation(act.kind, [&](auto kind) {
       cpu::parallel_for(rows, cpu::parallel_pass(int64_t(rows) * out), [&](int64_t lo, int64_t hi) {
@@ -404,7 +405,7 @@ class CpuBackend final : public Backend<T> {
  private:
   // Per-column scratch of the normalization ops (an engine's calls never overlap).
   std::vector<T> col_mean_, col_inv_;
-  cpu::DeferredDecay<T> deferred_decay_;  // batch-1 SGD's L2 decay of zero-input kernel rows
+  cpu::DeferredDecay<T> deferred_decay_;  // batch-1 SGD's L2 decay of the first kernel, as one scale
   std::vector<double> col_sum_, col_sum2_;
 
   static void column_sums(int rows, int cols, const T* M, T* out) {

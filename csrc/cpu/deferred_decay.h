@@ -1,34 +1,35 @@
-// Batch-1 plain SGD with an L2 regularizer: the first kernel's decay deferred for the rows whose
-// input is zero.
+// Batch-1 plain SGD with an L2 regularizer: the first kernel's decay kept as one scale factor.
 //
 // With L2, a plain SGD step scales every weight by c = 1 - 2 lr l2 (math::l2_sgd_decay_factor)
 // and moves it by -lr x[i] dz[j]; a kernel row whose input x[i] is zero is only scaled. About 80%
 // of an MNIST digit's pixels are zero, so the eager update moved five times the weights that the
 // data gradient touches, and L2 cost 2.01x the plain step at batch 1 (docs/performance.md).
 //
-// Here row i's weights are stored[i] * A * inv_scale[i]: A is the product of the steps' factors
-// since tracking began, inv_scale[i] is 1 / A at the row's last write. The forward pass
-// multiplies the stored kernel with x[i] times row i's factor (scaled_input); the update applies
-// the factor of the rows it moves (those of nonzero inputs) as it reads them; all rows are
-// written when the engine ends an epoch or lets others read the weights (settle_all, expose), and
-// when A gets so small that 1 / A^2 could overflow. The penalty l2 sum(w^2) of each step is
-// l2 A^2 Q, Q the sum over rows of the stored row's squares times inv_scale[i]^2, so only the
-// updated rows change it.
+// Here the kernel is W = s V: s (a double) is the product of the steps' factors since tracking
+// began and V the stored kernel. A step multiplies s by c and moves V by the plain SGD update
+// with the rate lr / s' (s' the new s), which skips the rows of zero inputs
+// (OptimizerStep::update_formed_range): s' (V - lr / s' x dz) = c W - lr x dz, the eager step.
+// The forward pass multiplies V with s x (scaled_input). Each step's penalty is l2 s^2 Q with
+// Q = |V|^2; Q follows the step from the forward pass's product s x^T V (note_product) through
+// math::squares_after_rank_one_step, so keeping it costs no pass over the weights; it is counted
+// again from V every kRecountSteps steps, so rounding cannot pile up, and after any step without
+// the product or with an overflow. W is written out (V scaled by s) when the engine ends an epoch
+// or lets others read the weights (settle_all, expose), and when s gets small.
 //
-// Not bit for bit the eager update: a pending row gets one multiply by a product of factors where
-// the eager update rounds once per step. Rows with a nonzero input get the eager formula
-// (math::guarded_update) from the same values.
+// An earlier version kept a factor per row and rewrote each moved row with the eager formula,
+// summing its squares: 1.32x the plain step on MNIST at batch 1, against 1.03-1.05x for this one
+// (docs/performance.md, sixteenth session). Not bit for bit the eager update either way: a weight
+// rounds as s' times V (in double, rounded once). A weight whose update overflows keeps its V, so
+// it still decays (the eager update keeps it whole); either way the step is flagged non-finite.
 //
 // Included by optimizer_step.h only (internal linkage).
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "cpu/nonzero.h"
-#include "cpu/thread_pool.h"
 #include "cpu/vector_clones.h"
 #include "fastmlp/backend.h"
 #include "fastmlp/math.h"
@@ -43,45 +44,52 @@ class DeferredDecay {
   // Whether the kernel at this offset has decay pending (exposed or not).
   bool tracks(int64_t offset) const { return active_ && offset_ == offset; }
 
-  // The input row a one-row forward pass multiplies with the stored kernel: x[i] times row i's
-  // pending factor, so the product is the one the applied weights give without writing them (the
-  // update applies the factor of the rows it moves in the same pass). x itself when nothing is
-  // deferred.
+  // The input row a one-row forward pass multiplies with the stored kernel: s x, so the product
+  // is the one the applied weights give without writing them. x itself when nothing is deferred.
+  // The pass's product then comes to note_product.
   const T* scaled_input(T* params, const T* x) {
     resume(params);
+    awaiting_product_ = product_valid_ = false;
     if (!active_) return x;
+    kernel_ = params + offset_;
     scaled_x_.resize(size_t(in_));
-    scale_input(x, in_, scale_, inv_scale_.data(), scaled_x_.data());
+    scale_input(x, in_, scale_, scaled_x_.data());
+    awaiting_product_ = true;
     return scaled_x_.data();
   }
 
-  // Applies every pending factor and stops deferring.
+  // A one-row forward product of kernel with scaled_input's row, before its bias: kept for the
+  // step's Q when it is the tracked kernel's, in the same training step.
+  void note_product(const T* kernel, const T* product, int out) {
+    if (!awaiting_product_ || kernel != kernel_ || out != out_) return;
+    product_.assign(product, product + out);
+    awaiting_product_ = false;
+    product_valid_ = true;
+  }
+
+  // Applies the pending scale and stops deferring.
   void settle_all(T* params) {
-    if (active_ && !exposed_) {
-      T* kernel = params + offset_;
-      for (int i = 0; i < in_; ++i) scale_row(kernel + int64_t(i) * out_, factor(i));
-    }
-    active_ = exposed_ = false;
+    if (active_ && !exposed_) scale_kernel(params + offset_, int64_t(in_) * out_, scale_);
+    active_ = exposed_ = awaiting_product_ = product_valid_ = false;
   }
 
   // Leaves the weights the steps made in params for others to read between two steps, and
   // keeps what the next step needs to go on as if nothing had happened (resume). Applying the
-  // factors early would round the rows differently, so a fit's result would depend on when
+  // scale early would round the weights differently, so a fit's result would depend on when
   // another thread read the model, or on when the engine polled for signals.
   void expose(T* params) {
     if (!active_ || exposed_) return;
     T* kernel = params + offset_;
     saved_.assign(kernel, kernel + int64_t(in_) * out_);
-    for (int i = 0; i < in_; ++i) scale_row(kernel + int64_t(i) * out_, factor(i));
+    scale_kernel(kernel, int64_t(in_) * out_, scale_);
     exposed_ = true;
   }
 
   // Whether this step may defer, for a plain SGD step with L2 alone whose zero inputs give zero
   // gradients (the caller checks those): a deferrable kernel and a factor in (0, 1] (a larger
-  // rate flips or grows the weights: left to the eager update). It starts
-  // only at an input with zeros enough (kSparseRowZeros): with few, the row bookkeeping cost more
-  // than the decay it saves (784-100-10 on uniform random rows: 1.23x the eager step), and
-  // once started it goes on to the end of the epoch (stopping writes every row).
+  // rate flips or grows the weights: left to the eager update). It starts only at an input with
+  // zeros enough (kSparseRowZeros): with few, deferring saves little (the update moves most rows
+  // anyway), and once started it goes on to the end of the epoch (stopping writes every weight).
   bool applies(const math::StepScalars& s, const KernelGradient<T>& kg, double l2) const {
     if (!kg.deferrable) return false;
     const double c = math::l2_sgd_decay_factor(s.lr, l2);
@@ -92,148 +100,120 @@ class DeferredDecay {
     return zeros >= kSparseRowZeros * kg.in;
   }
 
-  // One step of plain SGD with L2 over kernel kg (applies() was true): the rows with a nonzero
-  // input are updated eagerly, the others' factor joins A. Returns the penalty of the weights
-  // before the step and whether an update overflowed (that weight keeps its value, as in the
-  // eager update).
-  std::pair<double, int> step(const OptimizerConfig& cfg, const math::StepScalars& s, const KernelGradient<T>& kg,
-                              T* params, double l2) {
+  // Starts one step of plain SGD with L2 over kernel kg (applies() was true). Returns the step
+  // scalars with which the caller runs the plain SGD update without regularizer over the stored
+  // kernel (it skips the rows of zero inputs), and sets penalty to that of the weights before
+  // the step. end_step follows.
+  math::StepScalars begin_step(const math::StepScalars& s, const KernelGradient<T>& kg, T* params, double l2,
+                               double& penalty) {
     resume(params);
     if (!tracks(kg.offset)) {
       settle_all(params);
       begin(kg, params);
     }
-    const double penalty = l2 * scale_ * scale_ * q_sum_;
-    const double next_scale = scale_ * math::l2_sgd_decay_factor(s.lr, l2);
-    const double inv_next = 1.0 / next_scale;
-    using Result = std::pair<double, int>;  // the change of Q, overflowed
-    // The rows of nonzero inputs (about 20% of a digit's pixels).
-    nonzero_.resize(size_t(in_));
-    const int count = list_nonzero(kg.x, in_, nonzero_.data());
-    const int* rows = nonzero_.data();
-    // Bands of rows, the bands of the forward product's split (thread_pool.h's split_in_bands).
-    const Result r = parallel_reduce(
-        int64_t(in_), split_in_bands(int64_t(in_) * out_), Result{0.0, 0},
-        [&](int64_t lo, int64_t hi) {
-          const int* first = std::lower_bound(rows, rows + count, int(lo));
-          const int* last = std::lower_bound(first, rows + count, int(hi));
-          Result band{0.0, 0};
-          band.first = update_rows(cfg, s, first, int(last - first), kg.x, kg.dz, T(l2), out_, params + offset_,
-                                   scale_, inv_next, inv_scale_.data(), q_.data(), band.second);
-          return band;
-        },
-        [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
-    q_sum_ += r.first;
-    scale_ = next_scale;
-    // Q holds squares times 1 / A^2: settled long before that could overflow a double.
+    penalty = l2 * scale_ * scale_ * q_;
+    next_scale_ = scale_ * math::l2_sgd_decay_factor(s.lr, l2);
+    math::StepScalars stored = s;
+    stored.lr = s.lr / next_scale_;
+    next_q_ = -1.0;  // unknown: counted again in end_step
+    if (product_valid_ && ++steps_since_count_ < kRecountSteps) {
+      // The product is (s x)^T V; x^T V . dz = product . dz / s.
+      const double product_dz = dot(product_.data(), kg.dz, out_);
+      next_q_ = math::squares_after_rank_one_step(q_, stored.lr, product_dz / scale_, dot(kg.x, kg.x, in_),
+                                                  dot(kg.dz, kg.dz, out_));
+    }
+    product_valid_ = awaiting_product_ = false;
+    return stored;
+  }
+
+  // Ends the step begin_step started, after the caller's update of the stored kernel (overflowed:
+  // some weight kept its value, so Q is counted again).
+  void end_step(T* params, bool overflowed) {
+    scale_ = next_scale_;
+    if (overflowed || !(next_q_ >= 0.0)) {
+      q_ = squares(params + offset_, int64_t(in_) * out_);
+      steps_since_count_ = 0;
+    } else {
+      q_ = next_q_;
+    }
+    // V grows as 1 / s: write W out long before V could overflow a float.
     if (scale_ < kSmallestScale) settle_all(params);
-    return {penalty, r.second};
   }
 
  private:
-  static constexpr double kSmallestScale = 1e-30;
+  static constexpr double kSmallestScale = 1e-15;
+  static constexpr int kRecountSteps = 4096;
 
   void begin(const KernelGradient<T>& kg, const T* params) {
     offset_ = kg.offset;
     in_ = kg.in;
     out_ = kg.out;
     scale_ = 1.0;
-    inv_scale_.assign(size_t(in_), 1.0);
-    q_.assign(size_t(in_), 0.0);
-    q_sum_ = 0.0;
-    for (int i = 0; i < in_; ++i) {
-      const T* row = params + offset_ + int64_t(i) * out_;
-      double squares = 0.0;
-      for (int j = 0; j < out_; ++j) squares += double(row[j]) * double(row[j]);
-      q_[size_t(i)] = squares;
-      q_sum_ += squares;
-    }
+    q_ = squares(params + offset_, int64_t(in_) * out_);
+    steps_since_count_ = 0;
     active_ = true;
   }
 
-  // After expose: the stored rows come back when params still hold exactly what expose left
+  // After expose: the stored kernel comes back when params still hold exactly what expose left
   // (nobody wrote them meanwhile), else params are taken as they are and deferring starts anew.
   void resume(T* params) {
     if (!exposed_) return;
     exposed_ = false;
     T* kernel = params + offset_;
     bool unchanged = true;
-    for (int i = 0; i < in_ && unchanged; ++i) {
-      const T f = factor(i);
-      const T* saved = saved_.data() + int64_t(i) * out_;
-      const T* row = kernel + int64_t(i) * out_;
-      for (int j = 0; j < out_; ++j) unchanged = unchanged && row[j] == (f == T(1) ? saved[j] : saved[j] * f);
-    }
+    for (int64_t k = 0; k < int64_t(in_) * out_ && unchanged; ++k)
+      unchanged = kernel[k] == (scale_ == 1.0 ? saved_[size_t(k)] : scaled(saved_[size_t(k)], scale_));
     if (unchanged)
       std::copy(saved_.begin(), saved_.end(), kernel);
     else
       active_ = false;
   }
 
-  T factor(int i) const { return T(scale_ * inv_scale_[size_t(i)]); }  // row i's pending factor
+  static double squares(const T* w, int64_t n) { return dot(w, w, n); }  // Q counted from the weights
 
-  // out[i] = x[i] times row i's pending factor (factor()'s arithmetic), vectorized.
-  FASTMLP_VECTOR_CLONES static void scale_input(const T* __restrict x, int n, double scale,
-                                                const double* __restrict inv_scale, T* __restrict out) {
+  // The sum of a[k] b[k] in double, in 16 lanes added in order at the end: one running sum
+  // waited on each add (the 784 inputs' squares took 2% of a batch-1 MNIST step so).
+  FASTMLP_VECTOR_CLONES static double dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+    constexpr int kLanes = 16;
+    double lanes[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) {
 #pragma omp simd
-    for (int i = 0; i < n; ++i) out[i] = x[i] * T(scale * inv_scale[i]);
-  }
-
-  void scale_row(T* row, T factor) const {
-    if (factor != T(1)) scale(row, out_, factor);
-  }
-  FASTMLP_VECTOR_CLONES static void scale(T* __restrict row, int n, T factor) {
-#pragma omp simd
-    for (int j = 0; j < n; ++j) row[j] *= factor;
-  }
-
-  // For each listed row i: w = f row (f its pending factor), then row = w - lr (x[i] dz + 2 l2 w),
-  // each weight through math::guarded_update with the plain SGD configuration; the row's term of
-  // Q becomes its squares times inv_next^2. Returns the change of Q.
-  FASTMLP_VECTOR_CLONES static double update_rows(const OptimizerConfig& cfg, const math::StepScalars& s,
-                                                  const int* rows, int count, const T* x, const T* __restrict dz,
-                                                  T l2, int out, T* kernel, double scale, double inv_next,
-                                                  double* inv_scale, double* q, int& overflowed) {
-    OptimizerConfig c = cfg;  // constants, so the shared update inlines to branch-free code
-    c.kind = OptimizerKind::SGD;
-    c.momentum = 0.0;
-    c.weight_decay = 0.0;
-    double change = 0.0;
-    T bad = T(0);  // a float sum, like the squares: an int flag's reduction went through the stack
-    for (int t = 0; t < count; ++t) {
-      const int i = rows[t];
-      const T xi = x[i], f = T(scale * inv_scale[i]);
-      T* __restrict row = kernel + int64_t(i) * out;
-      T squares = T(0);
-#pragma omp simd reduction(+ : bad, squares)
-      for (int j = 0; j < out; ++j) {
-        T p = row[j] * f;  // exact when f is 1
-        const T g = xi * dz[j] + math::l2_regularization_grad(p, l2);
-        T unused0 = T(0), unused1 = T(0), unused2 = T(0);
-        bad += math::guarded_update(c, s, p, g, unused0, unused1, unused2) ? T(0) : T(1);
-        row[j] = p;
-        squares += p * p;
-      }
-      const double term = double(squares) * inv_next * inv_next;
-      change += term - q[i];
-      q[i] = term;
-      inv_scale[i] = inv_next;
+      for (int l = 0; l < kLanes; ++l) lanes[l] += double(a[k + l]) * double(b[k + l]);
     }
-    if (bad != T(0)) overflowed = 1;
-    return change;
+    double sum = 0.0;
+    for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+    for (; k < n; ++k) sum += double(a[k]) * double(b[k]);
+    return sum;
+  }
+
+  // v times the double scale, rounded once (T(s) would add a rounding, the same for every weight).
+  static T scaled(T v, double scale) { return T(double(v) * scale); }
+
+  FASTMLP_VECTOR_CLONES static void scale_input(const T* __restrict x, int n, double scale, T* __restrict out) {
+#pragma omp simd
+    for (int i = 0; i < n; ++i) out[i] = scaled(x[i], scale);
+  }
+
+  FASTMLP_VECTOR_CLONES static void scale_kernel(T* __restrict w, int64_t n, double scale) {
+    if (scale == 1.0) return;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) w[k] = scaled(w[k], scale);
   }
 
   bool active_ = false;
-  bool exposed_ = false;  // params hold the applied weights, saved_ the stored ones (expose)
+  bool exposed_ = false;            // params hold the applied weights, saved_ the stored ones (expose)
+  bool awaiting_product_ = false;   // scaled_input ran; the forward pass's product not yet noted
+  bool product_valid_ = false;      // product_ is this step's
   std::vector<T> saved_;
   std::vector<T> scaled_x_;  // scaled_input's row
-  std::vector<int> nonzero_;  // step's rows of nonzero inputs
+  std::vector<T> product_;   // the forward pass's (s x)^T V
+  const T* kernel_ = nullptr;
   int64_t offset_ = 0;
   int in_ = 0, out_ = 0;
-  double scale_ = 1.0;              // A
-  std::vector<double> inv_scale_;   // per row: 1 / A at its last write
-  std::vector<double> q_;           // per row: its stored squares times inv_scale^2
-  double q_sum_ = 0.0;              // Q
+  double scale_ = 1.0, next_scale_ = 1.0;  // s, and s' during a step
+  double q_ = 0.0, next_q_ = 0.0;          // |V|^2, and after the step (negative: to be counted)
+  int steps_since_count_ = 0;
 };
 
 }  // namespace

@@ -203,17 +203,20 @@ class OptimizerStep {
         if (kernel_grads[i].offset == seg.offset) formed = &kernel_grads[i];
       if (formed && int64_t(formed->in) * formed->out != seg.size)
         throw std::logic_error("a formed kernel gradient does not match its segment's size");
+      // With the L2 decay deferred, the stored kernel takes a plain SGD step of a scaled rate
+      // and no regularizer (deferred_decay.h), which skips the rows of zero inputs.
+      math::StepScalars seg_s = s;
+      bool deferring = false;
+      double deferred_penalty = 0.0;
       if (formed && deferred) {
         if constexpr (kPlainSgd<F>) {
           if (seg.l1 == 0.0 && seg.l2 != 0.0 && zero_inputs_give_zero_gradients(s, *formed) &&
               deferred->applies(s, *formed, seg.l2)) {
-            const Result r = deferred->step(cfg, s, *formed, params, seg.l2);
-            total.first += r.first;
-            total.second |= r.second;
-            continue;
+            seg_s = deferred->begin_step(s, *formed, params, seg.l2, deferred_penalty);
+            deferring = true;
           }
         }
-        if (deferred->tracks(seg.offset)) deferred->settle_all(params);  // updated eagerly below
+        if (!deferring && deferred->tracks(seg.offset)) deferred->settle_all(params);  // updated eagerly below
       }
       // Each thread updates one contiguous chunk with a plain loop; penalties add up in order.
       // A kernel's chunks are bands of its rows (split_in_bands), the bands in which blas.cpp
@@ -230,13 +233,15 @@ class OptimizerStep {
             auto update = [&](auto reg) {
               constexpr Regularizer kReg = decltype(reg)::value;
               if (formed)
-                return update_formed_range<F, kReg>(cfg, s, *formed, params, st0, st1, st2, lo, hi, l1, l2,
+                return update_formed_range<F, kReg>(cfg, seg_s, *formed, params, st0, st1, st2, lo, hi, l1, l2,
                                                     grad_scale, trust, bad);
-              return update_range<F, kReg>(cfg, s, params, grads, st0, st1, st2, lo, hi, l1, l2, grad_scale,
+              return update_range<F, kReg>(cfg, seg_s, params, grads, st0, st1, st2, lo, hi, l1, l2, grad_scale,
                                            trust, bad);
             };
             double pen = 0.0;
-            if (seg.l1 != 0.0)
+            if (deferring)
+              pen = update(std::integral_constant<Regularizer, Regularizer::None>{});
+            else if (seg.l1 != 0.0)
               pen = update(std::integral_constant<Regularizer, Regularizer::L1L2>{});
             else if (seg.l2 != 0.0)
               pen = update(std::integral_constant<Regularizer, Regularizer::L2>{});
@@ -245,7 +250,8 @@ class OptimizerStep {
             return Result{pen, bad};
           },
           [](Result a, Result b) { return Result{a.first + b.first, a.second | b.second}; });
-      total.first += r.first;
+      if (deferring) deferred->end_step(params, r.second != 0);
+      total.first += r.first + deferred_penalty;
       total.second |= r.second;
     }
     return total;
@@ -274,8 +280,8 @@ class OptimizerStep {
   // as it is, and update_formed_range skips it. Most inputs of a one-row batch of pixels are zero
   // (about 80% of an MNIST digit's), the per-example SGD of the lectures.
   // Plain SGD: a weight moves by lr * (g + its regularizer's gradient) and by nothing else. With
-  // no regularizer a zero-input row stays (kZeroRowsStay); with L2 alone it only shrinks, which
-  // DeferredDecay applies a run of steps at a time.
+  // no regularizer a zero-input row stays (kZeroRowsStay); with L2 alone every weight shrinks by
+  // the same factor, which DeferredDecay keeps as one scale of the kernel.
   template <typename F>
   static constexpr bool kPlainSgd = F::kind == OptimizerKind::SGD && !F::momentum && !F::decay && !F::clip;
   template <typename F, Regularizer kReg>

@@ -35,7 +35,7 @@ struct KernelGradient {
   const T* dz = nullptr;  // the gradient w.r.t. its pre-activation
   // The layer reads the batch itself and forms no input gradient, so the forward product of the
   // next batch row is the only read of the kernel before the engine calls
-  // Backend::apply_deferred_decay: the step may defer the decay of rows whose input is zero.
+  // Backend::apply_deferred_decay: the step may defer the kernel's decay.
   bool deferrable = false;
 };
 
@@ -167,11 +167,11 @@ class Backend {
                               int n_kernel_grads) = 0;
   // Whether optimizer_step can form the kernel gradients of a one-row batch itself.
   virtual bool forms_kernel_gradients() const { return false; }
-  // A backend may leave part of a deferrable kernel's decay pending (KernelGradient::deferrable:
-  // L2's shrinking of the rows whose input was zero), to apply a run of steps' factors at once.
+  // A backend may leave a deferrable kernel's decay pending (KernelGradient::deferrable: L2's
+  // shrinking of every weight by the same factor), to apply a run of steps' factors at once.
   // The input row that a one-row forward pass multiplies with a deferrable kernel in place of
-  // the batch row x (x with each value scaled by its kernel row's pending decay), or x. The
-  // engine asks before the forward pass of a step that forms its kernel gradients.
+  // the batch row x (x scaled by the kernel's pending decay), or x. The engine asks before the
+  // forward pass of a step that forms its kernel gradients.
   virtual const T* deferred_decay_input(T* /*params*/, const T* x) { return x; }
   // Applies all pending decay and stops deferring: params then hold what the steps left. The
   // engine calls it at the end of an epoch, when a training call fails, and before a step that

@@ -631,6 +631,14 @@ FASTMLP_HD T regularization_grad(T w, T l1, T l2) {
 // such steps at once (csrc/cpu/deferred_decay.h).
 FASTMLP_HD double l2_sgd_decay_factor(double lr, double l2) { return 1.0 - 2.0 * lr * l2; }
 
+// |V - a x dz^T|^2 = |V|^2 - 2 a (x^T V) . dz + a^2 |x|^2 |dz|^2: the sum of squares of a kernel
+// after a one-row SGD step of rate a, from the one-row product x^T V the forward pass computed,
+// without a pass over V (csrc/cpu/deferred_decay.h keeps the L2 penalty so).
+FASTMLP_HD double squares_after_rank_one_step(double squares, double a, double xv_dot_dz, double x_squares,
+                                              double dz_squares) {
+  return squares - 2.0 * a * xv_dot_dz + a * a * x_squares * dz_squares;
+}
+
 template <typename T>
 FASTMLP_HD T l2_regularization_penalty(T w, T l2) {
   return l2 * w * w;
