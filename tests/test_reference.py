@@ -495,13 +495,14 @@ def test_fit_batch_one_plain_sgd_skips_rows_of_zero_inputs(dtype, tol, threads):
         assert np.all(np.any(kernel[~zero] != w0[0][~zero].astype(dtype), axis=1))
 
 
-# Plain SGD with L2 at a batch of one row: the first kernel's rows whose input is zero only shrink
-# by 1 - 2 lr l2, and the CPU backend applies a run of those factors at once
-# (csrc/cpu/deferred_decay.h) instead of moving every weight every step. Checked against the
-# float64 reference (weights and the epoch losses, whose L2 penalty comes from running sums) and
-# against the eager update that a clipvalue no gradient reaches selects, at 1-3 threads. Column 7
-# is zero in every row, so its kernel row only ever decays; row 3 is all zeros; row 0 has one
-# zero, too few to start deferring, so each epoch's first step is eager and the rest deferred.
+# Plain SGD with L2 at a batch of one row: every weight of the first kernel shrinks by 1 - 2 lr l2
+# and only the rows of nonzero inputs move, so the CPU backend keeps that kernel as a scale times
+# a stored kernel and applies a run of factors at once (csrc/cpu/deferred_decay.h) instead of
+# moving every weight every step. Checked against the float64 reference (weights and the epoch
+# losses, whose L2 penalty the backend follows through each step's rank-one change) and against
+# the eager update that a clipvalue no gradient reaches selects, at 1-3 threads. Column 7 is zero
+# in every row, so its kernel row only ever decays; row 3 is all zeros; row 0 has one zero, too
+# few to start deferring, so each epoch's first step is eager and the rest deferred.
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_fit_batch_one_sgd_l2_defers_the_decay_of_zero_input_rows(dtype, tol, threads):
@@ -545,8 +546,8 @@ def test_fit_batch_one_sgd_l2_defers_the_decay_of_zero_input_rows(dtype, tol, th
 
 
 def test_fit_batch_one_sgd_l2_deferred_decay_over_a_long_epoch():
-    # A factor of 0.55 per step takes the kernel's scale below 1e-15 after 58 steps: the backend
-    # writes the kernel out then and starts again (300 steps in one epoch).
+    # A factor of 0.55 per step would take the kernel's scale below 1e-6 at the 24th step: the
+    # backend writes the kernel out before it and starts again (300 steps in one epoch).
     spec = [(8, "tanh", 0.0, 0.0, 0.45), (3, "softmax", 0.0, 0.0, 0.0)]
     rng = np.random.default_rng(14)
     w0 = random_weights(spec, 20, rng, scale=0.5)

@@ -106,11 +106,11 @@ def test_predict_during_fit_on_streamed_data_leaves_training_bit_identical():
 
 
 def test_reading_weights_during_batch_one_l2_fit_sees_the_steps_and_changes_nothing():
-    # Batch-1 SGD with L2 defers the first kernel's decay of zero-input rows (csrc/cpu/
-    # deferred_decay.h). A reader between two steps must see the weights the steps made (column 5
-    # is zero in every row, so its kernel row holds w0 * c**k after k steps, and the rest agree
-    # with an undisturbed fit stopped after those k steps), and the fit must end bit for bit as
-    # an undisturbed one.
+    # Batch-1 SGD with L2 defers the first kernel's decay (csrc/cpu/deferred_decay.h). A reader
+    # between two steps must see the weights the steps made (column 5 is zero in every row, so its
+    # kernel row holds w0 * c**k after k steps, and the rest agree with an undisturbed fit stopped
+    # after those k steps), and the fit must end bit for bit as an undisturbed one, its epoch
+    # losses (with the penalty the backend follows step by step) too.
     out = child("""
         rng = np.random.default_rng(1)
         x = rng.standard_normal((4000, 30))
@@ -128,18 +128,19 @@ def test_reading_weights_during_batch_one_l2_fit_sees_the_steps_and_changes_noth
             return m
         reference = l2_model()
         w0 = reference.get_weights()
-        reference.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0)
+        want_losses = reference.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0).history["loss"]
         m = l2_model()
-        seen = []
+        seen, losses = [], []
         done = threading.Event()
         def fit():
-            m.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0)
+            losses.extend(m.fit(x, y, batch_size=1, epochs=2, shuffle=False, verbose=0).history["loss"])
             done.set()
         def read():
             while not done.is_set() and len(seen) < 200:
                 seen.append(m.get_weights())
         errors = in_threads(fit, read)
         same = all(np.array_equal(a, b) for a, b in zip(m.get_weights(), reference.get_weights()))
+        same &= losses == want_losses
         # k from the always-zero input's row; the snapshots in the first epoch are checked whole.
         steps, consistent = [], True
         for w in seen:

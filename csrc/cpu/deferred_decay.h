@@ -14,7 +14,7 @@
 // math::squares_after_rank_one_step, so keeping it costs no pass over the weights; it is counted
 // again from V every kRecountSteps steps, so rounding cannot pile up, and after any step without
 // the product or with an overflow. W is written out (V scaled by s) when the engine ends an epoch
-// or lets others read the weights (settle_all, expose), and when s gets small.
+// or lets others read the weights (settle_all, expose), and before s would fall below 1e-6.
 //
 // An earlier version kept a factor per row and rewrote each moved row with the eager formula,
 // summing its squares: 1.32x the plain step on MNIST at batch 1, against 1.03-1.05x for this one
@@ -86,14 +86,14 @@ class DeferredDecay {
   }
 
   // Whether this step may defer, for a plain SGD step with L2 alone whose zero inputs give zero
-  // gradients (the caller checks those): a deferrable kernel and a factor in (0, 1] (a larger
-  // rate flips or grows the weights: left to the eager update). It starts only at an input with
+  // gradients (the caller checks those): a deferrable kernel and a factor in [kSmallestScale, 1]
+  // (a larger rate flips or grows the weights: left to the eager update). It starts only at an input with
   // zeros enough (kSparseRowZeros): with few, deferring saves little (the update moves most rows
   // anyway), and once started it goes on to the end of the epoch (stopping writes every weight).
   bool applies(const math::StepScalars& s, const KernelGradient<T>& kg, double l2) const {
     if (!kg.deferrable) return false;
     const double c = math::l2_sgd_decay_factor(s.lr, l2);
-    if (!(c > 0.0 && c <= 1.0)) return false;
+    if (!(c >= kSmallestScale && c <= 1.0)) return false;
     if (tracks(kg.offset)) return true;
     int zeros = 0;
     for (int i = 0; i < kg.in; ++i) zeros += kg.x[i] == T(0);
@@ -107,20 +107,24 @@ class DeferredDecay {
   math::StepScalars begin_step(const math::StepScalars& s, const KernelGradient<T>& kg, T* params, double l2,
                                double& penalty) {
     resume(params);
-    if (!tracks(kg.offset)) {
+    const double c = math::l2_sgd_decay_factor(s.lr, l2);
+    // V grows as 1 / s and the forward pass's input shrinks as s: W is written out before s
+    // falls below kSmallestScale, so neither can leave float's range while W and x are in it.
+    if (!tracks(kg.offset) || scale_ * c < kSmallestScale) {
       settle_all(params);
       begin(kg, params);
     }
     penalty = l2 * scale_ * scale_ * q_;
-    next_scale_ = scale_ * math::l2_sgd_decay_factor(s.lr, l2);
+    next_scale_ = scale_ * c;
     math::StepScalars stored = s;
     stored.lr = s.lr / next_scale_;
     next_q_ = -1.0;  // unknown: counted again in end_step
     if (product_valid_ && ++steps_since_count_ < kRecountSteps) {
       // The product is (s x)^T V; x^T V . dz = product . dz / s.
       const double product_dz = dot(product_.data(), kg.dz, out_);
-      next_q_ = math::squares_after_rank_one_step(q_, stored.lr, product_dz / scale_, dot(kg.x, kg.x, in_),
-                                                  dot(kg.dz, kg.dz, out_));
+      // The rate as the update rounds it (T), so that the identity follows the same step.
+      next_q_ = math::squares_after_rank_one_step(q_, double(T(stored.lr)), product_dz / scale_,
+                                                  dot(kg.x, kg.x, in_), dot(kg.dz, kg.dz, out_));
     }
     product_valid_ = awaiting_product_ = false;
     return stored;
@@ -136,12 +140,10 @@ class DeferredDecay {
     } else {
       q_ = next_q_;
     }
-    // V grows as 1 / s: write W out long before V could overflow a float.
-    if (scale_ < kSmallestScale) settle_all(params);
   }
 
  private:
-  static constexpr double kSmallestScale = 1e-15;
+  static constexpr double kSmallestScale = 1e-6;  // at 1 - 2 lr l2 = 0.99998, 690,000 steps
   static constexpr int kRecountSteps = 4096;
 
   void begin(const KernelGradient<T>& kg, const T* params) {

@@ -1,5 +1,5 @@
-// The positions of a row's nonzero values: the one-row forward product (blas.cpp) and the
-// deferred decay (deferred_decay.h) both visit only those, about 20% of an MNIST digit's pixels.
+// The positions of a row's nonzero values: the one-row forward product (blas.cpp) visits only
+// those, about 20% of an MNIST digit's pixels.
 #pragma once
 
 namespace fastmlp::cpu {
