@@ -590,7 +590,8 @@ def test_fit_batch_one_sgd_l2_deferred_penalty_over_5000_steps(dtype):
     if dtype == "float64":
         assert deferred_error < 1e-12
     else:
-        assert deferred_error < max(2 * eager_error, 1e-6), (deferred_error, eager_error)
+        # Both were near 1e-8 (6.1e-9 and 9.7e-9 on a 2-core EPYC); a drifting |V|^2 shows above 1e-7.
+        assert deferred_error < max(2 * eager_error, 1e-7), (deferred_error, eager_error)
     assert_all_close(models[0].get_weights(), want_w, 1e-10 if dtype == "float64" else 1e-4)
 
 
