@@ -1,4 +1,5 @@
-"""The CPU's float exp and tanh (csrc/fastmlp/elementary.h) and the sigmoid built on exp.
+"""The CPU's float exp, expm1, log1p, tanh and erf (csrc/fastmlp/elementary.h) and the activations
+built on them (sigmoid, softplus, SELU, GELU).
 
 They are evaluated through models whose weights are identities, so each output is the activation of
 exactly the input: as an output activation (predict's row pass) and as a hidden layer's (the
@@ -54,6 +55,13 @@ def np_gelu(z):
     return 0.5 * z * (1.0 + np.vectorize(math.erf)(z / np.sqrt(2.0)))
 
 
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def np_selu(z):
+    return SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(z))
+
+
 CASES = {  # activation: (float64 reference, input range with normal results, max ulps)
     "exponential": (np.exp, (-87.0, 88.72), 1.0),
     "tanh": (np.tanh, (-12.0, 12.0), 1.5),
@@ -61,6 +69,9 @@ CASES = {  # activation: (float64 reference, input range with normal results, ma
     # 1 + erf cancels for z < 0: in ulps only where z > -1 (libm's erff gave 2.3 there), about 1e-7
     # absolute below (test_gelu_below_minus_one).
     "gelu": (np_gelu, (-1.0, 12.0), 3.0),
+    # log(1 + e^z) through log1p and exp; SELU through expm1 (libm's log1pf and expm1f before: scalar).
+    "softplus": (lambda z: np.logaddexp(0.0, z), (-87.0, 88.0), 2.0),
+    "selu": (np_selu, (-87.0, 88.0), 2.0),
 }
 
 
@@ -153,7 +164,62 @@ def replica_gelu(z):  # math::activate: 0.5 z (1 + erf(z / sqrt 2)), in this ord
     return f32(0.5) * z * (f32(1) + replica_erf(z * f32(0.70710678118654752440084436210485)))
 
 
-REPLICAS = {"exponential": replica_exp, "tanh": replica_tanh, "sigmoid": replica_sigmoid, "gelu": replica_gelu}
+def replica_expm1(x):
+    c = np.where(x > f32(-30), x, f32(-30)).astype(f32)
+    c = np.where(c < f32(89), c, f32(89)).astype(f32)
+    t = c * f32(1.44269504088896341)
+    fn = (t + f32(12582912.0)) - f32(12582912.0)
+    r = (c - fn * f32(0.693359375)) + fn * f32(2.12194440e-4)
+    q = f32(2.48015873e-5)
+    for coefficient in (1.98412698e-4, 1.38888889e-3, 8.33333333e-3, 4.16666667e-2, 1.66666667e-1, 0.5):
+        q = q * r + f32(coefficient)
+    p = r + (r * r) * q
+    n = fn.astype(np.int32)
+    s = ((np.minimum(n, 24) + 127).astype(np.uint32) << np.uint32(23)).view(f32)
+    with np.errstate(over="ignore"):
+        y = np.where(n > 24, replica_exp(c), (s - f32(1)) + s * p)
+    return np.where(np.isnan(x), x, np.where(x == 0, x, y))
+
+
+def replica_log1p(x):
+    with np.errstate(all="ignore"):  # the selects at the end replace what -1, < -1 and inf compute
+        u = f32(1) + x
+        bits = u.view(np.uint32)
+        k = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int32) - 127
+        c = np.where(k > 0, f32(1) - (u - x), x - (u - f32(1))) / u
+        c = np.where(k < 25, c, f32(0)).astype(f32)
+        m = ((bits & np.uint32(0x7FFFFF)) | np.uint32(0x3F800000)).view(f32)
+        above = m > f32(1.41421356)
+        m = np.where(above, m * f32(0.5), m).astype(f32)
+        k = np.where(above, k + 1, k)
+        f = m - f32(1)
+        e = k.astype(f32)
+        z = f * f
+        p = f32(7.0376836292e-2)
+        for coefficient in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+                            2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+            p = p * f + f32(coefficient)
+        y = f * z * p
+        y = y + (e * f32(-2.12194440e-4) + c)
+        y = y + f32(-0.5) * z
+        r = (f + y) + e * f32(0.693359375)
+        r = np.where(x == np.inf, x, r)
+        r = np.where(x == -1, f32(-np.inf), r)
+        r = np.where(x < -1, f32(np.nan), r)
+        r = np.where(x == 0, x, r)
+        return np.where(np.isnan(x), x, r).astype(f32)
+
+
+def replica_softplus(z):  # math::activate: max(z, 0) + log1p(e^-|z|)
+    return np.where(z > 0, z, f32(0)) + replica_log1p(replica_exp(-np.abs(z)))
+
+
+def replica_selu(z):  # math::activate: scale * (z > 0 ? z : alpha * expm1(z))
+    return f32(SELU_SCALE) * np.where(z > 0, z, f32(SELU_ALPHA) * replica_expm1(z))
+
+
+REPLICAS = {"exponential": replica_exp, "tanh": replica_tanh, "sigmoid": replica_sigmoid, "gelu": replica_gelu,
+            "softplus": replica_softplus, "selu": replica_selu}
 
 
 @pytest.mark.parametrize("path", [through_output, through_hidden])
@@ -187,6 +253,45 @@ def test_erf_within_2_ulp():
     assert err.max() <= 2.0 and err.mean() < 0.5, (float(err.max()), float(x[np.argmax(err)]))
 
 
+def test_expm1_and_log1p_in_ulps():
+    # The replicas are the CPU's bit for bit (the softplus and SELU cases of
+    # test_bit_for_bit_the_replica): every 97th float of each range, both signs, and every float
+    # around the points where the reductions change branch (n = +-1 at +-ln2/2, the clamp at -30;
+    # u = 2^k m with m above sqrt 2, and u = 2).
+    def every(lo, hi, stride=97):
+        return every_float(lo, hi)[::stride]
+
+    x = np.concatenate([every(1e-30, 88.7), every_float(0.34, 0.36), every_float(29.9, 30.1)])
+    x = np.concatenate([x, -x[x < 40]])
+    err = ulps(replica_expm1(x), np.expm1(x.astype(np.float64)))
+    assert err.max() <= 1.5 and err.mean() < 0.3, (float(err.max()), float(x[np.argmax(err)]))
+    x = np.concatenate([every(1e-30, 3e38), -every(1e-30, 1.0), every_float(0.41, 0.42), every_float(0.999, 1.001),
+                        -every_float(0.29, 0.3)])
+    err = ulps(replica_log1p(x), np.log1p(x.astype(np.float64)))
+    assert err.max() <= 1.0 and err.mean() < 0.3, (float(err.max()), float(x[np.argmax(err)]))
+    # Special values (the replica's; the model-reachable ones are checked through a model below).
+    with np.errstate(invalid="ignore"):
+        s = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, -2.0, 1e-40, 100.0, -100.0], f32)
+        e, l = replica_expm1(s), replica_log1p(s)
+    assert e[0] == 0 and np.signbit(e[1]) and e[2] == np.inf and e[3] == -1 and np.isnan(e[4])
+    assert e[7] == f32(1e-40) and e[8] == np.inf and e[9] == -1
+    assert l[0] == 0 and np.signbit(l[1]) and l[2] == np.inf and np.isnan(l[3]) and np.isnan(l[4])
+    assert l[5] == -np.inf and np.isnan(l[6]) and l[7] == f32(1e-40)
+
+
+SELU_FLOOR = f32(SELU_SCALE) * -f32(SELU_ALPHA)  # scale * alpha * expm1(-inf), rounded as the CPU does
+
+
+def test_softplus_and_selu_special_values():
+    x = np.array([[0.0, 100.0, -100.0, 1e30, -1e30, 20.0, -20.0]], f32)
+    sp = through_output("softplus", x)[0]
+    assert sp[0] == f32(np.log(2.0)) and sp[1] == 100 and 0 <= sp[2] < 1e-38 and sp[3] == f32(1e30) and sp[4] == 0
+    assert sp[5] == f32(20.0 + np.exp(-20.0)) and abs(float(sp[6]) - np.exp(-20.0)) <= np.spacing(f32(np.exp(-20.0)))
+    se = through_output("selu", x)[0]
+    assert se[0] == 0 and se[1] == f32(SELU_SCALE) * f32(100) and se[2] == SELU_FLOOR and se[4] == SELU_FLOOR
+    assert abs(float(se[6]) - np_selu(-20.0)) < 1e-7
+
+
 def test_special_values():
     # Inputs are multiples of 0.5 times 2^k, exact in float32; the identity kernel keeps them exact.
     x = np.array([[88.72283172607422, 88.72283935546875, 89.0, 100.0, 1e30, -1e30, -104.0, -200.0, 0.0, 1e-30,
@@ -210,7 +315,8 @@ def test_infinite_and_nan_logits():
     x = np.array([[1e30]], f32)
     w_out = np.array([[1.0, -1.0, 1.0], [1.0, -1.0, -1.0]], f32)
     for activation, want in [("exponential", [np.inf, 0.0, np.nan]), ("tanh", [1.0, -1.0, np.nan]),
-                             ("sigmoid", [1.0, 0.0, np.nan])]:
+                             ("sigmoid", [1.0, 0.0, np.nan]), ("softplus", [np.inf, 0.0, np.nan]),
+                             ("selu", [np.inf, SELU_FLOOR, np.nan])]:
         m = fm.Sequential([fm.Dense(2, "linear", input_dim=1), fm.Dense(3, activation)], seed=0)
         m.compile(optimizer="sgd", loss="mse", device="cpu")
         m.set_weights([np.full((1, 2), 1e30, f32), np.zeros(2, f32), w_out, np.zeros(3, f32)])

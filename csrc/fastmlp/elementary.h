@@ -1,16 +1,18 @@
-// exp, tanh and erf of a float in plain arithmetic, for the CPU loops to vectorize.
+// exp, expm1, log1p, tanh and erf of a float in plain arithmetic, for the CPU loops to vectorize.
 //
 // libm's expf, tanhf and erff are a call per element, which no loop vectorizes: a 784-512-512-10
 // tanh network trained 1.67x slower than the same with ReLU (GELU, through erf, 2x), and predict of
-// a 1000-class softmax took twice PyTorch's time, most of the difference in those calls. exp and
-// tanh are the classic Cephes single-precision algorithms (range reduction, then a minimax
-// polynomial), erf polynomials fitted here; all are written with selects instead of branches, so
+// a 1000-class softmax took twice PyTorch's time, most of the difference in those calls; softplus
+// (log1pf, expm1f) trained 2.8x slower than ReLU, SELU (expm1f) 1.3x. exp and tanh are the classic
+// Cephes single-precision algorithms (range reduction, then a minimax polynomial), log1p Cephes'
+// logf polynomial with the rounding of 1 + x corrected, expm1 exp's reduction with a Taylor
+// polynomial, erf polynomials fitted here; all are written with selects instead of branches, so
 // GCC vectorizes them at every width FASTMLP_VECTOR_CLONES builds.
 // The operations are the same at every vector width and no fused multiply-add is formed
 // (-ffp-contract=off), so the CPU's results do not depend on the vector width.
 //
 // Accuracy (tests/test_elementary.py, against float64 over grids of floats, and special values):
-// within 1 ulp for exp, 1.5 for tanh and 2 for erf; exp overflows to inf from 88.72284 on and
+// within 1 ulp for exp and log1p, 1.5 for tanh and expm1, and 2 for erf; exp overflows to inf from 88.72284 on and
 // underflows through the subnormals (one rounding) to 0, as libm does; NaN, +-inf and -0 map as
 // libm maps them.
 //
@@ -28,6 +30,12 @@ inline __attribute__((always_inline)) float bits_to_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+}
+
+inline __attribute__((always_inline)) uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
 }
 
 // 2^n for n in [-126, 127], from its exponent bits.
@@ -57,6 +65,70 @@ inline __attribute__((always_inline)) float exp(float x) {
   const int32_t half = n / 2;
   const float e = (p * pow2(half)) * pow2(n - half);
   return x == x ? e : x;
+}
+
+// e^x - 1 without the cancellation of exp(x) - 1 near 0. x = n ln2 + r as in exp, expm1(r) = r +
+// r^2 Q(r) with Q the Taylor polynomial of degree 6 (its remainder is below 1e-9 relative on
+// |r| <= ln2/2), then e^x - 1 = (2^n - 1) + 2^n expm1(r): 2^n - 1 is exact for n <= 24 and the sum
+// rounds once. From n = 25 on e^x - 1 rounds to e^x; below -30 the result is -1 after rounding.
+inline __attribute__((always_inline)) float expm1(float x) {
+  float c = x > -30.0f ? x : -30.0f;
+  c = c < 89.0f ? c : 89.0f;
+  const float t = c * 1.44269504088896341f;
+  const float fn = (t + 12582912.0f) - 12582912.0f;
+  const float r = (c - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  float q = 2.48015873e-5f;  // 1/8!
+  q = q * r + 1.98412698e-4f;  // 1/7!
+  q = q * r + 1.38888889e-3f;
+  q = q * r + 8.33333333e-3f;
+  q = q * r + 4.16666667e-2f;
+  q = q * r + 1.66666667e-1f;
+  q = q * r + 0.5f;
+  const float p = r + (r * r) * q;
+  const int32_t n = int32_t(fn);
+  const float s = pow2(n < 24 ? n : 24);
+  const float y = n > 24 ? exp(c) : (s - 1.0f) + s * p;
+  const float signed_zero = x == 0.0f ? x : y;  // expm1(-0) = -0
+  return x == x ? signed_zero : x;
+}
+
+// log(1 + x): u = 1 + x rounded, c = the part of x that rounding lost, divided by u (log(u + u c) ~
+// log(u) + c); u = 2^k m with m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2/2 + f^3 P(f) with f = m - 1
+// (exact) and P Cephes' logf polynomial; k ln2 is split in two parts (Cody-Waite) and f + k ln2_hi is
+// exact for k <= 1.
+inline __attribute__((always_inline)) float log1p(float x) {
+  const float u = 1.0f + x;
+  const uint32_t bits = float_to_bits(u);
+  int32_t k = int32_t((bits >> 23) & 0xff) - 127;
+  // u - x is exact for u >= 2 (then x >= 1) and u - 1 is for u < 2; from 2^25 on c is below u's ulp.
+  float c = (k > 0 ? 1.0f - (u - x) : x - (u - 1.0f)) / u;
+  c = k < 25 ? c : 0.0f;
+  float m = bits_to_float((bits & 0x7fffffu) | 0x3f800000u);
+  const bool above = m > 1.41421356f;
+  m = above ? m * 0.5f : m;
+  k = above ? k + 1 : k;
+  const float f = m - 1.0f;
+  const float e = float(k);
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = f * z * p;
+  y = y + (e * -2.12194440e-4f + c);
+  y = y + -0.5f * z;
+  float r = (f + y) + e * 0.693359375f;
+  // Where the arithmetic above does not hold: +inf, -1 (u = 0), below -1, +-0 and NaN.
+  r = x == INFINITY ? x : r;
+  r = x == -1.0f ? -INFINITY : r;
+  r = x < -1.0f ? NAN : r;
+  r = x == 0.0f ? x : r;
+  return x == x ? r : x;
 }
 
 inline __attribute__((always_inline)) float tanh(float x) {

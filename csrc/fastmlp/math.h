@@ -24,18 +24,21 @@ namespace math {
 // Host code gets the float and double overloads from std; CUDA device code has its own.
 using std::ceil;
 using std::cos;
-using std::expm1;
 using std::fabs;
 using std::isfinite;
 using std::floor;
 using std::log;
-using std::log1p;
 using std::pow;
 using std::sqrt;
-// float exp, tanh and erf in arithmetic the CPU loops vectorize (elementary.h); double keeps libm's.
+// float exp, expm1, log1p, tanh and erf in arithmetic the CPU loops vectorize (elementary.h);
+// double keeps libm's.
 // CUDA device code gets CUDA's own float and double overloads.
 FASTMLP_HD float exp(float x) { return elementary::exp(x); }
 FASTMLP_HD double exp(double x) { return std::exp(x); }
+FASTMLP_HD float expm1(float x) { return elementary::expm1(x); }
+FASTMLP_HD double expm1(double x) { return std::expm1(x); }
+FASTMLP_HD float log1p(float x) { return elementary::log1p(x); }
+FASTMLP_HD double log1p(double x) { return std::log1p(x); }
 FASTMLP_HD float tanh(float x) { return elementary::tanh(x); }
 FASTMLP_HD double tanh(double x) { return std::tanh(x); }
 FASTMLP_HD float erf(float x) { return elementary::erf(x); }
