@@ -23,7 +23,7 @@ Cases (--case, comma list, default all):
                  default and with torch.set_flush_denormal(True). Adam's first moments of weights
                  whose gradients turn zero (rare pixels, dead units) decay through the subnormal
                  range after several hundred steps.
-  activations    784-512-512-10, Adam, b128 with hidden ReLU, sigmoid, tanh, GELU, SiLU, ELU
+  activations    784-512-512-10, Adam, b128 with hidden ReLU, sigmoid, tanh, GELU, SiLU, ELU, softplus, SELU
   predict        predict of all rows: 784-512-512-10 (softmax over 10 classes) and 256-512-1000
                  (softmax over 1000 classes, a quarter of the rows); fastmlp's predict against
                  PyTorch's inference_mode forward and softmax, batch = all rows, median of 5 calls
@@ -206,7 +206,8 @@ def worker_torch(spec):
         torch.set_flush_denormal(True)
     torch.manual_seed(spec["seed"])
     acts = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU,
-            "elu": torch.nn.ELU, "gelu": torch.nn.GELU}  # GELU's default is the exact erf form, as fastmlp's
+            "elu": torch.nn.ELU, "gelu": torch.nn.GELU,  # GELU's default is the exact erf form, as fastmlp's
+            "softplus": torch.nn.Softplus, "selu": torch.nn.SELU}  # Softplus: linear above 20, same cost
     mods = []
     for fi, fo in layer_sizes(spec["hidden"]):
         mods += [torch.nn.Linear(fi, fo), acts[spec["act"]]()]
@@ -679,7 +680,7 @@ def case_denormals(run, args):
     return out
 
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "silu", "elu")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "silu", "elu", "softplus", "selu")
 
 
 def case_activations(run, args):
