@@ -69,8 +69,9 @@ inline __attribute__((always_inline)) float exp(float x) {
 
 // e^x - 1 without the cancellation of exp(x) - 1 near 0. x = n ln2 + r as in exp, expm1(r) = r +
 // r^2 Q(r) with Q the Taylor polynomial of degree 6 (its remainder is below 1e-9 relative on
-// |r| <= ln2/2), then e^x - 1 = (2^n - 1) + 2^n expm1(r): 2^n - 1 is exact for n <= 24 and the sum
-// rounds once. From n = 25 on e^x - 1 rounds to e^x; below -30 the result is -1 after rounding.
+// |r| <= ln2/2), then e^x - 1 = (2^n - 1) + 2^n expm1(r): 2^n - 1 is exact for -24 <= n <= 24 (below,
+// it rounds to -1, under an ulp of the result) and the sum rounds once. From n = 25 on (x above
+// about 17) the result is e^x, the 1 at most half its ulp; below -30 it is -1 after rounding.
 inline __attribute__((always_inline)) float expm1(float x) {
   float c = x > -30.0f ? x : -30.0f;
   c = c < 89.0f ? c : 89.0f;
@@ -100,7 +101,8 @@ inline __attribute__((always_inline)) float log1p(float x) {
   const float u = 1.0f + x;
   const uint32_t bits = float_to_bits(u);
   int32_t k = int32_t((bits >> 23) & 0xff) - 127;
-  // u - x is exact for u >= 2 (then x >= 1) and u - 1 is for u < 2; from 2^25 on c is below u's ulp.
+  // u - x is exact for u >= 2 (then x >= 1, but for x = 1 - 2^-24, where c is lost: half an ulp)
+  // and u - 1 is for u < 2; from 2^25 on c is below u's ulp.
   float c = (k > 0 ? 1.0f - (u - x) : x - (u - 1.0f)) / u;
   c = k < 25 ? c : 0.0f;
   float m = bits_to_float((bits & 0x7fffffu) | 0x3f800000u);
