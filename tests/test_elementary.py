@@ -103,24 +103,31 @@ def test_accuracy_in_ulps(activation, path):
 
 # A float32 NumPy replica of elementary.h, operation for operation (NumPy rounds each to float32
 # and forms no fused multiply-add).
+def pow2(k):
+    return ((k + 127).astype(np.uint32) << np.uint32(23)).view(f32)
+
+
+def replica_reduce_by_ln2(x):
+    t = x * f32(1.44269504088896341)
+    n = (t + f32(12582912.0)) - f32(12582912.0)
+    return n, (x - n * f32(0.693359375)) + n * f32(2.12194440e-4)
+
+
+def replica_times_pow2(v, n):
+    half = np.fix(n / 2).astype(np.int32)  # C's division truncates toward zero
+    with np.errstate(over="ignore"):  # to inf where v 2^n overflows
+        return (v * pow2(half)) * pow2(n - half)
+
+
 def replica_exp(x):
     c = np.where(x > f32(-104), x, f32(-104)).astype(f32)
     c = np.where(c < f32(89), c, f32(89)).astype(f32)
-    t = c * f32(1.44269504088896341)
-    fn = (t + f32(12582912.0)) - f32(12582912.0)
-    r = (c - fn * f32(0.693359375)) + fn * f32(2.12194440e-4)
+    fn, r = replica_reduce_by_ln2(c)
     p = f32(1.9875691500e-4)
     for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
         p = p * r + f32(coefficient)
     p = p * (r * r) + r + f32(1.0)
-    n = fn.astype(np.int32)
-    half = np.fix(n / 2).astype(np.int32)  # C's division truncates toward zero
-
-    def pow2(k):
-        return ((k + 127).astype(np.uint32) << np.uint32(23)).view(f32)
-
-    with np.errstate(over="ignore"):  # e^x overflows to inf where it should
-        return np.where(np.isnan(x), x, (p * pow2(half)) * pow2(n - half))
+    return np.where(np.isnan(x), x, replica_times_pow2(p, fn.astype(np.int32)))
 
 
 def replica_tanh(x):
@@ -167,17 +174,14 @@ def replica_gelu(z):  # math::activate: 0.5 z (1 + erf(z / sqrt 2)), in this ord
 def replica_expm1(x):
     c = np.where(x > f32(-30), x, f32(-30)).astype(f32)
     c = np.where(c < f32(89), c, f32(89)).astype(f32)
-    t = c * f32(1.44269504088896341)
-    fn = (t + f32(12582912.0)) - f32(12582912.0)
-    r = (c - fn * f32(0.693359375)) + fn * f32(2.12194440e-4)
+    fn, r = replica_reduce_by_ln2(c)
     q = f32(2.48015873e-5)
     for coefficient in (1.98412698e-4, 1.38888889e-3, 8.33333333e-3, 4.16666667e-2, 1.66666667e-1, 0.5):
         q = q * r + f32(coefficient)
     p = r + (r * r) * q
     n = fn.astype(np.int32)
-    s = ((np.minimum(n, 24) + 127).astype(np.uint32) << np.uint32(23)).view(f32)
-    with np.errstate(over="ignore"):
-        y = np.where(n > 24, replica_exp(c), (s - f32(1)) + s * p)
+    s = pow2(np.minimum(n, 24))
+    y = np.where(n > 24, replica_times_pow2(f32(1) + p, n), (s - f32(1)) + s * p)
     return np.where(np.isnan(x), x, np.where(x == 0, x, y))
 
 

@@ -12,9 +12,9 @@
 // (-ffp-contract=off), so the CPU's results do not depend on the vector width.
 //
 // Accuracy (tests/test_elementary.py, against float64 over grids of floats, and special values):
-// within 1 ulp for exp and log1p, 1.5 for tanh and expm1, and 2 for erf; exp overflows to inf from 88.72284 on and
-// underflows through the subnormals (one rounding) to 0, as libm does; NaN, +-inf and -0 map as
-// libm maps them.
+// within 1 ulp for exp and log1p, 1.5 for tanh and expm1, and 2 for erf; exp overflows to inf from
+// 88.72284 on and underflows through the subnormals (one rounding) to 0, as libm does; NaN, +-inf
+// and -0 map as libm maps them.
 //
 // Host code only: CUDA device code keeps CUDA's expf, tanhf and erff (math.h), and double keeps libm's
 // (the float64 engine is for exactness, not speed).
@@ -41,16 +41,32 @@ inline __attribute__((always_inline)) uint32_t float_to_bits(float f) {
 // 2^n for n in [-126, 127], from its exponent bits.
 inline __attribute__((always_inline)) float pow2(int32_t n) { return bits_to_float(uint32_t(n + 127) << 23); }
 
+// x = n ln2 + r with |r| <= ln2/2, for |x| < 2^22 (exp and expm1): n = round(x / ln 2) by the
+// 1.5 * 2^23 trick (SSE2 has no rounding instruction), r in two parts (Cody-Waite): n * 0.693359375
+// is exact.
+struct Ln2Reduced {
+  float n, r;
+};
+inline __attribute__((always_inline)) Ln2Reduced reduce_by_ln2(float x) {
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;
+  return {n, (x - n * 0.693359375f) + n * 2.12194440e-4f};
+}
+
+// v 2^n in two halves, each a normal power of two for n in [-150, 128]: the first product is exact
+// and the second rounds once, into the subnormals or to inf where v 2^n does.
+inline __attribute__((always_inline)) float times_pow2(float v, int32_t n) {
+  const int32_t half = n / 2;
+  return (v * pow2(half)) * pow2(n - half);
+}
+
 inline __attribute__((always_inline)) float exp(float x) {
   // Clamped to where e^x is between 0 after rounding and inf (NaN goes to the low end here and is
   // given back at the end): the arithmetic below never sees an argument it cannot reduce.
   float c = x > -104.0f ? x : -104.0f;
   c = c < 89.0f ? c : 89.0f;
-  // n = round(x / ln 2) by the 1.5 * 2^23 trick (exact for |t| < 2^22; SSE2 has no rounding
-  // instruction), then r = x - n ln 2 in two parts (Cody-Waite): n * 0.693359375 is exact.
-  const float t = c * 1.44269504088896341f;
-  const float fn = (t + 12582912.0f) - 12582912.0f;
-  const float r = (c - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  const Ln2Reduced a = reduce_by_ln2(c);
+  const float r = a.r;
   // e^r on [-ln2/2, ln2/2]: Cephes' expf polynomial.
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -59,11 +75,7 @@ inline __attribute__((always_inline)) float exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  // Times 2^n in two halves, each a normal power of two for n in [-150, 128]: the first product is
-  // exact and the second rounds once, into the subnormals or to inf where e^x does.
-  const int32_t n = int32_t(fn);
-  const int32_t half = n / 2;
-  const float e = (p * pow2(half)) * pow2(n - half);
+  const float e = times_pow2(p, int32_t(a.n));
   return x == x ? e : x;
 }
 
@@ -71,13 +83,14 @@ inline __attribute__((always_inline)) float exp(float x) {
 // r^2 Q(r) with Q the Taylor polynomial of degree 6 (its remainder is below 1e-9 relative on
 // |r| <= ln2/2), then e^x - 1 = (2^n - 1) + 2^n expm1(r): 2^n - 1 is exact for -24 <= n <= 24 (below,
 // it rounds to -1, under an ulp of the result) and the sum rounds once. From n = 25 on (x above
-// about 17) the result is e^x, the 1 at most half its ulp; below -30 it is -1 after rounding.
+// about 17) the 1 is at most half an ulp of e^x, taken as 2^n (1 + expm1(r)) from the same
+// polynomial (exp's own would cost a second evaluation per element: vector code computes both
+// sides of a select); below -30 the result is -1 after rounding.
 inline __attribute__((always_inline)) float expm1(float x) {
   float c = x > -30.0f ? x : -30.0f;
   c = c < 89.0f ? c : 89.0f;
-  const float t = c * 1.44269504088896341f;
-  const float fn = (t + 12582912.0f) - 12582912.0f;
-  const float r = (c - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  const Ln2Reduced a = reduce_by_ln2(c);
+  const float r = a.r;
   float q = 2.48015873e-5f;  // 1/8!
   q = q * r + 1.98412698e-4f;  // 1/7!
   q = q * r + 1.38888889e-3f;
@@ -86,9 +99,9 @@ inline __attribute__((always_inline)) float expm1(float x) {
   q = q * r + 1.66666667e-1f;
   q = q * r + 0.5f;
   const float p = r + (r * r) * q;
-  const int32_t n = int32_t(fn);
+  const int32_t n = int32_t(a.n);
   const float s = pow2(n < 24 ? n : 24);
-  const float y = n > 24 ? exp(c) : (s - 1.0f) + s * p;
+  const float y = n > 24 ? times_pow2(1.0f + p, n) : (s - 1.0f) + s * p;
   const float signed_zero = x == 0.0f ? x : y;  // expm1(-0) = -0
   return x == x ? signed_zero : x;
 }
