@@ -31,7 +31,7 @@ inline bool parallel_copy(int64_t elements) { return elements > kParallelCopyThr
 
 // Whether a kernel of this many weights is split between the threads in bands of its rows. The
 // same bands serve a small batch's forward product (blas.cpp's split by depth), the weight
-// gradient of a kernel taller than wide (blas.cpp's blocks of rows) and the update
+// gradient of a kernel at least as tall as wide (blas.cpp's blocks of rows) and the update
 // (optimizer_step.h), so each thread keeps its band in its own cache from step to step.
 constexpr int64_t kKernelBandWeights = int64_t(1) << 15;
 inline bool split_in_bands(int64_t weights) { return weights >= kKernelBandWeights; }
