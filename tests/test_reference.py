@@ -532,12 +532,13 @@ def test_fit_batch_one_sgd_l2_defers_the_decay_of_zero_input_rows(dtype, tol, th
         np.testing.assert_allclose(histories[0], want_losses, rtol=1e-12 if dtype == "float64" else 1e-4)
         # The two round differently in float32 (weights within 1e-5 above), each within 1e-4 of float64.
         # At lr 0.2 the float32 runs drift from float64 by epoch 3 (relative loss errors of 3-5e-5 on
-        # either path, AVX-512 host, 1-3 threads), so the two differ by up to that much there (2.0e-5
-        # at 2 threads), while the first two epochs agree to within 1e-6.
+        # either path on an AVX-512 host, 1-3 threads), so the two differ by up to that much there
+        # (2.0e-5 at 2 threads). The first two epochs keep the 2e-5 that held on AVX2 hosts (they
+        # agreed within 7e-7 on the AVX-512 one; other vector widths were not measured per epoch).
         if dtype == "float64":
             np.testing.assert_allclose(histories[0], histories[1], rtol=1e-12)
         else:
-            np.testing.assert_allclose(histories[0][:2], histories[1][:2], rtol=2e-6)
+            np.testing.assert_allclose(histories[0][:2], histories[1][:2], rtol=2e-5)
             np.testing.assert_allclose(histories[0][2], histories[1][2], rtol=5e-5)
         # The always-zero input's row shrank by the factor of all 18 steps, as the eager update has it;
         # in float32, each epoch by its eager first step, then by the product of the other 5 factors
